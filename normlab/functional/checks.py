@@ -1,0 +1,123 @@
+"""Input validation shared by the functional API and the layers.
+
+Every check takes ``who``, the name of the function or layer being called
+(``"batch_norm"``, ``"BatchNorm2d(16)"``), and raises an error whose message
+names it together with the expected and the actual shape or value.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+
+class NormInputError(ValueError, RuntimeError):
+    """Bad input to a normalization layer or function.
+
+    Subclasses both ``ValueError`` and ``RuntimeError`` so that code written
+    against ``torch.nn`` (which raises either, depending on the check) keeps
+    catching it.
+    """
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def check_floating(who: str, x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{who}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{who}: expected a floating-point input (float16, bfloat16, float32 or "
+            f"float64), got {x.dtype}; convert it first, e.g. x.float()"
+        )
+
+
+def check_dims(who: str, x: torch.Tensor, allowed: Sequence[int], layout: str) -> None:
+    """Raise unless ``x.dim()`` is one of ``allowed``; ``layout`` names the axes."""
+    if x.dim() not in allowed:
+        dims = " or ".join(f"{d}D" for d in allowed)
+        raise NormInputError(
+            f"{who}: expected a {dims} input {layout}, got a {x.dim()}D input of shape "
+            f"{shape_str(x.shape)}"
+        )
+
+
+def check_min_dims(who: str, x: torch.Tensor, minimum: int, layout: str) -> None:
+    if x.dim() < minimum:
+        raise NormInputError(
+            f"{who}: expected an input with at least {minimum} dimensions {layout}, got a "
+            f"{x.dim()}D input of shape {shape_str(x.shape)}"
+        )
+
+
+def check_channels(who: str, x: torch.Tensor, expected: int, dim: int = 1) -> None:
+    if x.shape[dim] != expected:
+        raise NormInputError(
+            f"{who}: expected {expected} channels at dim {dim}, got {x.shape[dim]} "
+            f"(input shape {shape_str(x.shape)})"
+        )
+
+
+def check_per_channel(who: str, x: torch.Tensor) -> None:
+    """Batch statistics need more than one value per channel (N * spatial > 1)."""
+    count = x.numel() // x.shape[1] if x.shape[1] else 0
+    if count == 1:
+        raise NormInputError(
+            f"{who}: expected more than 1 value per channel when training, got input of "
+            f"shape {shape_str(x.shape)}; use a batch of at least 2 samples, or eval()"
+        )
+
+
+def check_spatial(who: str, x: torch.Tensor) -> None:
+    """Per-sample statistics over the spatial axes need more than one element."""
+    count = 1
+    for s in x.shape[2:]:
+        count *= s
+    if count == 1:
+        raise NormInputError(
+            f"{who}: expected more than 1 spatial element when training, got input of "
+            f"shape {shape_str(x.shape)}"
+        )
+
+
+def check_groups(who: str, num_channels: int, num_groups: int) -> None:
+    if num_groups <= 0 or num_channels % num_groups != 0:
+        raise NormInputError(
+            f"{who}: num_channels ({num_channels}) must be divisible by num_groups "
+            f"({num_groups})"
+        )
+
+
+def check_group_values(who: str, x: torch.Tensor, num_groups: int) -> None:
+    """Group statistics need more than one value in the batch per group (torch's rule)."""
+    if x.numel() == num_groups:
+        raise NormInputError(
+            f"{who}: expected more than 1 value per group, got input of shape "
+            f"{shape_str(x.shape)} with {num_groups} groups"
+        )
+
+
+def check_trailing_shape(who: str, x: torch.Tensor, normalized_shape: Sequence[int]) -> None:
+    k = len(normalized_shape)
+    if x.dim() < k or tuple(x.shape[x.dim() - k :]) != tuple(normalized_shape):
+        raise NormInputError(
+            f"{who}: expected an input of shape (*, {', '.join(map(str, normalized_shape))}) "
+            f"ending in normalized_shape {shape_str(normalized_shape)}, got "
+            f"{shape_str(x.shape)}"
+        )
+
+
+def as_normalized_shape(who: str, normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    """``normalized_shape`` as a tuple of positive ints (an int means one axis)."""
+    if isinstance(normalized_shape, numbers.Integral):
+        normalized_shape = (int(normalized_shape),)
+    shape = tuple(int(s) for s in normalized_shape)
+    if not shape or any(s <= 0 for s in shape):
+        raise NormInputError(
+            f"{who}: normalized_shape must be a non-empty tuple of positive sizes, got {shape}"
+        )
+    return shape

@@ -1,0 +1,174 @@
+"""Per-sample normalizations over channel groups: GroupNorm and InstanceNorm."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from normlab import functional as NF
+from normlab.functional import checks
+from normlab.norms._base import RunningStatsNorm
+
+
+class GroupNorm(nn.Module):
+    r"""Group Normalization (Wu & He, 2018, "Group Normalization").
+
+    .. math::
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    The C channels of an (N, C, *) input are split into ``num_groups`` groups;
+    E and Var (biased) are taken per sample over each group's C / G channels and
+    all spatial axes. ``num_groups=1`` is LayerNorm over (C, *), ``num_groups=C``
+    is InstanceNorm. The affine (``weight``, ``bias``) is per channel, not per
+    group. Independent of the batch size; same in train and eval.
+    Drop-in for ``torch.nn.GroupNorm``.
+    """
+
+    num_groups: int
+    num_channels: int
+    eps: float
+    affine: bool
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        checks.check_groups(f"GroupNorm({num_groups}, {num_channels})", num_channels, num_groups)
+        factory = {"device": device, "dtype": dtype}
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        self.weight: nn.Parameter | None
+        self.bias: nn.Parameter | None
+        if affine:
+            self.weight = nn.Parameter(torch.empty(num_channels, **factory))
+            self.bias = nn.Parameter(torch.empty(num_channels, **factory)) if bias else None
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight to 1, bias to 0."""
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        who = f"GroupNorm({self.num_groups}, {self.num_channels})"
+        checks.check_floating(who, input)
+        checks.check_min_dims(who, input, 2, "(N, C, *)")
+        checks.check_channels(who, input, self.num_channels)
+        return NF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+class _InstanceNorm(RunningStatsNorm):
+    r"""Instance Normalization (Ulyanov, Vedaldi & Lempitsky, 2016, "Instance
+    Normalization: The Missing Ingredient for Fast Stylization").
+
+    .. math::
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    E and Var (biased) are taken per sample and per channel over the spatial
+    axes. Defaults differ from BatchNorm: ``affine=False`` and
+    ``track_running_stats=False``. With ``track_running_stats=True`` the running
+    estimates move towards the batch average of the per-instance statistics and
+    are used in eval. Unbatched inputs (no N axis) are accepted. With
+    ``affine=False`` a channel count other than ``num_features`` only warns, as
+    in torch. Drop-in for the ``torch.nn`` class of the same name.
+    """
+
+    _dims: tuple[int, int]  # (unbatched, batched) number of dimensions
+    _layout: str
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device=device,
+            dtype=dtype,
+            bias=bias,
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        who = self._who
+        checks.check_floating(who, input)
+        checks.check_dims(who, input, self._dims, self._layout)
+        unbatched = input.dim() == self._dims[0]
+        channel_dim = 0 if unbatched else 1
+        if input.shape[channel_dim] != self.num_features:
+            if self.affine or self.track_running_stats:
+                checks.check_channels(who, input, self.num_features, channel_dim)
+            warnings.warn(
+                f"{who}: input has {input.shape[channel_dim]} channels at dim {channel_dim}, "
+                f"not num_features={self.num_features}; num_features is unused since "
+                "affine=False and track_running_stats=False",
+                stacklevel=2,
+            )
+        x = input.unsqueeze(0) if unbatched else input
+        use_input_stats = self.training or not self.track_running_stats
+        if use_input_stats:
+            checks.check_spatial(who, x)
+        y = NF.instance_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            use_input_stats,
+            self.momentum if self.momentum is not None else 0.0,
+            self.eps,
+        )
+        return y.squeeze(0) if unbatched else y
+
+
+class InstanceNorm1d(_InstanceNorm):
+    __doc__ = (_InstanceNorm.__doc__ or "") + "\n    Input (N, C, L) or unbatched (C, L).\n"
+    _dims = (2, 3)
+    _layout = "(C, L) or (N, C, L)"
+
+
+class InstanceNorm2d(_InstanceNorm):
+    __doc__ = (_InstanceNorm.__doc__ or "") + "\n    Input (N, C, H, W) or unbatched (C, H, W).\n"
+    _dims = (3, 4)
+    _layout = "(C, H, W) or (N, C, H, W)"
+
+
+class InstanceNorm3d(_InstanceNorm):
+    __doc__ = (
+        _InstanceNorm.__doc__ or ""
+    ) + "\n    Input (N, C, D, H, W) or unbatched (C, D, H, W).\n"
+    _dims = (4, 5)
+    _layout = "(C, D, H, W) or (N, C, D, H, W)"
