@@ -9,8 +9,10 @@ with messages that name the function.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -31,11 +33,23 @@ __all__ = [
     "use_backend",
 ]
 
+logger = logging.getLogger(__name__)
+
 _LAYOUT = "(N, C, *)"
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _pick(native, ref, backend: str | None):
-    return native if resolve(backend) == "native" else ref
+def _pick(op: str, backend: str | None, native_covers: bool = True):
+    """The implementation of ``op`` on the chosen backend.
+
+    Auto selection (``backend=None``) falls back to the reference backend, with
+    a debug log line, where torch has no native kernel for the input.
+    """
+    name = resolve(backend)
+    if name == "native" and backend is None and not native_covers:
+        logger.debug("%s: torch has no native kernel for this input; using 'reference'", op)
+        name = "reference"
+    return getattr(F if name == "native" else reference, op)
 
 
 def batch_norm(
@@ -58,7 +72,7 @@ def batch_norm(
         checks.check_per_channel(who, input)
         if eps <= 0:
             raise NormInputError(f"{who}: eps must be positive in training, got {eps}")
-    impl = _pick(F.batch_norm, reference.batch_norm, backend)
+    impl = _pick("batch_norm", backend)
     return impl(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
@@ -80,7 +94,7 @@ def instance_norm(
     checks.check_min_dims(who, input, 3, _LAYOUT)
     if use_input_stats:
         checks.check_spatial(who, input)
-    impl = _pick(F.instance_norm, reference.instance_norm, backend)
+    impl = _pick("instance_norm", backend)
     return impl(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
 
 
@@ -98,7 +112,7 @@ def layer_norm(
     shape = checks.as_normalized_shape(who, normalized_shape)
     checks.check_floating(who, input)
     checks.check_trailing_shape(who, input, shape)
-    impl = _pick(F.layer_norm, reference.layer_norm, backend)
+    impl = _pick("layer_norm", backend)
     return impl(input, shape, weight, bias, eps)
 
 
@@ -117,7 +131,7 @@ def group_norm(
     checks.check_min_dims(who, input, 2, _LAYOUT)
     checks.check_groups(who, input.shape[1], num_groups)
     checks.check_group_values(who, input, num_groups)
-    impl = _pick(F.group_norm, reference.group_norm, backend)
+    impl = _pick("group_norm", backend)
     return impl(input, num_groups, weight, bias, eps)
 
 
@@ -134,7 +148,7 @@ def rms_norm(
     shape = checks.as_normalized_shape(who, normalized_shape)
     checks.check_floating(who, input)
     checks.check_trailing_shape(who, input, shape)
-    impl = _pick(F.rms_norm, reference.rms_norm, backend)
+    impl = _pick("rms_norm", backend)
     return impl(input, shape, weight, eps)
 
 
@@ -153,6 +167,9 @@ def local_response_norm(
     checks.check_min_dims(who, input, 3, _LAYOUT)
     if size < 1:
         raise NormInputError(f"{who}: size must be a positive number of channels, got {size}")
-    impl = _pick(F.local_response_norm, reference.local_response_norm, backend)
+    # torch's CPU kernel (avg_pool3d) lacks half precision for inputs of 4D and more.
+    native_covers = not (
+        input.device.type == "cpu" and input.dim() > 3 and input.dtype in _HALF_DTYPES
+    )
+    impl = _pick("local_response_norm", backend, native_covers)
     return impl(input, size, alpha, beta, k)
-

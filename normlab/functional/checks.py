@@ -87,8 +87,7 @@ def check_spatial(who: str, x: torch.Tensor) -> None:
 def check_groups(who: str, num_channels: int, num_groups: int) -> None:
     if num_groups <= 0 or num_channels % num_groups != 0:
         raise NormInputError(
-            f"{who}: num_channels ({num_channels}) must be divisible by num_groups "
-            f"({num_groups})"
+            f"{who}: num_channels ({num_channels}) must be divisible by num_groups ({num_groups})"
         )
 
 

@@ -47,8 +47,9 @@ class LayerNorm(nn.Module):
         self.weight: nn.Parameter | None
         self.bias: nn.Parameter | None
         if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
-            self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory)) if bias else None
+            shape = self.normalized_shape
+            self.weight = nn.Parameter(torch.empty(shape, **factory))
+            self.bias = nn.Parameter(torch.empty(shape, **factory)) if bias else None
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -125,6 +126,5 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.normalized_shape}, eps={self.eps}, "
-            f"elementwise_affine={self.elementwise_affine}"
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
         )

@@ -1,0 +1,32 @@
+"""NumPy forward and hand-derived backward: for teaching, and a second oracle.
+
+``<name>_forward(x, gamma, beta, eps=1e-5, ...) -> (y, cache)`` and
+``<name>_backward(dy, cache) -> (dx, dgamma, dbeta)``; RMS norm has no beta
+and returns ``(dx, dgamma)``. The derivations are in the docstrings of
+:mod:`normlab.numpy_ref.standardize` and :mod:`normlab.numpy_ref.rms_norm`.
+"""
+
+from normlab.numpy_ref.norms import (
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm_backward,
+    group_norm_forward,
+    instance_norm_backward,
+    instance_norm_forward,
+    layer_norm_backward,
+    layer_norm_forward,
+)
+from normlab.numpy_ref.rms_norm import rms_norm_backward, rms_norm_forward
+
+__all__ = [
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "group_norm_backward",
+    "group_norm_forward",
+    "instance_norm_backward",
+    "instance_norm_forward",
+    "layer_norm_backward",
+    "layer_norm_forward",
+    "rms_norm_backward",
+    "rms_norm_forward",
+]
