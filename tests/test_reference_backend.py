@@ -105,48 +105,39 @@ def test_local_response_norm_matches_the_paper_formula():
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize(
-    "op", ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"]
-)
+# Each op on the reference backend, for an (N, C, H, W) input.
+REFERENCE_OPS = {
+    "batch_norm": lambda t: NF.batch_norm(t, None, None, training=True, **_R),
+    "layer_norm": lambda t: NF.layer_norm(t, t.shape[1:], **_R),
+    "group_norm": lambda t: NF.group_norm(t, 2, **_R),
+    "instance_norm": lambda t: NF.instance_norm(t, **_R),
+    "rms_norm": lambda t: NF.rms_norm(t, t.shape[-1], eps=1e-5, **_R),
+    "local_response_norm": lambda t: NF.local_response_norm(t, 3, **_R),
+}
+
+
+def _max_rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.double(), want.double()
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+@pytest.mark.parametrize("op", list(REFERENCE_OPS))
 def test_large_offset_float32_matches_float64(op):
     """x = 1e4 + N(0, 1) in float32: a two-pass variance keeps 1e-3 relative accuracy."""
     x = (1e4 + torch.randn(8, 4, 16, 16, dtype=torch.float64)).float()
-    ref = dict(backend="reference")
-    fns = {
-        "batch_norm": lambda t: NF.batch_norm(t, None, None, training=True, **ref),
-        "layer_norm": lambda t: NF.layer_norm(t, (4, 16, 16), **ref),
-        "group_norm": lambda t: NF.group_norm(t, 2, **ref),
-        "instance_norm": lambda t: NF.instance_norm(t, **ref),
-        "rms_norm": lambda t: NF.rms_norm(t, (16, 16), eps=1e-5, **ref),
-    }
-    got, want = fns[op](x).double(), fns[op](x.double())
-    rel = ((got - want).norm() / want.norm()).item()
-    assert rel < 1e-3, f"{op}: relative error {rel:.2e}"
-    # and elementwise, against the float64 value of every output
-    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-3
+    fn = REFERENCE_OPS[op]
+    assert _max_rel(fn(x), fn(x.double())) < 1e-3
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(
-    "op",
-    ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "local_response_norm"],
-)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("op", list(REFERENCE_OPS))
 def test_half_precision_large_values_stay_finite(dtype, op):
     """|x| up to 6e4 in half precision: x^2 overflows float16; statistics accumulate in float32."""
     x = (torch.rand(4, 4, 8, 8) * 1.2e5 - 6e4).to(dtype)
-    ref = dict(backend="reference")
-    fns = {
-        "batch_norm": lambda t: NF.batch_norm(t, None, None, training=True, **ref),
-        "layer_norm": lambda t: NF.layer_norm(t, (4, 8, 8), **ref),
-        "group_norm": lambda t: NF.group_norm(t, 2, **ref),
-        "instance_norm": lambda t: NF.instance_norm(t, **ref),
-        "rms_norm": lambda t: NF.rms_norm(t, 8, **ref),
-        "local_response_norm": lambda t: NF.local_response_norm(t, 3, **ref),
-    }
-    y = fns[op](x)
+    fn = REFERENCE_OPS[op]
+    y = fn(x)
     assert y.dtype == dtype and torch.isfinite(y).all()
-    want = fns[op](x.double()).to(dtype)
-    assert ((y.double() - want.double()).abs().max() / want.double().abs().max()).item() < 2e-2
+    assert _max_rel(y, fn(x.double()).to(dtype)) < 2e-2
 
 
 def test_local_response_norm_half_on_cpu_falls_back_to_reference():

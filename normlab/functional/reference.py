@@ -34,16 +34,17 @@ def _moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
-def _channel_view(t: Tensor, ndim: int) -> Tensor:
-    """A per-channel vector (C,) shaped (1, C, 1, ...) to broadcast over (N, C, *)."""
-    return t.view(1, -1, *([1] * (ndim - 2)))
+def _channel_shape(x: Tensor) -> tuple[int, ...]:
+    """(1, C, 1, ...): the shape a per-channel vector takes to broadcast over (N, C, *)."""
+    return (1, x.shape[1], *([1] * (x.dim() - 2)))
 
 
-def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, view) -> Tensor:
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, shape: Sequence[int]) -> Tensor:
+    """y * weight + bias, the parameters reshaped to ``shape`` and cast to y's dtype."""
     if weight is not None:
-        y = y * view(weight).to(y.dtype)
+        y = y * weight.reshape(shape).to(y.dtype)
     if bias is not None:
-        y = y + view(bias).to(y.dtype)
+        y = y + bias.reshape(shape).to(y.dtype)
     return y
 
 
@@ -69,7 +70,7 @@ def batch_norm(
     N and the spatial axes in training, and the running estimates otherwise.
     """
     x = input.to(accumulation_dtype(input.dtype))
-    view = lambda t: _channel_view(t, x.dim())  # noqa: E731
+    shape = _channel_shape(x)
     if training:
         dims = [0, *range(2, x.dim())]
         mean, var = _moments(x, dims)
@@ -82,9 +83,9 @@ def batch_norm(
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: running_mean and running_var are required in eval")
-        mean, var = view(running_mean).to(x.dtype), view(running_var).to(x.dtype)
+        mean, var = running_mean.view(shape).to(x.dtype), running_var.view(shape).to(x.dtype)
     y = (x - mean) * torch.rsqrt(var + eps)
-    return _affine(y, weight, bias, view).to(input.dtype)
+    return _affine(y, weight, bias, shape).to(input.dtype)
 
 
 def instance_norm(
@@ -104,7 +105,7 @@ def instance_norm(
     the batch average of the per-instance mean and unbiased variance.
     """
     x = input.to(accumulation_dtype(input.dtype))
-    view = lambda t: _channel_view(t, x.dim())  # noqa: E731
+    shape = _channel_shape(x)
     if use_input_stats:
         dims = list(range(2, x.dim()))
         mean, var = _moments(x, dims)
@@ -121,9 +122,9 @@ def instance_norm(
                 "instance_norm: running_mean and running_var are required when "
                 "use_input_stats=False"
             )
-        mean, var = view(running_mean).to(x.dtype), view(running_var).to(x.dtype)
+        mean, var = running_mean.view(shape).to(x.dtype), running_var.view(shape).to(x.dtype)
     y = (x - mean) * torch.rsqrt(var + eps)
-    return _affine(y, weight, bias, view).to(input.dtype)
+    return _affine(y, weight, bias, shape).to(input.dtype)
 
 
 def layer_norm(
@@ -142,7 +143,7 @@ def layer_norm(
     dims = list(range(x.dim() - len(normalized_shape), x.dim()))
     mean, var = _moments(x, dims)
     y = (x - mean) * torch.rsqrt(var + eps)
-    return _affine(y, weight, bias, lambda t: t).to(input.dtype)
+    return _affine(y, weight, bias, normalized_shape).to(input.dtype)
 
 
 def group_norm(
@@ -162,7 +163,7 @@ def group_norm(
     grouped = x.reshape(x.shape[0], num_groups, -1)
     mean, var = _moments(grouped, [2])
     y = ((grouped - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
-    return _affine(y, weight, bias, lambda t: _channel_view(t, x.dim())).to(input.dtype)
+    return _affine(y, weight, bias, _channel_shape(x)).to(input.dtype)
 
 
 def rms_norm(
@@ -183,7 +184,7 @@ def rms_norm(
     x = input.to(acc)
     dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))
     y = x * torch.rsqrt(x.square().mean(dim=dims, keepdim=True) + eps)
-    return _affine(y, weight, None, lambda t: t).to(input.dtype)
+    return _affine(y, weight, None, normalized_shape).to(input.dtype)
 
 
 def local_response_norm(
