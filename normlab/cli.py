@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from normlab.norms.registry import available, get_spec
+from normlab.norms.registry import available, spec
 from normlab.parity import run_parity
 
 app = typer.Typer(
@@ -24,25 +24,35 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
+def technique_rows() -> list[dict[str, str]]:
+    """The registry as rows of text: what ``normlab list`` prints and docs/techniques.md holds."""
+    rows = []
+    for name in available():
+        s = spec(name)
+        rows.append(
+            {
+                "name": name,
+                "class": s.cls.__name__,
+                "(N, C, H, W) over": s.axes,
+                "(N, F) over": s.axes_features,
+                "batch-dependent": "yes" if s.batch_dependent else "no",
+                "train != eval": "yes" if s.train_eval_differ else "no",
+                "parameters": ", ".join(s.parameters) or "-",
+                "paper": s.paper,
+            }
+        )
+    return rows
+
+
 @app.command("list")
 def list_techniques() -> None:
     """Table of the techniques: what each normalizes over, and where it comes from."""
-    table = Table(title="normlab techniques (statistics of an (N, C, H, W) activation)")
-    for column in ("name", "classes", "statistic over", "estimates", "batch-dependent"):
-        table.add_column(column)
-    table.add_column("at inference")
-    table.add_column("paper")
-    for name in available():
-        spec = get_spec(name)
-        table.add_row(
-            name,
-            ", ".join(c.__name__ for c in spec.classes),
-            spec.axes,
-            spec.statistics,
-            "yes" if spec.batch_dependent else "no",
-            spec.inference,
-            spec.paper,
-        )
+    rows = technique_rows()
+    table = Table(title="normlab techniques: the axes one statistic is taken over")
+    for column in rows[0]:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row.values())
     console.print(table)
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from typer.testing import CliRunner
 
 from normlab.cli import app
-from normlab.norms.registry import available, get_spec
+from normlab.norms.registry import available
 
 runner = CliRunner()
 
@@ -18,19 +17,7 @@ def test_list_shows_every_technique_with_its_axes():
         assert name in result.output
     assert "N, H, W" in result.output  # batch norm's statistic
     assert "C/G, H, W" in result.output  # group norm's
-
-
-def test_registry_axes_follow_the_papers():
-    assert get_spec("batchnorm").axes == "N, H, W"
-    assert get_spec("LayerNorm").axes == "C, H, W"
-    assert get_spec("instance_norm").axes == "H, W"
-    assert get_spec("groupnorm").batch_dependent is False
-    assert get_spec("batchnorm").batch_dependent is True
-
-
-def test_unknown_technique_suggests_close_names():
-    with pytest.raises(KeyError, match="did you mean batchnorm"):
-        get_spec("batchnrom")
+    assert "N/v, H, W" in result.output  # ghost batch norm's
 
 
 def test_check_passes_and_prints_a_table():

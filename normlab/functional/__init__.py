@@ -13,10 +13,9 @@ import logging
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from normlab.functional import checks, reference
+from normlab.functional import checks, native, reference
 from normlab.functional.backend import BACKENDS, get_backend, resolve, use_backend
 from normlab.functional.checks import NormInputError
 
@@ -24,13 +23,24 @@ __all__ = [
     "BACKENDS",
     "NormInputError",
     "batch_norm",
+    "batch_renorm",
+    "dynamic_tanh",
+    "evonorm_b0",
+    "evonorm_s0",
+    "filter_response_norm",
     "get_backend",
+    "ghost_batch_norm",
     "group_norm",
     "instance_norm",
     "layer_norm",
+    "layer_norm_2d",
     "local_response_norm",
     "rms_norm",
+    "rms_norm_2d",
+    "scale_norm",
+    "switchable_norm",
     "use_backend",
+    "weight_standardization",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,14 +52,19 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 def _pick(op: str, backend: str | None, native_covers: bool = True):
     """The implementation of ``op`` on the chosen backend.
 
-    Auto selection (``backend=None``) falls back to the reference backend, with
-    a debug log line, where torch has no native kernel for the input.
+    Where torch has no native kernel for ``op`` (or for this input), a call
+    that did not name ``backend="native"`` itself runs the reference backend,
+    with a debug log line; one that did gets an error saying so.
     """
     name = resolve(backend)
-    if name == "native" and backend is None and not native_covers:
+    if name == "native" and not (native_covers and hasattr(native, op)):
+        if backend == "native":
+            raise NormInputError(
+                f"{op}: torch has no native kernel for this input; use backend='reference'"
+            )
         logger.debug("%s: torch has no native kernel for this input; using 'reference'", op)
         name = "reference"
-    return getattr(F if name == "native" else reference, op)
+    return getattr(native if name == "native" else reference, op)
 
 
 def batch_norm(
@@ -173,3 +188,219 @@ def local_response_norm(
     )
     impl = _pick("local_response_norm", backend, native_covers)
     return impl(input, size, alpha, beta, k)
+
+
+def _check_channels_first(who: str, input: Tensor) -> None:
+    checks.check_floating(who, input)
+    checks.check_min_dims(who, input, 2, _LAYOUT)
+
+
+def batch_renorm(
+    input: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Batch Renormalization of an (N, C, *) tensor; see ``reference.batch_renorm``."""
+    who = "batch_renorm"
+    _check_channels_first(who, input)
+    if training:
+        checks.check_per_channel(who, input)
+    if r_max < 1 or d_max < 0:
+        raise NormInputError(f"{who}: need r_max >= 1 and d_max >= 0, got {r_max} and {d_max}")
+    impl = _pick("batch_renorm", backend)
+    return impl(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, r_max, d_max
+    )
+
+
+def ghost_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    virtual_batch_size: int = 32,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Ghost Batch Normalization of an (N, C, *) tensor; see ``reference.ghost_batch_norm``."""
+    who = "ghost_batch_norm"
+    _check_channels_first(who, input)
+    if virtual_batch_size < 1:
+        raise NormInputError(f"{who}: virtual_batch_size must be >= 1, got {virtual_batch_size}")
+    if training and input.shape[0] > 0:
+        last = input.shape[0] % virtual_batch_size or virtual_batch_size
+        checks.check_per_channel(f"{who} (virtual batch of {last})", input[:last])
+    impl = _pick("ghost_batch_norm", backend)
+    return impl(
+        input,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        training,
+        momentum,
+        eps,
+        virtual_batch_size,
+    )
+
+
+def filter_response_norm(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    tau: Tensor | None = None,
+    eps: float | Tensor = 1e-6,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Filter Response Normalization (+TLU when ``tau`` is given) of an (N, C, *) tensor."""
+    _check_channels_first("filter_response_norm", input)
+    return _pick("filter_response_norm", backend)(input, weight, bias, tau, eps)
+
+
+def evonorm_b0(
+    input: Tensor,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    v: Tensor,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """EvoNorm-B0 of an (N, C, *) tensor; see ``reference.evonorm_b0``."""
+    who = "evonorm_b0"
+    _check_channels_first(who, input)
+    if training:
+        checks.check_per_channel(who, input)
+    impl = _pick("evonorm_b0", backend)
+    return impl(input, running_var, weight, bias, v, training, momentum, eps)
+
+
+def evonorm_s0(
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    v: Tensor,
+    eps: float = 1e-5,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """EvoNorm-S0 of an (N, C, *) tensor; see ``reference.evonorm_s0``."""
+    who = "evonorm_s0"
+    _check_channels_first(who, input)
+    checks.check_groups(who, input.shape[1], num_groups)
+    return _pick("evonorm_s0", backend)(input, num_groups, weight, bias, v, eps)
+
+
+def switchable_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Switchable Normalization of an (N, C, *) tensor; see ``reference.switchable_norm``."""
+    who = "switchable_norm"
+    _check_channels_first(who, input)
+    if training:
+        checks.check_per_channel(who, input)
+    impl = _pick("switchable_norm", backend)
+    return impl(
+        input,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        mean_weight,
+        var_weight,
+        training,
+        momentum,
+        eps,
+    )
+
+
+def scale_norm(
+    input: Tensor, scale: Tensor, eps: float = 1e-5, dim: int = -1, *, backend: str | None = None
+) -> Tensor:
+    """ScaleNorm: g * x / max(||x||, eps) along ``dim``."""
+    who = "scale_norm"
+    checks.check_floating(who, input)
+    checks.check_min_dims(who, input, 1, "(*, features)")
+    return _pick("scale_norm", backend)(input, scale, eps, dim)
+
+
+def dynamic_tanh(
+    input: Tensor,
+    alpha: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    channels_last: bool = True,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Dynamic Tanh: weight * tanh(alpha * x) + bias, per feature."""
+    who = "dynamic_tanh"
+    checks.check_floating(who, input)
+    checks.check_min_dims(
+        who, input, 1 if channels_last else 2, "(*, C)" if channels_last else _LAYOUT
+    )
+    return _pick("dynamic_tanh", backend)(input, alpha, weight, bias, channels_last)
+
+
+def layer_norm_2d(
+    input: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-6,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Layer normalization over the channel axis of an (N, C, *) tensor, per position."""
+    _check_channels_first("layer_norm_2d", input)
+    return _pick("layer_norm_2d", backend)(input, weight, bias, eps)
+
+
+def rms_norm_2d(
+    input: Tensor,
+    weight: Tensor | None = None,
+    eps: float | None = None,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """RMS normalization over the channel axis of an (N, C, *) tensor, per position."""
+    _check_channels_first("rms_norm_2d", input)
+    return _pick("rms_norm_2d", backend)(input, weight, eps)
+
+
+def weight_standardization(
+    weight: Tensor, eps: float = 1e-5, *, backend: str | None = None
+) -> Tensor:
+    """Weight Standardization: each output channel's weights to zero mean, unit variance."""
+    who = "weight_standardization"
+    checks.check_floating(who, weight)
+    checks.check_min_dims(who, weight, 2, "(out_channels, ...)")
+    return _pick("weight_standardization", backend)(weight, eps)

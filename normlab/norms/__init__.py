@@ -1,23 +1,71 @@
-"""The normalization techniques as nn.Modules, one file per family."""
+"""The normalization techniques as nn.Modules, one file per family, and the
+registry that builds them by name."""
 
-from normlab.norms.batch import BatchNorm1d, BatchNorm2d, BatchNorm3d
-from normlab.norms.group import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
-from normlab.norms.layer import LayerNorm, RMSNorm
-from normlab.norms.registry import NormSpec, available, get_spec
-from normlab.norms.response import LocalResponseNorm
+from normlab.norms.batch import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    BatchNormNd,
+    BatchRenorm,
+    BatchRenorm1d,
+    BatchRenorm2d,
+    FrozenBatchNorm2d,
+    GhostBatchNorm,
+    GhostBatchNorm1d,
+    GhostBatchNorm2d,
+)
+from normlab.norms.convert import convert, freeze_batchnorm, unfreeze_batchnorm
+from normlab.norms.dyt import DynamicTanh
+from normlab.norms.group import (
+    EvoNorm2dS0,
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    InstanceNormNd,
+)
+from normlab.norms.layer import LayerNorm, LayerNorm2d, RMSNorm, RMSNorm2d, ScaleNorm
+from normlab.norms.registry import NormSpec, StatSet, available, create, spec
+from normlab.norms.response import EvoNorm2dB0, FilterResponseNorm2d, LocalResponseNorm
+from normlab.norms.switchable import SwitchableNorm2d
+from normlab.norms.weight import WSConv2d, weight_norm
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormNd",
+    "BatchRenorm",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "DynamicTanh",
+    "EvoNorm2dB0",
+    "EvoNorm2dS0",
+    "FilterResponseNorm2d",
+    "FrozenBatchNorm2d",
+    "GhostBatchNorm",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",
     "InstanceNorm3d",
+    "InstanceNormNd",
     "LayerNorm",
+    "LayerNorm2d",
     "LocalResponseNorm",
     "NormSpec",
     "RMSNorm",
+    "RMSNorm2d",
+    "ScaleNorm",
+    "StatSet",
+    "SwitchableNorm2d",
+    "WSConv2d",
     "available",
-    "get_spec",
+    "convert",
+    "create",
+    "freeze_batchnorm",
+    "spec",
+    "unfreeze_batchnorm",
+    "weight_norm",
 ]

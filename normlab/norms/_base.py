@@ -11,11 +11,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from normlab.functional import checks
+
 
 class RunningStatsNorm(nn.Module):
     """Per-channel affine and running statistics, as in torch.nn's ``_NormBase``."""
 
     _version = 2  # torch's: version 2 added num_batches_tracked
+    # Accepted input ranks and their layout, for messages; None accepts any (N, C, *).
+    _dims: tuple[int, ...] | None = None
+    _layout: str = "(N, C, *)"
 
     num_features: int
     eps: float
@@ -72,6 +77,16 @@ class RunningStatsNorm(nn.Module):
     @property
     def _who(self) -> str:
         return f"{type(self).__name__}({self.num_features})"
+
+    def _check_input(self, input: Tensor) -> None:
+        """Floating point, an accepted rank, and num_features channels at dim 1."""
+        who = self._who
+        checks.check_floating(who, input)
+        if self._dims is None:
+            checks.check_min_dims(who, input, 2, self._layout)
+        else:
+            checks.check_dims(who, input, self._dims, self._layout)
+        checks.check_channels(who, input, self.num_features)
 
     def reset_running_stats(self) -> None:
         """Running mean to 0, running variance to 1, batch count to 0."""

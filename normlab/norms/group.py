@@ -96,8 +96,8 @@ class _InstanceNorm(RunningStatsNorm):
     in torch. Drop-in for the ``torch.nn`` class of the same name.
     """
 
-    _dims: tuple[int, int]  # (unbatched, batched) number of dimensions
-    _layout: str
+    _dims: tuple[int, int] | None = None  # (unbatched, batched) ranks; None: (N, C, *) any rank
+    _layout: str = "(N, C, *) with at least one spatial axis"
 
     def __init__(
         self,
@@ -125,8 +125,11 @@ class _InstanceNorm(RunningStatsNorm):
     def forward(self, input: Tensor) -> Tensor:
         who = self._who
         checks.check_floating(who, input)
-        checks.check_dims(who, input, self._dims, self._layout)
-        unbatched = input.dim() == self._dims[0]
+        if self._dims is None:
+            checks.check_min_dims(who, input, 3, self._layout)
+        else:
+            checks.check_dims(who, input, self._dims, self._layout)
+        unbatched = self._dims is not None and input.dim() == self._dims[0]
         channel_dim = 0 if unbatched else 1
         if input.shape[channel_dim] != self.num_features:
             if self.affine or self.track_running_stats:
@@ -172,3 +175,60 @@ class InstanceNorm3d(_InstanceNorm):
     ) + "\n    Input (N, C, D, H, W) or unbatched (C, D, H, W).\n"
     _dims = (4, 5)
     _layout = "(C, D, H, W) or (N, C, D, H, W)"
+
+
+class InstanceNormNd(_InstanceNorm):
+    __doc__ = (_InstanceNorm.__doc__ or "") + (
+        "\n    Input (N, C, *) of any rank from 3 (always batched): what\n"
+        "    ``normlab.create('instance', C)`` builds.\n"
+    )
+
+
+class EvoNorm2dS0(nn.Module):
+    r"""EvoNorm-S0 (Liu, Brock, Simonyan & Le, 2020, "Evolving Normalization-Activation
+    Layers").
+
+    .. math::
+        y = \frac{x \cdot \sigma(v x)}{\sqrt{\mathrm{Var}_{group}(x) + \epsilon}}
+        \cdot \gamma + \beta
+
+    A normalization and activation in one, found by architecture search: a
+    Swish-like gate x * sigmoid(v * x) divided by the group standard deviation
+    (per sample over each group's C / G channels and the spatial axes, as
+    GroupNorm). ``v``, ``weight`` and ``bias`` are per channel. Independent of
+    the batch; same in train and eval. Input (N, C, *) of any rank from 2.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        groups: int = 32,
+        eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        checks.check_groups(f"EvoNorm2dS0({num_features}, groups={groups})", num_features, groups)
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.groups = groups
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        self.v = nn.Parameter(torch.ones(num_features, **factory))
+
+    def reset_parameters(self) -> None:
+        """weight and v to 1, bias to 0."""
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+        nn.init.ones_(self.v)
+
+    def forward(self, input: Tensor) -> Tensor:
+        who = f"EvoNorm2dS0({self.num_features})"
+        checks.check_floating(who, input)
+        checks.check_min_dims(who, input, 2, "(N, C, *)")
+        checks.check_channels(who, input, self.num_features)
+        return NF.evonorm_s0(input, self.groups, self.weight, self.bias, self.v, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, groups={self.groups}, eps={self.eps}"

@@ -128,3 +128,149 @@ class RMSNorm(nn.Module):
         return (
             f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
         )
+
+
+class _ChannelsFirst(nn.Module):
+    """Per-position normalization over the channel axis of an (N, C, *) tensor."""
+
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float | None,
+        affine: bool,
+        bias: bool,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__()
+        if num_channels <= 0:
+            raise ValueError(
+                f"{type(self).__name__}: num_channels must be positive, got {num_channels}"
+            )
+        factory = {"device": device, "dtype": dtype}
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        self.weight: nn.Parameter | None
+        self.bias: nn.Parameter | None
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_channels, **factory))
+            self.bias = nn.Parameter(torch.zeros(num_channels, **factory)) if bias else None
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def reset_parameters(self) -> None:
+        """Weight to 1, bias to 0."""
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _check_input(self, input: Tensor) -> None:
+        who = f"{type(self).__name__}({self.num_channels})"
+        checks.check_floating(who, input)
+        checks.check_min_dims(who, input, 2, "(N, C, *)")
+        checks.check_channels(who, input, self.num_channels)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+class LayerNorm2d(_ChannelsFirst):
+    r"""LayerNorm over the channels of an (N, C, *) tensor, at each position
+    (as in ConvNeXt; Liu et al., 2022, "A ConvNet for the 2020s").
+
+    .. math::
+        y = \frac{x - \mathrm{E}_C[x]}{\sqrt{\mathrm{Var}_C[x] + \epsilon}} \cdot \gamma + \beta
+
+    E and Var (biased) over C only, separately for every sample and spatial
+    position; weight and bias per channel. Equals ``LayerNorm(C)`` applied to
+    the channels-last tensor. ``eps=1e-6`` as in timm. Input (N, C, *), rank >= 2.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float = 1e-6,
+        affine: bool = True,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_channels, eps, affine, bias, device, dtype)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        return NF.layer_norm_2d(input, self.weight, self.bias, self.eps)
+
+
+class RMSNorm2d(_ChannelsFirst):
+    r"""RMSNorm over the channels of an (N, C, *) tensor, at each position.
+
+    .. math::
+        y = \frac{x}{\sqrt{\mathrm{E}_C[x^2] + \epsilon}} \cdot \gamma
+
+    Equals ``RMSNorm(C)`` applied to the channels-last tensor (Zhang &
+    Sennrich, 2019). Input (N, C, *), rank >= 2.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float | None = 1e-6,
+        affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_channels, eps, affine, False, device, dtype)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        return NF.rms_norm_2d(input, self.weight, self.eps)
+
+
+class ScaleNorm(nn.Module):
+    r"""ScaleNorm (Nguyen & Salazar, 2019, "Transformers without Tears: Improving
+    the Normalization of Self-Attention").
+
+    .. math::
+        y = g \, \frac{x}{\max(\lVert x \rVert_2, \epsilon)}
+
+    Projects each feature vector onto the sphere of learnable radius g (one
+    scalar, ``scale``, initialized to sqrt(num_features) as in the paper): no
+    mean, no per-feature affine. Over the last axis (``channels_last=True``, as
+    LayerNorm) or the channel axis of (N, C, *).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        channels_last: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if num_features <= 0:
+            raise ValueError(f"ScaleNorm: num_features must be positive, got {num_features}")
+        self.num_features = num_features
+        self.eps = eps
+        self.channels_last = channels_last
+        self.scale = nn.Parameter(torch.empty((), device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """scale to sqrt(num_features)."""
+        nn.init.constant_(self.scale, self.num_features**0.5)
+
+    def forward(self, input: Tensor) -> Tensor:
+        who = f"ScaleNorm({self.num_features})"
+        checks.check_floating(who, input)
+        dim = -1 if self.channels_last else 1
+        checks.check_min_dims(who, input, 1 if self.channels_last else 2, "(*, C)")
+        checks.check_channels(who, input, self.num_features, dim % input.dim())
+        return NF.scale_norm(input, self.scale, self.eps, dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, channels_last={self.channels_last}"

@@ -1,23 +1,77 @@
-"""The registry: each technique's name, classes and, as data, what it normalizes over.
+"""The registry: every technique's name, aliases, how to build it, and, as data,
+what its statistics are taken over.
 
-For an (N, C, H, W) activation a technique takes one statistic over a set of
-axes: ``over_batch`` (N), ``over_spatial`` (H, W) and ``channels`` — one channel
-(``"one"``), a group of channels (``"group"``), all of them (``"all"``) or a
-window of neighbouring channels (``"window"``). Tables and diagrams are drawn
-from this data, never by hand per technique.
+For an activation of shape (N, C, H, W) a statistic is taken over a set of
+axes (a :class:`StatSet`): the batch (all of N, a virtual sub-batch, or none),
+the channels (one, a group, all, or a window of neighbours) and, or not, the
+spatial axes. Tables, diagrams and the docs are drawn from this data, never by
+hand per technique. :func:`create` builds any technique channels-first from
+its name or an alias.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from torch import nn
 
-from normlab.norms.batch import BatchNorm1d, BatchNorm2d, BatchNorm3d
-from normlab.norms.group import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
-from normlab.norms.layer import LayerNorm, RMSNorm
-from normlab.norms.response import LocalResponseNorm
+from normlab.norms.batch import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    BatchNormNd,
+    BatchRenorm,
+    BatchRenorm1d,
+    BatchRenorm2d,
+    FrozenBatchNorm2d,
+    GhostBatchNorm,
+    GhostBatchNorm1d,
+    GhostBatchNorm2d,
+)
+from normlab.norms.dyt import DynamicTanh
+from normlab.norms.group import (
+    EvoNorm2dS0,
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    InstanceNormNd,
+)
+from normlab.norms.layer import LayerNorm, LayerNorm2d, RMSNorm, RMSNorm2d, ScaleNorm
+from normlab.norms.response import EvoNorm2dB0, FilterResponseNorm2d, LocalResponseNorm
+from normlab.norms.switchable import SwitchableNorm2d
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class StatSet:
+    """The axes one statistic is taken over."""
+
+    batch: str = "none"  # "all" | "virtual" | "none"
+    channels: str = "one"  # "one" | "group" | "all" | "window"
+    spatial: bool = True
+
+    def nchw(self) -> str:
+        """For an (N, C, H, W) tensor, e.g. 'N, H, W'."""
+        parts = {"all": ["N"], "virtual": ["N/v"], "none": []}[self.batch]
+        parts += {"one": [], "group": ["C/G"], "all": ["C"], "window": ["C±k"]}[self.channels]
+        parts += ["H", "W"] if self.spatial else []
+        return ", ".join(parts)
+
+    def features(self) -> str:
+        """For an (N, features) tensor, e.g. 'N'; 'single value' when degenerate."""
+        parts = {"all": ["N"], "virtual": ["N/v"], "none": []}[self.batch]
+        parts += {"one": [], "group": ["F/G"], "all": ["F"], "window": ["F±k"]}[self.channels]
+        return ", ".join(parts) or "single value"
+
+
+def largest_divisor(num_channels: int, at_most: int) -> int:
+    """The largest divisor of ``num_channels`` not above ``at_most`` (at least 1)."""
+    return max(d for d in range(1, min(num_channels, at_most) + 1) if num_channels % d == 0)
 
 
 @dataclass(frozen=True)
@@ -25,105 +79,315 @@ class NormSpec:
     """What the registry knows of one technique."""
 
     name: str
-    classes: tuple[type[nn.Module], ...]
-    over_batch: bool
-    over_spatial: bool
-    channels: str  # "one" | "group" | "all" | "window"
-    statistics: str  # what is estimated: "mean, variance" | "mean square" | "local energy"
-    inference: str  # where eval-time statistics come from
-    paper: str
+    cls: type[nn.Module]
+    build: Builder  # (num_features, **kwargs) -> module, channels-first
+    stats: tuple[StatSet, ...]
+    statistics: str  # what is estimated, in words
+    train_eval_differ: bool
+    paper: str  # authors, year, title
+    aliases: dict[str, Builder | None] = field(default_factory=dict)  # None: the default build
+    channels_last: bool = False  # normalizes the last axis, as torch's LayerNorm
+    channels_first: Builder | None = None  # its (N, C, *) form, for channels_last techniques
+    classes: tuple[type[nn.Module], ...] = ()  # all classes of the technique (for convert)
 
     @property
     def batch_dependent(self) -> bool:
-        """Whether an output depends on the other samples of the batch (in training)."""
-        return self.over_batch
+        """Whether, in training, an output depends on the other samples of the batch."""
+        return any(s.batch != "none" for s in self.stats)
 
     @property
     def axes(self) -> str:
-        """The axes of an (N, C, H, W) tensor one statistic is taken over, e.g. 'N, H, W'."""
-        parts = ["N"] if self.over_batch else []
-        parts += {"one": [], "group": ["C/G"], "all": ["C"], "window": ["C±size/2"]}[self.channels]
-        parts += ["H", "W"] if self.over_spatial else []
-        return ", ".join(parts)
+        """The axes of an (N, C, H, W) tensor its statistics are taken over."""
+        return " + ".join(s.nchw() for s in self.stats) or "none"
+
+    @property
+    def axes_features(self) -> str:
+        """The axes of an (N, features) tensor its statistics are taken over."""
+        return " + ".join(s.features() for s in self.stats) or "none"
+
+    @cached_property
+    def parameters(self) -> tuple[str, ...]:
+        """Names of its learnable parameters (as built with defaults)."""
+        return tuple(name for name, _ in self.build(32).named_parameters())
 
 
-_SPECS: dict[str, NormSpec] = {
-    s.name: s
-    for s in (
-        NormSpec(
-            "batchnorm",
-            (BatchNorm1d, BatchNorm2d, BatchNorm3d),
-            over_batch=True,
-            over_spatial=True,
-            channels="one",
-            statistics="mean, variance",
-            inference="running averages",
-            paper="Ioffe & Szegedy, 2015",
-        ),
-        NormSpec(
-            "layernorm",
-            (LayerNorm,),
-            over_batch=False,
-            over_spatial=True,
-            channels="all",
-            statistics="mean, variance",
-            inference="the sample",
-            paper="Ba, Kiros & Hinton, 2016",
-        ),
-        NormSpec(
-            "groupnorm",
-            (GroupNorm,),
-            over_batch=False,
-            over_spatial=True,
-            channels="group",
-            statistics="mean, variance",
-            inference="the sample",
-            paper="Wu & He, 2018",
-        ),
-        NormSpec(
-            "instancenorm",
-            (InstanceNorm1d, InstanceNorm2d, InstanceNorm3d),
-            over_batch=False,
-            over_spatial=True,
-            channels="one",
-            statistics="mean, variance",
-            inference="the sample (running averages if tracked)",
-            paper="Ulyanov, Vedaldi & Lempitsky, 2016",
-        ),
-        NormSpec(
-            "rmsnorm",
-            (RMSNorm,),
-            over_batch=False,
-            over_spatial=True,
-            channels="all",
-            statistics="mean square",
-            inference="the sample",
-            paper="Zhang & Sennrich, 2019",
-        ),
-        NormSpec(
-            "lrn",
-            (LocalResponseNorm,),
-            over_batch=False,
-            over_spatial=False,
-            channels="window",
-            statistics="local energy",
-            inference="the sample",
-            paper="Krizhevsky, Sutskever & Hinton, 2012",
-        ),
-    )
-}
+def _group_kwargs(key: str) -> Callable[[int, dict], dict]:
+    """Resolve a group-count keyword: the default 32, lowered to a divisor of C."""
+
+    def resolve(num_features: int, kwargs: dict) -> dict:
+        requested = kwargs.pop(key, None)
+        groups = largest_divisor(num_features, 32) if requested is None else requested
+        return {key: groups, **kwargs}
+
+    return resolve
+
+
+_num_groups, _groups = _group_kwargs("num_groups"), _group_kwargs("groups")
+
+
+def _identity(num_features: int, **kwargs) -> nn.Module:
+    return nn.Identity()
+
+
+_SPECS: tuple[NormSpec, ...] = (
+    NormSpec(
+        "none",
+        nn.Identity,
+        _identity,
+        stats=(),
+        statistics="none (identity: the baseline)",
+        train_eval_differ=False,
+        paper="—",
+        aliases={"identity": None},
+    ),
+    NormSpec(
+        "batchnorm",
+        BatchNormNd,
+        BatchNormNd,
+        stats=(StatSet(batch="all"),),
+        statistics="mean, variance",
+        train_eval_differ=True,
+        paper="Ioffe & Szegedy, 2015, Batch Normalization: Accelerating Deep Network "
+        "Training by Reducing Internal Covariate Shift",
+        aliases={
+            "batch": None,
+            "bn": None,
+            "batch_norm": None,
+            "batchnorm1d": BatchNorm1d,
+            "batchnorm2d": BatchNorm2d,
+            "batchnorm3d": BatchNorm3d,
+        },
+        classes=(BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormNd),
+    ),
+    NormSpec(
+        "layernorm",
+        LayerNorm,
+        LayerNorm,
+        stats=(StatSet(channels="all", spatial=False),),
+        statistics="mean, variance",
+        train_eval_differ=False,
+        paper="Ba, Kiros & Hinton, 2016, Layer Normalization",
+        aliases={
+            "layer": None,
+            "ln": None,
+            "layer_norm": None,
+            "layernorm2d": LayerNorm2d,
+            "ln2d": LayerNorm2d,
+        },
+        channels_last=True,
+        channels_first=LayerNorm2d,
+        classes=(LayerNorm, LayerNorm2d),
+    ),
+    NormSpec(
+        "groupnorm",
+        GroupNorm,
+        lambda c, **kw: GroupNorm(num_channels=c, **_num_groups(c, kw)),
+        stats=(StatSet(channels="group"),),
+        statistics="mean, variance",
+        train_eval_differ=False,
+        paper="Wu & He, 2018, Group Normalization",
+        aliases={"group": None, "gn": None, "group_norm": None},
+    ),
+    NormSpec(
+        "instancenorm",
+        InstanceNormNd,
+        InstanceNormNd,
+        stats=(StatSet(),),
+        statistics="mean, variance",
+        train_eval_differ=False,
+        paper="Ulyanov, Vedaldi & Lempitsky, 2016, Instance Normalization: The Missing "
+        "Ingredient for Fast Stylization",
+        aliases={
+            "instance": None,
+            "in": None,
+            "instance_norm": None,
+            "instancenorm1d": InstanceNorm1d,
+            "instancenorm2d": InstanceNorm2d,
+            "instancenorm3d": InstanceNorm3d,
+        },
+        classes=(InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, InstanceNormNd),
+    ),
+    NormSpec(
+        "rmsnorm",
+        RMSNorm,
+        RMSNorm,
+        stats=(StatSet(channels="all", spatial=False),),
+        statistics="mean square",
+        train_eval_differ=False,
+        paper="Zhang & Sennrich, 2019, Root Mean Square Layer Normalization",
+        aliases={"rms": None, "rms_norm": None, "rmsnorm2d": RMSNorm2d},
+        channels_last=True,
+        channels_first=RMSNorm2d,
+        classes=(RMSNorm, RMSNorm2d),
+    ),
+    NormSpec(
+        "lrn",
+        LocalResponseNorm,
+        lambda c, **kw: LocalResponseNorm(**{"size": 5, **kw}),
+        stats=(StatSet(channels="window", spatial=False),),
+        statistics="sum of squares of neighbouring channels",
+        train_eval_differ=False,
+        paper="Krizhevsky, Sutskever & Hinton, 2012, ImageNet Classification with Deep "
+        "Convolutional Neural Networks",
+        aliases={"local_response": None, "localresponsenorm": None},
+    ),
+    NormSpec(
+        "batchrenorm",
+        BatchRenorm,
+        BatchRenorm,
+        stats=(StatSet(batch="all"),),
+        statistics="mean, variance, corrected towards the running ones",
+        train_eval_differ=True,
+        paper="Ioffe, 2017, Batch Renormalization: Towards Reducing Minibatch Dependence "
+        "in Batch-Normalized Models",
+        aliases={
+            "batch_renorm": None,
+            "brn": None,
+            "batchrenorm1d": BatchRenorm1d,
+            "batchrenorm2d": BatchRenorm2d,
+        },
+        classes=(BatchRenorm, BatchRenorm1d, BatchRenorm2d),
+    ),
+    NormSpec(
+        "ghostbatchnorm",
+        GhostBatchNorm,
+        GhostBatchNorm,
+        stats=(StatSet(batch="virtual"),),
+        statistics="mean, variance per virtual batch",
+        train_eval_differ=True,
+        paper="Hoffer, Hubara & Soudry, 2017, Train longer, generalize better: closing the "
+        "generalization gap in large batch training of neural networks",
+        aliases={
+            "ghost_batch": None,
+            "ghost": None,
+            "gbn": None,
+            "ghostbatchnorm1d": GhostBatchNorm1d,
+            "ghostbatchnorm2d": GhostBatchNorm2d,
+        },
+        classes=(GhostBatchNorm, GhostBatchNorm1d, GhostBatchNorm2d),
+    ),
+    NormSpec(
+        "frozenbatchnorm",
+        FrozenBatchNorm2d,
+        FrozenBatchNorm2d,
+        stats=(),
+        statistics="none (frozen running statistics)",
+        train_eval_differ=False,
+        paper="torchvision's FrozenBatchNorm2d (detection fine-tuning practice)",
+        aliases={"frozen_batch": None, "frozenbn": None, "frozen_bn": None},
+    ),
+    NormSpec(
+        "frn",
+        FilterResponseNorm2d,
+        FilterResponseNorm2d,
+        stats=(StatSet(),),
+        statistics="mean square (+ TLU threshold)",
+        train_eval_differ=False,
+        paper="Singh & Krishnan, 2019, Filter Response Normalization Layer: Eliminating "
+        "Batch Dependence in the Training of Deep Neural Networks",
+        aliases={"filter_response": None, "filterresponsenorm": None},
+    ),
+    NormSpec(
+        "evonorm_b0",
+        EvoNorm2dB0,
+        EvoNorm2dB0,
+        stats=(StatSet(batch="all"), StatSet()),
+        statistics="batch variance, instance variance",
+        train_eval_differ=True,
+        paper="Liu, Brock, Simonyan & Le, 2020, Evolving Normalization-Activation Layers",
+        aliases={"evonormb0": None, "evonorm2db0": None},
+    ),
+    NormSpec(
+        "evonorm_s0",
+        EvoNorm2dS0,
+        lambda c, **kw: EvoNorm2dS0(c, **_groups(c, kw)),
+        stats=(StatSet(channels="group"),),
+        statistics="group variance",
+        train_eval_differ=False,
+        paper="Liu, Brock, Simonyan & Le, 2020, Evolving Normalization-Activation Layers",
+        aliases={"evonorms0": None, "evonorm2ds0": None},
+    ),
+    NormSpec(
+        "switchable",
+        SwitchableNorm2d,
+        SwitchableNorm2d,
+        stats=(StatSet(), StatSet(channels="all"), StatSet(batch="all")),
+        statistics="softmax-weighted IN, LN and BN mean and variance",
+        train_eval_differ=True,
+        paper="Luo, Ren, Peng, Zhang & Li, 2018, Differentiable Learning-to-Normalize via "
+        "Switchable Normalization",
+        aliases={"sn": None, "switchable_norm": None, "switchablenorm": None},
+    ),
+    NormSpec(
+        "scalenorm",
+        ScaleNorm,
+        ScaleNorm,
+        stats=(StatSet(channels="all", spatial=False),),
+        statistics="L2 norm",
+        train_eval_differ=False,
+        paper="Nguyen & Salazar, 2019, Transformers without Tears: Improving the "
+        "Normalization of Self-Attention",
+        aliases={"scale": None, "scale_norm": None},
+        channels_last=True,
+        channels_first=lambda c, **kw: ScaleNorm(c, channels_last=False, **kw),
+    ),
+    NormSpec(
+        "dyt",
+        DynamicTanh,
+        DynamicTanh,
+        stats=(),
+        statistics="none (tanh with a learned scale)",
+        train_eval_differ=False,
+        paper="Zhu, Chen, He, LeCun & Liu, 2025, Transformers without Normalization",
+        aliases={"dynamic_tanh": None, "dynamictanh": None},
+        channels_last=True,
+        channels_first=lambda c, **kw: DynamicTanh(c, channels_last=False, **kw),
+    ),
+)
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def _alias_table() -> dict[str, tuple[NormSpec, Builder]]:
+    table = {}
+    for s in _SPECS:
+        table[_key(s.name)] = (s, s.build)
+        for alias, builder in s.aliases.items():
+            table[_key(alias)] = (s, builder or s.build)
+    return table
+
+
+_ALIASES = _alias_table()
 
 
 def available() -> list[str]:
-    """Registry names of every technique, in registry order."""
-    return list(_SPECS)
+    """Registry names of every technique, in registry order ('none' first)."""
+    return [s.name for s in _SPECS]
 
 
-def get_spec(name: str) -> NormSpec:
-    """The spec of technique ``name``; an unknown name raises with close matches."""
-    key = name.lower().replace("_", "").replace("-", "")
-    if key in _SPECS:
-        return _SPECS[key]
-    close = difflib.get_close_matches(key, list(_SPECS), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown normalization {name!r}{hint} (available: {', '.join(_SPECS)})")
+def _lookup(name: str) -> tuple[NormSpec, Builder]:
+    key = _key(name)
+    if key in _ALIASES:
+        return _ALIASES[key]
+    close = difflib.get_close_matches(key, list(_ALIASES), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise KeyError(f"unknown normalization {name!r}{hint} (techniques: {', '.join(available())})")
+
+
+def spec(name: str) -> NormSpec:
+    """The spec of technique ``name`` (a registry name or an alias)."""
+    return _lookup(name)[0]
+
+
+def create(name: str, num_features: int, **kwargs) -> nn.Module:
+    """Build technique ``name`` for ``num_features`` channels (channels-first).
+
+    Generic names ('batch', 'instance', 'group', ...) accept (N, C, *) inputs of
+    any rank; 'layer', 'rms', 'scale' and 'dyt' normalize the last axis, as
+    torch's LayerNorm. Group counts default to 32, lowered to the largest
+    divisor of ``num_features`` not above it. ``kwargs`` go to the constructor.
+    """
+    _, build = _lookup(name)
+    return build(num_features, **kwargs)

@@ -1,0 +1,111 @@
+"""Per-sample normalizations over features: LayerNorm, RMSNorm, their channels-first
+forms, ScaleNorm, and the normalization-free DynamicTanh."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from normlab.functional.reference.common import (
+    accumulation_dtype,
+    affine,
+    channel_shape,
+    mean_square,
+    moments,
+    upcast,
+)
+
+
+def _trailing(x: Tensor, k: int) -> list[int]:
+    return list(range(x.dim() - k, x.dim()))
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Layer normalization (Ba, Kiros & Hinton, 2016) over the trailing axes.
+
+    y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias, with E and Var over the
+    last ``len(normalized_shape)`` axes; weight and bias have normalized_shape.
+    """
+    x = upcast(input)
+    mean, var = moments(x, _trailing(x, len(normalized_shape)))
+    y = (x - mean) * torch.rsqrt(var + eps)
+    return affine(y, weight, bias, normalized_shape).to(input.dtype)
+
+
+def layer_norm_2d(
+    input: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-6
+) -> Tensor:
+    """Layer normalization over the channels of an (N, C, *) tensor, per position.
+
+    y = (x - E_c[x]) / sqrt(Var_c[x] + eps) * weight + bias, weight and bias (C,).
+    """
+    x = upcast(input)
+    mean, var = moments(x, [1])
+    y = (x - mean) * torch.rsqrt(var + eps)
+    return affine(y, weight, bias, channel_shape(x)).to(input.dtype)
+
+
+def _rms_eps(eps: float | None, dtype: torch.dtype) -> float:
+    return torch.finfo(accumulation_dtype(dtype)).eps if eps is None else eps
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    """Root-mean-square normalization (Zhang & Sennrich, 2019).
+
+    y = x / sqrt(mean(x^2) + eps) * weight over the trailing axes. ``eps=None``
+    takes the machine epsilon of the accumulation dtype (float32 for half
+    inputs), as torch does.
+    """
+    x = upcast(input)
+    ms = mean_square(x, _trailing(x, len(normalized_shape)))
+    y = x * torch.rsqrt(ms + _rms_eps(eps, input.dtype))
+    return affine(y, weight, None, normalized_shape).to(input.dtype)
+
+
+def rms_norm_2d(input: Tensor, weight: Tensor | None = None, eps: float | None = None) -> Tensor:
+    """RMS normalization over the channels of an (N, C, *) tensor, per position."""
+    x = upcast(input)
+    y = x * torch.rsqrt(mean_square(x, [1]) + _rms_eps(eps, input.dtype))
+    return affine(y, weight, None, channel_shape(x)).to(input.dtype)
+
+
+def scale_norm(input: Tensor, scale: Tensor, eps: float = 1e-5, dim: int = -1) -> Tensor:
+    """ScaleNorm (Nguyen & Salazar, 2019): y = g * x / max(||x||_2, eps) along ``dim``.
+
+    One learnable scalar g replaces LayerNorm's mean, variance and affine.
+    """
+    x = upcast(input)
+    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min(eps)
+    return (scale.to(x.dtype) * x / norm).to(input.dtype)
+
+
+def dynamic_tanh(
+    input: Tensor,
+    alpha: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    channels_last: bool = True,
+) -> Tensor:
+    """Dynamic Tanh (Zhu, Chen, He, LeCun & Liu, 2025): y = weight * tanh(alpha * x) + bias.
+
+    No statistics at all: a learnable scalar alpha squashes x elementwise.
+    weight and bias are per feature: the last axis (``channels_last``) or the
+    channel axis of (N, C, *).
+    """
+    x = upcast(input)
+    y = torch.tanh(alpha.to(x.dtype) * x)
+    shape = (x.shape[-1],) if channels_last else channel_shape(x)
+    return affine(y, weight, bias, shape).to(input.dtype)

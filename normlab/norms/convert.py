@@ -1,0 +1,146 @@
+"""Swapping normalization layers inside a model: convert, freeze and unfreeze BatchNorm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from normlab.norms import batch, layer, registry, response
+from normlab.norms.batch import BatchNormNd, FrozenBatchNorm2d
+
+# torch.nn's normalization layers (SyncBatchNorm is a _BatchNorm).
+_TORCH_NORMS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.RMSNorm,
+)
+# normlab's, every technique with a feature count (not Identity, not LRN).
+_NORMLAB_NORMS: tuple[type[nn.Module], ...] = tuple(
+    cls
+    for s in (registry.spec(n) for n in registry.available())
+    for cls in (s.classes or (s.cls,))
+    if cls not in (nn.Identity, response.LocalResponseNorm)
+)
+_CHANNELS_LAST = (nn.LayerNorm, nn.RMSNorm, layer.LayerNorm, layer.RMSNorm)
+_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, batch._BatchNorm)
+_COPIED = ("weight", "bias", "running_mean", "running_var")
+
+Source = str | type[nn.Module] | tuple[type[nn.Module], ...] | None
+
+
+def num_features_of(module: nn.Module) -> int:
+    """The feature (channel) count a normalization layer was built for."""
+    for attr in ("num_features", "num_channels"):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    shape = getattr(module, "normalized_shape", None)
+    if shape is not None:
+        if len(shape) != 1:
+            raise ValueError(
+                f"convert: {module} normalizes over {tuple(shape)}; only one feature axis "
+                "can be converted"
+            )
+        return shape[0]
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 1:
+        return weight.shape[0]
+    raise ValueError(f"convert: cannot tell how many features {module} normalizes")
+
+
+def _is_channels_last(module: nn.Module) -> bool:
+    return isinstance(module, _CHANNELS_LAST) or getattr(module, "channels_last", False) is True
+
+
+def _transfer(old: nn.Module, new: nn.Module) -> nn.Module:
+    """Copy affine parameters and running statistics where shapes agree; match
+    the old module's device, dtype and train/eval mode."""
+    tensors = [*old.parameters(), *old.buffers()]
+    reference = next((t for t in tensors if t.is_floating_point()), None)
+    if reference is not None:
+        new.to(device=reference.device, dtype=reference.dtype)
+    with torch.no_grad():
+        for name in _COPIED:
+            src, dst = getattr(old, name, None), getattr(new, name, None)
+            if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor):
+                if src.shape == dst.shape:
+                    dst.copy_(src)
+    return new.train(old.training)
+
+
+def _replace(
+    model: nn.Module, matches: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]
+) -> nn.Module:
+    """Replace, in place and recursively, every submodule that ``matches``."""
+    if matches(model):
+        return _transfer(model, make(model))
+    for name, child in model.named_children():
+        setattr(model, name, _replace(child, matches, make))
+    return model
+
+
+def _source_types(source: Source) -> tuple[type[nn.Module], ...]:
+    if source is None:
+        return _TORCH_NORMS + _NORMLAB_NORMS
+    if isinstance(source, str):
+        s = registry.spec(source)
+        return s.classes or (s.cls,)
+    return source if isinstance(source, tuple) else (source,)
+
+
+def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> nn.Module:
+    """Replace the normalization layers of ``model`` with technique ``target``.
+
+    In place, recursing through containers; returns the model (or the new
+    layer, if ``model`` itself is one). ``source`` selects what is replaced: a
+    registry name, a class or a tuple of classes; by default every torch.nn and
+    normlab normalization layer with a feature count (not LocalResponseNorm).
+    Each replacement is ``normlab.create(target, C, **kwargs)`` for the old
+    layer's C — in its channels-first form (LayerNorm2d, RMSNorm2d, ...) where
+    the old layer was channels-first and ``target`` normalizes the last axis.
+    Affine parameters and running statistics are copied where their shapes
+    agree; device, dtype and train/eval mode are kept.
+
+    A channels-last layer (LayerNorm) replaced by a channels-first technique
+    (BatchNorm) only fits inputs whose features are at dim 1, e.g. (N, C).
+    """
+    spec = registry.spec(target)
+    types = _source_types(source)
+
+    def make(old: nn.Module) -> nn.Module:
+        c = num_features_of(old)
+        if spec.channels_last and not _is_channels_last(old) and spec.channels_first:
+            return spec.channels_first(c, **kwargs)
+        return registry.create(target, c, **kwargs)
+
+    return _replace(model, lambda m: isinstance(m, types), make)
+
+
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm (torch.nn or normlab, SyncBatchNorm too) with a
+    :class:`FrozenBatchNorm2d` holding its running statistics, affine and eps.
+
+    In place; returns the model. A BatchNorm without running statistics
+    (``track_running_stats=False``) has nothing to freeze and raises.
+    """
+
+    def make(old: nn.Module) -> nn.Module:
+        if getattr(old, "running_mean", None) is None:
+            raise ValueError(f"freeze_batchnorm: {old} keeps no running statistics to freeze")
+        return FrozenBatchNorm2d(old.num_features, eps=old.eps)
+
+    return _replace(model, lambda m: isinstance(m, _BATCH_NORMS), make)
+
+
+def unfreeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every :class:`FrozenBatchNorm2d` with a trainable BatchNorm
+    (:class:`BatchNormNd`, any input rank) starting from its statistics and
+    affine. In place; returns the model."""
+    return _replace(
+        model,
+        lambda m: isinstance(m, FrozenBatchNorm2d),
+        lambda old: BatchNormNd(old.num_features, eps=old.eps),
+    )
