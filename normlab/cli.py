@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -24,33 +27,67 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
-def technique_rows() -> list[dict[str, str]]:
-    """The registry as rows of text: what ``normlab list`` prints and docs/techniques.md holds."""
+def technique_rows(costs: dict[str, float] | None = None) -> list[dict[str, str]]:
+    """The registry as rows of text, with a cost column when ``costs`` (technique ->
+    fwd+bwd time relative to BatchNorm2d, from benchmarks/cpu_norms.py) is given."""
     rows = []
     for name in available():
         s = spec(name)
-        rows.append(
-            {
-                "name": name,
-                "class": s.cls.__name__,
-                "(N, C, H, W) over": s.axes,
-                "(N, F) over": s.axes_features,
-                "batch-dependent": "yes" if s.batch_dependent else "no",
-                "train != eval": "yes" if s.train_eval_differ else "no",
-                "parameters": ", ".join(s.parameters) or "-",
-                "paper": s.paper,
-            }
-        )
+        row = {
+            "name": name,
+            "class": s.cls.__name__,
+            "formula": s.formula,
+            "(N, C, H, W) over": s.axes,
+            "(N, F) over": s.axes_features,
+            "batch-dep.": "yes" if s.batch_dependent else "no",
+            "train≠eval": "yes" if s.train_eval_differ else "no",
+            "parameters": ", ".join(s.parameters) or "-",
+        }
+        if costs is not None:
+            row["cost (x BN)"] = f"{costs[name]:.2f}" if name in costs else "-"
+        row["paper"] = s.paper
+        rows.append(row)
     return rows
 
 
+def technique_markdown(costs: dict[str, float] | None = None) -> str:
+    """The technique table as Markdown (what docs/techniques.md holds)."""
+    rows = technique_rows(costs)
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r.values()) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def read_costs(path: Path) -> dict[str, float]:
+    """technique -> cost relative to BatchNorm2d, from a benchmarks/cpu_norms.py JSON file."""
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        return {r["technique"]: r["cost_vs_batchnorm"] for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise typer.BadParameter(f"cannot read costs from {path}: {e}") from e
+
+
 @app.command("list")
-def list_techniques() -> None:
-    """Table of the techniques: what each normalizes over, and where it comes from."""
-    rows = technique_rows()
+def list_techniques(
+    markdown: Annotated[bool, typer.Option(help="print a Markdown table instead")] = False,
+    costs: Annotated[
+        Path | None,
+        typer.Option(help="JSON from benchmarks/cpu_norms.py: adds a cost column"),
+    ] = None,
+) -> None:
+    """Table of the techniques: formula, axes of the statistics, parameters, paper."""
+    cost_map = read_costs(costs) if costs is not None else None
+    if markdown:
+        typer.echo(technique_markdown(cost_map), nl=False)
+        return
+    rows = technique_rows(cost_map)
+    for row in rows:  # formulas and titles are in `--markdown` (docs/techniques.md)
+        del row["formula"]
+        row["paper"] = re.sub(r"^(.*?\d{4}).*", r"\1", row["paper"])
     table = Table(title="normlab techniques: the axes one statistic is taken over")
+    min_width = {"parameters": 18, "paper": 24, "(N, C, H, W) over": 12, "(N, F) over": 10}
     for column in rows[0]:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, min_width=min_width.get(column), no_wrap=column not in min_width)
     for row in rows:
         table.add_row(*row.values())
     console.print(table)

@@ -83,6 +83,7 @@ class NormSpec:
     build: Builder  # (num_features, **kwargs) -> module, channels-first
     stats: tuple[StatSet, ...]
     statistics: str  # what is estimated, in words
+    formula: str
     train_eval_differ: bool
     paper: str  # authors, year, title
     aliases: dict[str, Builder | None] = field(default_factory=dict)  # None: the default build
@@ -136,6 +137,7 @@ _SPECS: tuple[NormSpec, ...] = (
         _identity,
         stats=(),
         statistics="none (identity: the baseline)",
+        formula="y = x",
         train_eval_differ=False,
         paper="—",
         aliases={"identity": None},
@@ -146,6 +148,7 @@ _SPECS: tuple[NormSpec, ...] = (
         BatchNormNd,
         stats=(StatSet(batch="all"),),
         statistics="mean, variance",
+        formula="y = γ (x − μ_B) / √(σ²_B + ε) + β",
         train_eval_differ=True,
         paper="Ioffe & Szegedy, 2015, Batch Normalization: Accelerating Deep Network "
         "Training by Reducing Internal Covariate Shift",
@@ -165,6 +168,7 @@ _SPECS: tuple[NormSpec, ...] = (
         LayerNorm,
         stats=(StatSet(channels="all", spatial=False),),
         statistics="mean, variance",
+        formula="y = γ (x − μ) / √(σ² + ε) + β, over the features",
         train_eval_differ=False,
         paper="Ba, Kiros & Hinton, 2016, Layer Normalization",
         aliases={
@@ -184,6 +188,7 @@ _SPECS: tuple[NormSpec, ...] = (
         lambda c, **kw: GroupNorm(num_channels=c, **_num_groups(c, kw)),
         stats=(StatSet(channels="group"),),
         statistics="mean, variance",
+        formula="y = γ (x − μ_G) / √(σ²_G + ε) + β, per sample and channel group",
         train_eval_differ=False,
         paper="Wu & He, 2018, Group Normalization",
         aliases={"group": None, "gn": None, "group_norm": None},
@@ -194,6 +199,7 @@ _SPECS: tuple[NormSpec, ...] = (
         InstanceNormNd,
         stats=(StatSet(),),
         statistics="mean, variance",
+        formula="y = γ (x − μ_nc) / √(σ²_nc + ε) + β",
         train_eval_differ=False,
         paper="Ulyanov, Vedaldi & Lempitsky, 2016, Instance Normalization: The Missing "
         "Ingredient for Fast Stylization",
@@ -213,6 +219,7 @@ _SPECS: tuple[NormSpec, ...] = (
         RMSNorm,
         stats=(StatSet(channels="all", spatial=False),),
         statistics="mean square",
+        formula="y = γ x / √(mean(x²) + ε)",
         train_eval_differ=False,
         paper="Zhang & Sennrich, 2019, Root Mean Square Layer Normalization",
         aliases={"rms": None, "rms_norm": None, "rmsnorm2d": RMSNorm2d},
@@ -226,6 +233,7 @@ _SPECS: tuple[NormSpec, ...] = (
         lambda c, **kw: LocalResponseNorm(**{"size": 5, **kw}),
         stats=(StatSet(channels="window", spatial=False),),
         statistics="sum of squares of neighbouring channels",
+        formula="b_c = a_c / (k + α/n · Σ_{c′ near c} a²_{c′})^β",
         train_eval_differ=False,
         paper="Krizhevsky, Sutskever & Hinton, 2012, ImageNet Classification with Deep "
         "Convolutional Neural Networks",
@@ -237,6 +245,8 @@ _SPECS: tuple[NormSpec, ...] = (
         BatchRenorm,
         stats=(StatSet(batch="all"),),
         statistics="mean, variance, corrected towards the running ones",
+        formula="y = γ ((x − μ_B)/σ_B · r + d) + β, r = clip(σ_B/σ), "
+        "d = clip((μ_B − μ)/σ), no gradient through r, d",
         train_eval_differ=True,
         paper="Ioffe, 2017, Batch Renormalization: Towards Reducing Minibatch Dependence "
         "in Batch-Normalized Models",
@@ -254,6 +264,7 @@ _SPECS: tuple[NormSpec, ...] = (
         GhostBatchNorm,
         stats=(StatSet(batch="virtual"),),
         statistics="mean, variance per virtual batch",
+        formula="batch norm within each virtual batch of v samples",
         train_eval_differ=True,
         paper="Hoffer, Hubara & Soudry, 2017, Train longer, generalize better: closing the "
         "generalization gap in large batch training of neural networks",
@@ -272,6 +283,7 @@ _SPECS: tuple[NormSpec, ...] = (
         FrozenBatchNorm2d,
         stats=(),
         statistics="none (frozen running statistics)",
+        formula="y = γ (x − μ_run) / √(σ²_run + ε) + β, all fixed buffers",
         train_eval_differ=False,
         paper="torchvision's FrozenBatchNorm2d (detection fine-tuning practice)",
         aliases={"frozen_batch": None, "frozenbn": None, "frozen_bn": None},
@@ -282,6 +294,7 @@ _SPECS: tuple[NormSpec, ...] = (
         FilterResponseNorm2d,
         stats=(StatSet(),),
         statistics="mean square (+ TLU threshold)",
+        formula="y = max(γ x / √(mean_HW(x²) + ε) + β, τ)",
         train_eval_differ=False,
         paper="Singh & Krishnan, 2019, Filter Response Normalization Layer: Eliminating "
         "Batch Dependence in the Training of Deep Neural Networks",
@@ -293,6 +306,7 @@ _SPECS: tuple[NormSpec, ...] = (
         EvoNorm2dB0,
         stats=(StatSet(batch="all"), StatSet()),
         statistics="batch variance, instance variance",
+        formula="y = γ x / max(√(σ²_B + ε), v x + √(σ²_I + ε)) + β",
         train_eval_differ=True,
         paper="Liu, Brock, Simonyan & Le, 2020, Evolving Normalization-Activation Layers",
         aliases={"evonormb0": None, "evonorm2db0": None},
@@ -303,6 +317,7 @@ _SPECS: tuple[NormSpec, ...] = (
         lambda c, **kw: EvoNorm2dS0(c, **_groups(c, kw)),
         stats=(StatSet(channels="group"),),
         statistics="group variance",
+        formula="y = γ x · sigmoid(v x) / √(σ²_G + ε) + β",
         train_eval_differ=False,
         paper="Liu, Brock, Simonyan & Le, 2020, Evolving Normalization-Activation Layers",
         aliases={"evonorms0": None, "evonorm2ds0": None},
@@ -313,6 +328,7 @@ _SPECS: tuple[NormSpec, ...] = (
         SwitchableNorm2d,
         stats=(StatSet(), StatSet(channels="all"), StatSet(batch="all")),
         statistics="softmax-weighted IN, LN and BN mean and variance",
+        formula="y = γ (x − Σ_k w_k μ_k) / √(Σ_k w′_k σ²_k + ε) + β, k ∈ {IN, LN, BN}",
         train_eval_differ=True,
         paper="Luo, Ren, Peng, Zhang & Li, 2018, Differentiable Learning-to-Normalize via "
         "Switchable Normalization",
@@ -324,6 +340,7 @@ _SPECS: tuple[NormSpec, ...] = (
         ScaleNorm,
         stats=(StatSet(channels="all", spatial=False),),
         statistics="L2 norm",
+        formula="y = g x / max(‖x‖₂, ε)",
         train_eval_differ=False,
         paper="Nguyen & Salazar, 2019, Transformers without Tears: Improving the "
         "Normalization of Self-Attention",
@@ -337,6 +354,7 @@ _SPECS: tuple[NormSpec, ...] = (
         DynamicTanh,
         stats=(),
         statistics="none (tanh with a learned scale)",
+        formula="y = γ tanh(α x) + β",
         train_eval_differ=False,
         paper="Zhu, Chen, He, LeCun & Liu, 2025, Transformers without Normalization",
         aliases={"dynamic_tanh": None, "dynamictanh": None},

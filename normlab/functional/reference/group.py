@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -57,9 +59,14 @@ def instance_norm(
     return affine(y, weight, bias, channel_shape(x)).to(input.dtype)
 
 
+def _grouped(x: Tensor, num_groups: int) -> Tensor:
+    """(N, C, *) as (N, G, C / G * spatial); sizes explicit, so an empty batch works."""
+    return x.reshape(x.shape[0], num_groups, math.prod(x.shape[1:]) // num_groups)
+
+
 def _group_std(x: Tensor, num_groups: int, eps: float) -> tuple[Tensor, Tensor]:
     """Per sample and group: mean and sqrt(var + eps), shaped (N, G, 1)."""
-    mean, var = moments(x.reshape(x.shape[0], num_groups, -1), [2])
+    mean, var = moments(_grouped(x, num_groups), [2])
     return mean, torch.sqrt(var + eps)
 
 
@@ -78,7 +85,7 @@ def group_norm(
     """
     x = upcast(input)
     mean, std = _group_std(x, num_groups, eps)
-    y = ((x.reshape(x.shape[0], num_groups, -1) - mean) / std).reshape(x.shape)
+    y = ((_grouped(x, num_groups) - mean) / std).reshape(x.shape)
     return affine(y, weight, bias, channel_shape(x)).to(input.dtype)
 
 
@@ -100,5 +107,5 @@ def evonorm_s0(
     shape = channel_shape(x)
     _, std = _group_std(x, num_groups, eps)
     gated = x * torch.sigmoid(v.reshape(shape).to(x.dtype) * x)
-    y = (gated.reshape(x.shape[0], num_groups, -1) / std).reshape(x.shape)
+    y = (_grouped(gated, num_groups) / std).reshape(x.shape)
     return affine(y, weight, bias, shape).to(input.dtype)

@@ -1,0 +1,299 @@
+"""The registry (names, aliases, axes data), create() and convert()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import normlab
+
+
+def test_available_starts_with_the_baseline_and_holds_every_technique():
+    names = normlab.available()
+    assert names[0] == "none"
+    for name in (
+        "batchnorm",
+        "layernorm",
+        "groupnorm",
+        "instancenorm",
+        "rmsnorm",
+        "lrn",
+        "batchrenorm",
+        "ghostbatchnorm",
+        "frozenbatchnorm",
+        "frn",
+        "evonorm_b0",
+        "evonorm_s0",
+        "switchable",
+        "scalenorm",
+        "dyt",
+    ):
+        assert name in names
+
+
+@pytest.mark.parametrize(
+    ("name", "nchw", "features", "batch_dependent", "train_eval_differ"),
+    [
+        ("batchnorm", "N, H, W", "N", True, True),
+        ("groupnorm", "C/G, H, W", "F/G", False, False),
+        ("instancenorm", "H, W", "single value", False, False),
+        ("layernorm", "C", "F", False, False),
+        ("ghostbatchnorm", "N/v, H, W", "N/v", True, True),
+        ("switchable", "H, W + C, H, W + N, H, W", "single value + F + N", True, True),
+        ("evonorm_b0", "N, H, W + H, W", "N + single value", True, True),
+        ("dyt", "none", "none", False, False),
+        ("none", "none", "none", False, False),
+    ],
+)
+def test_spec_axes_follow_the_papers(name, nchw, features, batch_dependent, train_eval_differ):
+    s = normlab.spec(name)
+    assert (s.axes, s.axes_features) == (nchw, features)
+    assert (s.batch_dependent, s.train_eval_differ) == (batch_dependent, train_eval_differ)
+    assert s.paper
+
+
+def test_spec_parameters_are_read_from_the_built_layer():
+    assert normlab.spec("batchnorm").parameters == ("weight", "bias")
+    assert normlab.spec("dyt").parameters == ("alpha", "weight", "bias")
+    assert normlab.spec("frn").parameters == ("weight", "bias", "tau")
+    assert normlab.spec("lrn").parameters == ()
+
+
+@pytest.mark.parametrize(
+    ("alias", "cls"),
+    [
+        ("batch", normlab.BatchNormNd),
+        ("bn", normlab.BatchNormNd),
+        ("BatchNorm2d", normlab.BatchNorm2d),
+        ("group", normlab.GroupNorm),
+        ("gn", normlab.GroupNorm),
+        ("layer", normlab.LayerNorm),
+        ("ln", normlab.LayerNorm),
+        ("instance", normlab.InstanceNormNd),
+        ("rms", normlab.RMSNorm),
+        ("batch_renorm", normlab.BatchRenorm),
+        ("ghost_batch", normlab.GhostBatchNorm),
+        ("frn", normlab.FilterResponseNorm2d),
+        ("evonorm_b0", normlab.EvoNorm2dB0),
+        ("evonorm-s0", normlab.EvoNorm2dS0),
+        ("switchable", normlab.SwitchableNorm2d),
+        ("scale", normlab.ScaleNorm),
+        ("dyt", normlab.DynamicTanh),
+        ("none", nn.Identity),
+        ("identity", nn.Identity),
+        ("layernorm2d", normlab.LayerNorm2d),
+    ],
+)
+def test_create_by_name_and_alias(alias, cls):
+    m = normlab.create(alias, 16)
+    assert type(m) is cls
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "batch",
+        "instance",
+        "group",
+        "batch_renorm",
+        "ghost_batch",
+        "frn",
+        "evonorm_b0",
+        "evonorm_s0",
+        "switchable",
+    ],
+)
+@pytest.mark.parametrize("shape", [(4, 8, 5), (4, 8, 3, 3), (4, 8, 2, 3, 3)])
+def test_generic_names_accept_any_rank(name, shape):
+    m = normlab.create(name, 8)
+    assert m(torch.randn(shape)).shape == shape
+    assert m.eval()(torch.randn(shape)).shape == shape
+
+
+@pytest.mark.parametrize("name", ["layer", "rms", "scale", "dyt"])
+def test_channels_last_names_normalize_the_last_axis(name):
+    m = normlab.create(name, 8)
+    x = torch.randn(2, 3, 8)
+    assert m(x).shape == x.shape
+    with pytest.raises(normlab.NormInputError):
+        m(torch.randn(2, 8, 3))
+
+
+def test_group_count_defaults_to_the_largest_divisor_up_to_32():
+    assert normlab.create("group", 64).num_groups == 32
+    assert normlab.create("group", 48).num_groups == 24
+    assert normlab.create("group", 20).num_groups == 20
+    assert normlab.create("group", 7).num_groups == 7
+    assert normlab.create("group", 37).num_groups == 1
+    assert normlab.create("evonorm_s0", 48).groups == 24
+    assert normlab.create("group", 64, num_groups=4).num_groups == 4
+
+
+def test_create_passes_keyword_arguments():
+    m = normlab.create("batch", 8, momentum=None, eps=1e-3)
+    assert (m.momentum, m.eps) == (None, 1e-3)
+    assert normlab.create("lrn", 8, size=3).size == 3
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(
+        KeyError, match=r"unknown normalization 'batchnrom'; did you mean 'batchnorm'"
+    ):
+        normlab.create("batchnrom", 8)
+    with pytest.raises(KeyError, match="techniques: none, batchnorm"):
+        normlab.spec("qqq")
+
+
+# ---------------------------------------------------------------- convert
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock, small."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+def resnet() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        BasicBlock(16, 16),
+        BasicBlock(16, 32, stride=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+
+
+def _norms(model: nn.Module, cls) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, cls)]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "group",
+        "instance",
+        "batch_renorm",
+        "ghost_batch",
+        "frn",
+        "evonorm_s0",
+        "switchable",
+        "layer",
+        "rms",
+        "dyt",
+        "scale",
+        "none",
+    ],
+)
+def test_convert_resnet(target):
+    model = resnet()
+    with torch.no_grad():
+        for bn in _norms(model, nn.BatchNorm2d):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.running_mean.normal_()
+    model.eval()
+    weights = [bn.weight.clone() for bn in _norms(model, nn.BatchNorm2d)]
+    means = [bn.running_mean.clone() for bn in _norms(model, nn.BatchNorm2d)]
+    out = normlab.convert(model, target)
+    assert out is model
+    assert not _norms(model, nn.BatchNorm2d)
+    new = [
+        m
+        for m in model.modules()
+        if type(m).__module__.startswith("normlab")
+        or (target == "none" and isinstance(m, nn.Identity))
+    ]
+    assert len(new) == 6
+    assert not any(m.training for m in new)
+    for m, w, mu in zip(new, weights, means, strict=True):
+        if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.shape == w.shape:
+            torch.testing.assert_close(m.weight.detach(), w)
+        if getattr(m, "running_mean", None) is not None:
+            torch.testing.assert_close(m.running_mean, mu)
+    if target == "layer":  # channels-first sources get LayerNorm over C at each position
+        assert all(isinstance(m, normlab.LayerNorm2d) for m in new)
+    model.train()
+    y = model(torch.randn(4, 3, 8, 8))
+    assert y.shape == (4, 10) and torch.isfinite(y).all()
+    y.sum().backward()
+
+
+def test_convert_keeps_dtype_and_device_and_recurses_through_normlab_layers():
+    model = resnet().double()
+    normlab.convert(model, "group")
+    normlab.convert(model, "batchnorm2d", source="groupnorm")
+    assert len(_norms(model, normlab.BatchNorm2d)) == 6
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert model(torch.randn(2, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_convert_mlp_from_batchnorm_to_layernorm_and_back():
+    mlp = nn.Sequential(
+        nn.Linear(20, 32),
+        nn.BatchNorm1d(32),
+        nn.Sigmoid(),
+        nn.Linear(32, 32),
+        nn.BatchNorm1d(32),
+        nn.Sigmoid(),
+        nn.Linear(32, 10),
+    )
+    normlab.convert(mlp, "layer")
+    assert len(_norms(mlp, normlab.LayerNorm2d)) == 2  # over dim 1 = the features of (N, F)
+    x = torch.randn(5, 20)
+    h = mlp[0](x)
+    torch.testing.assert_close(mlp[1](h), torch.nn.functional.layer_norm(h, (32,), eps=1e-6))
+    normlab.convert(mlp, "batch", momentum=0.5)
+    assert [m.momentum for m in _norms(mlp, normlab.BatchNormNd)] == [0.5, 0.5]
+    assert mlp(x).shape == (5, 10)
+
+
+def test_convert_transformer_layernorm_keeps_the_last_axis():
+    block = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+    normlab.convert(block, "rms")
+    assert isinstance(block[1], normlab.RMSNorm)
+    assert block(torch.randn(2, 5, 8)).shape == (2, 5, 8)
+
+
+def test_convert_a_bare_layer_returns_the_replacement():
+    new = normlab.convert(nn.BatchNorm2d(4), "group")
+    assert isinstance(new, normlab.GroupNorm) and new.num_groups == 4
+
+
+def test_convert_with_a_source_class_and_an_unknown_target():
+    model = nn.Sequential(nn.BatchNorm1d(4), nn.LayerNorm(4))
+    normlab.convert(model, "dyt", source=nn.LayerNorm)
+    assert isinstance(model[0], nn.BatchNorm1d) and isinstance(model[1], normlab.DynamicTanh)
+    with pytest.raises(KeyError, match="did you mean"):
+        normlab.convert(model, "groupnrom")
+
+
+def test_docs_technique_page_matches_the_registry():
+    """docs/techniques.md holds the table `normlab list --markdown --costs ...` prints;
+    regenerate it after changing the registry or rerunning the benchmark."""
+    from pathlib import Path
+
+    from normlab.cli import read_costs, technique_markdown
+
+    root = Path(__file__).parent.parent
+    costs = read_costs(root / "benchmarks/results/cpu_norms-32x64x28x28.json")
+    assert set(costs) >= set(normlab.available()) - {"none"}
+    assert technique_markdown(costs) in (root / "docs/techniques.md").read_text(encoding="utf-8")
