@@ -297,3 +297,17 @@ def test_docs_technique_page_matches_the_registry():
     costs = read_costs(root / "benchmarks/results/cpu_norms-32x64x28x28.json")
     assert set(costs) >= set(normlab.available()) - {"none"}
     assert technique_markdown(costs) in (root / "docs/techniques.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in normlab.available() if n not in ("none", "lrn", "frozenbatchnorm")]
+)
+def test_reset_parameters_restores_the_initial_state(name):
+    m = normlab.create(name, 8)
+    fresh = {k: v.clone() for k, v in m.state_dict().items()}
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.5)
+    m.reset_parameters()
+    for key, value in fresh.items():
+        torch.testing.assert_close(m.state_dict()[key], value, msg=key)

@@ -465,7 +465,7 @@ def evonorm_b0(
     y, batch_var = _EvoNormB0.apply(x3, var_b, *params, eps, training)
     if training and running_var is not None:
         count = input.numel() // input.shape[1]
-        update_running(None, running_var, batch_var, unbiased(batch_var, count), momentum)
+        update_running(None, running_var, None, unbiased(batch_var, count), momentum)
     return y.reshape(input.shape).to(input.dtype)
 
 

@@ -14,6 +14,33 @@ from torch import Tensor, nn
 from normlab.functional import checks
 
 
+def add_affine(
+    module: nn.Module,
+    shape: int | tuple[int, ...],
+    affine: bool,
+    bias: bool,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> None:
+    """Register ``weight`` (and ``bias`` when ``bias``) of ``shape`` on ``module``,
+    torch.nn's way: both registered as None when not ``affine``."""
+    factory = {"device": device, "dtype": dtype}
+    weight = nn.Parameter(torch.empty(shape, **factory)) if affine else None
+    module.register_parameter("weight", weight)
+    has_bias = affine and bias
+    module.register_parameter(
+        "bias", nn.Parameter(torch.empty(shape, **factory)) if has_bias else None
+    )
+
+
+def reset_affine(module: nn.Module) -> None:
+    """``weight`` to 1 and ``bias`` to 0, each where present."""
+    if getattr(module, "weight", None) is not None:
+        nn.init.ones_(module.weight)
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+
+
 class RunningStatsNorm(nn.Module):
     """Per-channel affine and running statistics, as in torch.nn's ``_NormBase``."""
 
@@ -53,12 +80,7 @@ class RunningStatsNorm(nn.Module):
         self.track_running_stats = track_running_stats
         self.weight: nn.Parameter | None
         self.bias: nn.Parameter | None
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory)) if bias else None
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        add_affine(self, num_features, affine, bias, device, dtype)
         self.running_mean: Tensor | None
         self.running_var: Tensor | None
         self.num_batches_tracked: Tensor | None
@@ -100,10 +122,7 @@ class RunningStatsNorm(nn.Module):
     def reset_parameters(self) -> None:
         """Reset the running statistics, weight to 1 and bias to 0."""
         self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def _momentum_for_step(self) -> float:
         """Count this training batch and return the factor of its statistics.

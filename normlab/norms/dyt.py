@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from normlab import functional as NF
 from normlab.functional import checks
+from normlab.norms._base import reset_affine
 
 
 class DynamicTanh(nn.Module):
@@ -43,8 +44,7 @@ class DynamicTanh(nn.Module):
     def reset_parameters(self) -> None:
         """alpha to alpha_init, weight to 1, bias to 0."""
         nn.init.constant_(self.alpha, self.alpha_init)
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
         who = f"DynamicTanh({self.num_features})"

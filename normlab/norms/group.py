@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from normlab import functional as NF
 from normlab.functional import checks
-from normlab.norms._base import RunningStatsNorm
+from normlab.norms._base import RunningStatsNorm, add_affine, reset_affine
 
 
 class GroupNorm(nn.Module):
@@ -44,27 +44,18 @@ class GroupNorm(nn.Module):
     ) -> None:
         super().__init__()
         checks.check_groups(f"GroupNorm({num_groups}, {num_channels})", num_channels, num_groups)
-        factory = {"device": device, "dtype": dtype}
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
         self.weight: nn.Parameter | None
         self.bias: nn.Parameter | None
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_channels, **factory))
-            self.bias = nn.Parameter(torch.empty(num_channels, **factory)) if bias else None
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        add_affine(self, num_channels, affine, bias, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Weight to 1, bias to 0."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
         who = f"GroupNorm({self.num_groups}, {self.num_channels})"
@@ -219,8 +210,7 @@ class EvoNorm2dS0(nn.Module):
 
     def reset_parameters(self) -> None:
         """weight and v to 1, bias to 0."""
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        reset_affine(self)
         nn.init.ones_(self.v)
 
     def forward(self, input: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from normlab import functional as NF
 from normlab.functional import checks
+from normlab.norms._base import add_affine, reset_affine
 
 ShapeLike = int | Sequence[int] | torch.Size
 
@@ -40,27 +41,17 @@ class LayerNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
         self.normalized_shape = checks.as_normalized_shape("LayerNorm", normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         self.weight: nn.Parameter | None
         self.bias: nn.Parameter | None
-        if elementwise_affine:
-            shape = self.normalized_shape
-            self.weight = nn.Parameter(torch.empty(shape, **factory))
-            self.bias = nn.Parameter(torch.empty(shape, **factory)) if bias else None
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        add_affine(self, self.normalized_shape, elementwise_affine, bias, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Weight to 1, bias to 0."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
         who = f"LayerNorm({self.normalized_shape})"
@@ -147,25 +138,17 @@ class _ChannelsFirst(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}: num_channels must be positive, got {num_channels}"
             )
-        factory = {"device": device, "dtype": dtype}
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
         self.weight: nn.Parameter | None
         self.bias: nn.Parameter | None
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_channels, **factory)) if bias else None
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        add_affine(self, num_channels, affine, bias, device, dtype)
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Weight to 1, bias to 0."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def _check_input(self, input: Tensor) -> None:
         who = f"{type(self).__name__}({self.num_channels})"

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from normlab import functional as NF
 from normlab.functional import checks
+from normlab.norms._base import reset_affine
 
 
 class LocalResponseNorm(nn.Module):
@@ -92,8 +93,7 @@ class FilterResponseNorm2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """weight to 1; bias and tau to 0; learned_eps to 1e-4."""
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        reset_affine(self)
         if self.tau is not None:
             nn.init.zeros_(self.tau)
         if self.learned_eps is not None:
@@ -150,8 +150,7 @@ class EvoNorm2dB0(nn.Module):
 
     def reset_parameters(self) -> None:
         """weight and v to 1, bias to 0, running_var to 1."""
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        reset_affine(self)
         nn.init.ones_(self.v)
         self.running_var.fill_(1)
 

@@ -64,14 +64,14 @@ def unbiased(var: Tensor, count: int) -> Tensor:
 def update_running(
     running_mean: Tensor | None,
     running_var: Tensor | None,
-    mean: Tensor,
+    mean: Tensor | None,
     unbiased_var: Tensor,
     momentum: float,
 ) -> None:
     """Move running estimates towards a batch's statistics, in place:
     running <- (1 - momentum) * running + momentum * batch."""
     for running, value in ((running_mean, mean), (running_var, unbiased_var)):
-        if running is not None:
+        if running is not None and value is not None:
             running.mul_(1.0 - momentum).add_(value.flatten().to(running.dtype), alpha=momentum)
 
 

@@ -89,7 +89,7 @@ def evonorm_b0(
         _, var_b = moments(x, [0, *spatial_dims(x)])
         count = per_channel_count(x)
         if count > 0 and running_var is not None:
-            update_running(None, running_var, var_b, unbiased(var_b, count), momentum)
+            update_running(None, running_var, None, unbiased(var_b, count), momentum)
     else:
         if running_var is None:
             raise ValueError("evonorm_b0: running_var is required in eval")
