@@ -7,6 +7,7 @@ through :mod:`normlab.functional`, whose backend :func:`use_backend` switches.
 """
 
 from normlab.functional import NormInputError, get_backend, use_backend
+from normlab.monitor import Monitor
 from normlab.norms import (
     BatchNorm1d,
     BatchNorm2d,
@@ -74,6 +75,7 @@ __all__ = [
     "LayerNorm",
     "LayerNorm2d",
     "LocalResponseNorm",
+    "Monitor",
     "NormInputError",
     "NormSpec",
     "RMSNorm",

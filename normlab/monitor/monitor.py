@@ -1,0 +1,476 @@
+"""The training monitor: what each layer's activations and gradients do while a
+model trains, recorded through hooks, with no change to the model."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from normlab.monitor.statistics import summarize, wasserstein_1
+from normlab.norms import registry
+
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Hardswish,
+)
+NORMS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
+    *(
+        cls
+        for name in registry.available()
+        for cls in (registry.spec(name).classes or (registry.spec(name).cls,))
+        if cls is not nn.Identity
+    ),
+)
+# |x| beyond which an activation's derivative is under ~5-7% of its peak.
+SATURATION = {nn.Sigmoid: 4.0, nn.Tanh: 2.0, nn.Hardtanh: 1.0}
+DEAD = (nn.ReLU, nn.ReLU6)
+
+Selector = str | type[nn.Module] | Callable[[str, nn.Module], bool]
+
+
+@dataclass
+class _Site:
+    """One watched tensor: a module's input or output, one call per step."""
+
+    name: str
+    what: str  # e.g. "input of Sigmoid"
+    saturation: float | None
+    dead: bool
+    rows: Tensor | None = None  # (capacity, width) ring of samples
+    row_views: list[Tensor] = field(default_factory=list)  # its rows, made once
+    grad_norms: Tensor | None = None  # (capacity,)
+    lengths: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    has_grad: list[bool] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Records of one site from one flush, on the host as compact arrays."""
+
+    module: str
+    quantities: tuple[str, ...]
+    steps: np.ndarray  # (k,) int64
+    values: np.ndarray  # (k, len(quantities)) float32
+    sketch: np.ndarray | None  # (k, SKETCH_LEVELS) float32 quantiles, for activations
+
+    def nbytes(self) -> int:
+        extra = 0 if self.sketch is None else self.sketch.nbytes
+        return self.steps.nbytes + self.values.nbytes + extra
+
+
+class Monitor:
+    """Record activation statistics, gradient flow and parameter updates of a model.
+
+    ``Monitor(model)`` watches, by default, the **input** of every activation
+    module (the pre-activation a sigmoid or ReLU sees), the **output** of every
+    normalization layer, and every parameter. ``modules=`` replaces the
+    default sites with a selection: name patterns (``"layers.*.act"``), module
+    types, or a predicate ``f(name, module)``; a selected module that is an
+    activation is watched at its input, any other at its output.
+
+    Every ``every``-th training forward pass of ``model`` is a recorded step.
+    Per recorded step and watched site: mean, std, the ``percentiles``, min,
+    max, ``saturated`` (fraction of |x| beyond a threshold, for sigmoid/tanh
+    inputs) and ``dead`` (fraction <= 0, for ReLU inputs). Gradient quantities
+    are recorded on the recorded steps whose index is a multiple of
+    ``grad_every`` (default 10; 1 records them every step, at several times the
+    cost: see docs/monitor.md): per site ``grad_norm`` (the L2 norm of
+    dL/d(tensor)); per parameter ``grad_norm`` and, when ``optimizer`` is
+    given, ``update_ratio`` = ||w_after - w_before|| / ||w_before|| measured
+    around ``optimizer.step()``.
+
+    Tensors above ``sample_size`` elements are summarized by a fixed random
+    sample of that many elements (exact below; percentiles and the quantile
+    sketch use at most 512 values). Samples are copied into a buffer on the
+    tensor's device and summarized every ``flush_every`` steps (or on
+    :meth:`flush`, :meth:`to_frame`, :meth:`detach`): the host is not
+    synchronized every step, and the buffer never grows.
+
+    A module called several times in one forward pass is recorded once per
+    call: the first as ``name``, the k-th as ``name#k-1``. Models wrapped in
+    DistributedDataParallel are watched under their inner names.
+
+    Use as a context manager (hooks are removed on exit, also on an
+    exception), or with :meth:`attach` / :meth:`detach`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: Iterable[Selector] | None = None,
+        every: int = 1,
+        percentiles: tuple[float, ...] = (15, 50, 85),
+        optimizer: torch.optim.Optimizer | None = None,
+        grad_every: int = 10,
+        sample_size: int = 1024,
+        flush_every: int = 256,
+        parameters: bool = True,
+        record_eval: bool = False,
+    ) -> None:
+        for arg, value in (
+            ("every", every),
+            ("grad_every", grad_every),
+            ("sample_size", sample_size),
+            ("flush_every", flush_every),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Monitor: {arg} must be an integer >= 1, got {value!r}")
+        if any(not 0 <= p <= 100 for p in percentiles):
+            raise ValueError(f"Monitor: percentiles must lie in [0, 100], got {percentiles}")
+        self.model = model
+        self.every = every
+        self.grad_every = grad_every
+        self.percentiles = tuple(percentiles)
+        self.optimizer = optimizer
+        self.sample_size = sample_size
+        self.flush_every = flush_every
+        self.record_eval = record_eval
+        self.step = -1  # index of the current training forward pass
+        self._recording = False
+        self._gradients = False  # whether this step records gradient quantities
+        self._handles: list = []
+        self._sites: dict[str, _Site] = {}
+        self._calls: dict[str, int] = {}
+        self._sample_index: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._chunks: list[_Chunk] = []
+        self._selected = self._select(modules)
+        self._params = (
+            [(self._clean(n), p) for n, p in model.named_parameters() if p.requires_grad]
+            if parameters
+            else []
+        )
+        self._param_rows: list[Tensor] = []  # per step: (2, P) grad norms and update ratios
+        self._param_steps: list[int] = []
+        self._snapshot: list[Tensor] | None = None
+
+    # ------------------------------------------------------------ selection
+
+    @staticmethod
+    def _clean(name: str) -> str:
+        return name.removeprefix("module.")  # DistributedDataParallel's wrapper
+
+    def _select(self, selectors: Iterable[Selector] | None) -> list[tuple[str, nn.Module, bool]]:
+        """(name, module, watch_input) for every watched module."""
+        chosen = []
+        for name, module in self.model.named_modules():
+            name = self._clean(name)
+            if selectors is None:
+                hit = isinstance(module, ACTIVATIONS + NORMS)
+            else:
+                hit = any(self._matches(s, name, module) for s in selectors)
+            if hit and module is not self.model:
+                chosen.append((name, module, isinstance(module, ACTIVATIONS)))
+        return chosen
+
+    @staticmethod
+    def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
+        if isinstance(selector, str):
+            return fnmatch.fnmatchcase(name, selector)
+        if isinstance(selector, type):
+            return isinstance(module, selector)
+        return bool(selector(name, module))
+
+    # ------------------------------------------------------------ hooks
+
+    def attach(self) -> Monitor:
+        """Register the hooks (idempotent); returns the monitor."""
+        if self._handles:
+            return self
+        self._handles.append(self.model.register_forward_pre_hook(self._on_step))
+        for name, module, watch_input in self._selected:
+            what = f"{'input' if watch_input else 'output'} of {type(module).__name__}"
+            saturation = next((t for c, t in SATURATION.items() if isinstance(module, c)), None)
+            dead = isinstance(module, DEAD)
+            hook = self._make_hook(name, what, saturation, dead, watch_input)
+            if watch_input:
+                self._handles.append(module.register_forward_pre_hook(hook))
+            else:
+                self._handles.append(module.register_forward_hook(hook))
+        if self._params:
+            if self.optimizer is not None:
+                self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
+                self._handles.append(self.optimizer.register_step_post_hook(self._after_step))
+            else:
+                for i, (_, p) in enumerate(self._params):
+                    self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(i)))
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook and flush what is buffered."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.flush()
+
+    def __enter__(self) -> Monitor:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def _on_step(self, module, args) -> None:
+        if not (module.training or self.record_eval):
+            self._recording = False
+            return
+        self.step += 1
+        self._recording = self.step % self.every == 0
+        self._gradients = self._recording and self.step % self.grad_every == 0
+        self._calls.clear()
+        if self._recording and self._pending() >= self.flush_every:
+            self.flush()
+
+    def _pending(self) -> int:
+        counts = [len(s.steps) for s in self._sites.values()]
+        return max([*counts, len(self._param_steps)], default=0)
+
+    def _make_hook(self, name, what, saturation, dead, watch_input):
+        def hook(module, args, output=None):
+            if not self._recording:
+                return
+            tensor = args[0] if watch_input else output
+            if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+                return
+            call = self._calls.get(name, 0)
+            self._calls[name] = call + 1
+            key = name if call == 0 else f"{name}#{call}"
+            site = self._sites.get(key)
+            if site is None:
+                site = self._sites[key] = _Site(key, what, saturation, dead)
+            self._record(site, tensor)
+
+        return hook
+
+    def _record(self, site: _Site, tensor: Tensor) -> None:
+        # The hot path (every step, every site): one copy or gather into the
+        # ring buffer; the statistics wait for flush().
+        flat = tensor.detach().view(-1) if tensor.is_contiguous() else tensor.detach().reshape(-1)
+        if site.rows is None:  # as wide as the first record needs, at most sample_size
+            width = max(1, min(flat.numel(), self.sample_size))
+            site.rows = torch.empty(self.flush_every, width, device=flat.device)
+            site.row_views = list(site.rows)
+            site.grad_norms = torch.empty(self.flush_every, device=flat.device)
+        slot = len(site.steps)
+        row = site.row_views[slot]
+        numel, width = flat.numel(), row.shape[0]
+        if numel == width:
+            row.copy_(flat)
+        elif numel > width:
+            torch.index_select(flat, 0, self._index(numel, width, flat.device), out=row)
+        else:
+            row[:numel].copy_(flat)
+        site.lengths.append(min(numel, width))
+        site.steps.append(self.step)
+        site.has_grad.append(False)
+        if self._gradients and tensor.requires_grad:
+            tensor.register_hook(self._grad_norm_hook(site, slot))
+
+    def _index(self, numel: int, width: int, device: torch.device) -> Tensor:
+        """A fixed random sample of ``width`` positions out of ``numel``."""
+        key = (numel, width, device)
+        if key not in self._sample_index:
+            generator = torch.Generator().manual_seed(numel)
+            chosen = torch.randperm(numel, generator=generator)[:width]
+            self._sample_index[key] = chosen.sort().values.to(device)
+        return self._sample_index[key]
+
+    @staticmethod
+    def _grad_norm_hook(site: _Site, slot: int):
+        def hook(grad: Tensor) -> None:
+            assert site.grad_norms is not None
+            torch.linalg.vector_norm(grad.detach(), out=site.grad_norms[slot])
+            site.has_grad[slot] = True
+
+        return hook
+
+    def _param_row(self) -> Tensor:
+        if len(self._param_steps) == 0 or self._param_steps[-1] != self.step:
+            device = self._params[0][1].device
+            self._param_rows.append(torch.full((2, len(self._params)), float("nan"), device=device))
+            self._param_steps.append(self.step)
+        return self._param_rows[-1]
+
+    def _grad_hook(self, i: int):
+        def hook(p: Tensor) -> None:
+            if self._gradients and p.grad is not None:
+                torch.linalg.vector_norm(p.grad.detach(), out=self._param_row()[0, i])
+
+        return hook
+
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        if not self._gradients:
+            return
+        params = [p for _, p in self._params]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        row = self._param_row()
+        torch.stack(torch._foreach_norm(grads), out=row[0])
+        if self._snapshot is None:
+            self._snapshot = [p.detach().clone() for p in params]
+        else:
+            torch._foreach_copy_(self._snapshot, [p.detach() for p in params])
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        if not self._gradients or self._snapshot is None:
+            return
+        params = [p.detach() for _, p in self._params]
+        moved = torch._foreach_sub(params, self._snapshot)
+        norms = torch._foreach_norm([*moved, *self._snapshot])
+        k = len(params)
+        before = torch.stack(norms[k:])
+        torch.div(torch.stack(norms[:k]), before, out=self._param_row()[1])
+
+    # ------------------------------------------------------------ results
+
+    def flush(self) -> None:
+        """Summarize the buffered samples and move the results to the host."""
+        for site in self._sites.values():
+            k = len(site.steps)
+            if k == 0 or site.rows is None or site.grad_norms is None:
+                continue
+            stats, sketch = summarize(
+                site.rows[:k], site.lengths, self.percentiles, site.saturation, site.dead
+            )
+            grad = site.grad_norms[:k].clone()
+            grad[~torch.tensor(site.has_grad, device=grad.device)] = float("nan")
+            stats["grad_norm"] = grad.to(torch.float64)
+            self._append(site.name, site.steps, stats, sketch)
+            site.lengths.clear()
+            site.steps.clear()
+            site.has_grad.clear()
+        if self._param_steps:
+            rows = torch.stack(self._param_rows).cpu().numpy()  # (k, 2, P)
+            steps = np.asarray(self._param_steps)
+            for i, (name, _) in enumerate(self._params):
+                values = {"grad_norm": rows[:, 0, i]}
+                if self.optimizer is not None:
+                    values["update_ratio"] = rows[:, 1, i]
+                self._append(name, steps, values, None)
+            self._param_rows.clear()
+            self._param_steps.clear()
+
+    def _append(self, module: str, steps, values: dict, sketch: Tensor | None) -> None:
+        matrix = np.stack(
+            [v.cpu().numpy() if isinstance(v, Tensor) else v for v in values.values()], axis=1
+        )
+        self._chunks.append(
+            _Chunk(
+                module,
+                tuple(values),
+                np.asarray(steps, dtype=np.int64),
+                matrix.astype(np.float32),
+                None if sketch is None else sketch.cpu().numpy().astype(np.float32),
+            )
+        )
+
+    @property
+    def sites(self) -> dict[str, str]:
+        """Watched sites recorded so far: name -> what is watched."""
+        return {name: site.what for name, site in self._sites.items()}
+
+    def nbytes(self) -> int:
+        """Bytes held on the host by flushed records."""
+        return sum(chunk.nbytes() for chunk in self._chunks)
+
+    def to_frame(self):
+        """All records as a tidy pandas DataFrame: step, module, quantity, value."""
+        import pandas as pd
+
+        self.flush()
+        parts = []
+        for chunk in self._chunks:
+            k, q = chunk.values.shape
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "step": np.repeat(chunk.steps, q),
+                        "module": chunk.module,
+                        "quantity": np.tile(np.asarray(chunk.quantities, dtype=object), k),
+                        "value": chunk.values.reshape(-1).astype(np.float64),
+                    }
+                )
+            )
+        if not parts:
+            return pd.DataFrame(
+                {
+                    "step": pd.Series(dtype="int64"),
+                    "module": pd.Series(dtype="object"),
+                    "quantity": pd.Series(dtype="object"),
+                    "value": pd.Series(dtype="float64"),
+                }
+            )
+        frame = pd.concat(parts, ignore_index=True)
+        return frame.sort_values(["step", "module", "quantity"], kind="stable", ignore_index=True)
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_frame` as Parquet to ``path``; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.to_frame().to_parquet(path, index=False)
+        return path
+
+    def distribution_shift(self):
+        """Internal covariate shift as Ioffe & Szegedy (2015) described it: for each
+        watched site, the change of its distribution between successive records.
+
+        A DataFrame with step, module, mean_shift (change of the mean),
+        std_shift (change of the std) and w1 (1-Wasserstein distance between the
+        two records' distributions, from their quantile sketches).
+        """
+        import pandas as pd
+
+        self.flush()
+        by_module: dict[str, list] = {}
+        for chunk in self._chunks:
+            if chunk.sketch is None:
+                continue
+            mean = chunk.values[:, chunk.quantities.index("mean")]
+            std = chunk.values[:, chunk.quantities.index("std")]
+            by_module.setdefault(chunk.module, []).append((chunk.steps, mean, std, chunk.sketch))
+        rows = []
+        for module, chunks in by_module.items():
+            steps = np.concatenate([c[0] for c in chunks])
+            mean = np.concatenate([c[1] for c in chunks])
+            std = np.concatenate([c[2] for c in chunks])
+            sketch = torch.from_numpy(np.concatenate([c[3] for c in chunks]))
+            if len(steps) < 2:
+                continue
+            w1 = wasserstein_1(sketch[1:], sketch[:-1]).numpy()
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "step": steps[1:],
+                        "module": module,
+                        "mean_shift": np.diff(mean),
+                        "std_shift": np.diff(std),
+                        "w1": w1,
+                    }
+                )
+            )
+        columns = ["step", "module", "mean_shift", "std_shift", "w1"]
+        return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)

@@ -1,0 +1,97 @@
+"""Summary statistics of recorded activation samples, vectorized over records.
+
+The monitor copies each recorded tensor (or a fixed random sample of it) into
+a row of a buffer; rows shorter than the buffer are NaN-padded. Statistics
+for all buffered rows are computed together, on the buffer's device, when the
+monitor flushes: one sort per flush instead of many small kernels per step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Quantile levels kept per record for distribution distances (1-Wasserstein).
+SKETCH_LEVELS = 33
+# Quantiles (percentiles, the sketch) are read off at most this many values of
+# a record, a fixed random subset: sorting is the one step that is not O(n).
+QUANTILE_SAMPLE = 512
+
+
+def quantile_levels(percentiles: tuple[float, ...]) -> Tensor:
+    """The requested percentiles (as fractions) followed by the sketch levels 0..1."""
+    sketch = torch.linspace(0.0, 1.0, SKETCH_LEVELS, dtype=torch.float64)
+    return torch.cat([torch.tensor(percentiles, dtype=torch.float64) / 100.0, sketch])
+
+
+def _sorted_quantiles(ordered: Tensor, levels: Tensor) -> Tensor:
+    """Quantiles of each sorted row (R, n) at ``levels`` -> (R, len(levels)); linear
+    interpolation between order statistics, as NumPy's default method."""
+    n = ordered.shape[1]
+    position = levels.to(ordered.device, torch.float64) * (n - 1)
+    lo = position.floor().long()
+    hi = position.ceil().long()
+    frac = (position - lo).to(ordered.dtype)
+    low, high = ordered[:, lo], ordered[:, hi]
+    return low + (high - low) * frac
+
+
+def _subset(n: int, device: torch.device) -> Tensor:
+    """A fixed random subset of QUANTILE_SAMPLE positions out of n."""
+    generator = torch.Generator().manual_seed(n)
+    return torch.randperm(n, generator=generator)[:QUANTILE_SAMPLE].to(device)
+
+
+def summarize(
+    rows: Tensor,
+    lengths: list[int],
+    percentiles: tuple[float, ...],
+    saturation: float | None = None,
+    dead: bool = False,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Statistics of each row of ``rows`` (R, L), of which row i holds
+    ``lengths[i]`` values (the rest is ignored).
+
+    Returns ({quantity: (R,) float64 tensor}, sketch (R, SKETCH_LEVELS)): mean,
+    std (population, ddof 0), min, max, and when asked the fraction with
+    |x| > ``saturation`` and the fraction <= 0 (``dead``), over all the row's
+    values; the percentiles (linear interpolation, as NumPy's default) and the
+    sketch over the row's values when there are at most QUANTILE_SAMPLE of
+    them, else over a fixed random subset of that many. Rows of equal length
+    are done together: one sort per length.
+    """
+    count = len(lengths)
+    levels = quantile_levels(percentiles)
+    names = ["mean", "std", *(f"p{p:g}" for p in percentiles), "min", "max"]
+    names += ["saturated"] * (saturation is not None) + ["dead"] * dead
+    out = torch.empty(count, len(names), dtype=torch.float64, device=rows.device)
+    sketch = torch.empty(count, SKETCH_LEVELS, dtype=torch.float64, device=rows.device)
+    by_length: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(n, []).append(i)
+    for n, index in by_length.items():
+        idx = torch.tensor(index, device=rows.device)
+        values = rows[idx, :n]
+        mean = values.mean(1)
+        std = (values - mean.unsqueeze(1)).square().mean(1).sqrt()
+        subset = values if n <= QUANTILE_SAMPLE else values[:, _subset(n, values.device)]
+        q = _sorted_quantiles(subset.sort(dim=1).values, levels)
+        k = len(percentiles)
+        columns = [mean, std, *q[:, :k].T, values.amin(1), values.amax(1)]
+        if saturation is not None:
+            columns.append((values.abs() > saturation).float().mean(1))
+        if dead:
+            columns.append((values <= 0).float().mean(1))
+        out[idx] = torch.stack(columns, dim=1).to(torch.float64)
+        sketch[idx] = q[:, k:].to(torch.float64)
+    return {name: out[:, j] for j, name in enumerate(names)}, sketch
+
+
+def wasserstein_1(sketch_a: Tensor, sketch_b: Tensor) -> Tensor:
+    """1-Wasserstein distance between distributions given by quantile sketches.
+
+    W1 = integral over u in [0, 1] of |Qa(u) - Qb(u)| du, by the trapezoid rule
+    on the sketch's evenly spaced levels.
+    """
+    gap = (sketch_a - sketch_b).abs()
+    return torch.trapezoid(gap, dx=1.0 / (gap.shape[-1] - 1), dim=-1)

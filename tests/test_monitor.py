@@ -1,0 +1,303 @@
+"""The training monitor: statistics against NumPy on known tensors, gradients
+against autograd, hooks, buffering and memory, DDP, distribution shift."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import normlab
+from normlab.monitor import Monitor
+from normlab.monitor.statistics import summarize, wasserstein_1
+
+
+def _values(frame, module, quantity):
+    rows = frame[(frame.module == module) & (frame.quantity == quantity)]
+    return rows.sort_values("step").value.to_numpy()
+
+
+def test_summarize_matches_numpy():
+    rng = np.random.default_rng()
+    data = rng.normal(0.3, 2.0, size=(5, 300)).astype(np.float32)
+    lengths = [300, 300, 120, 300, 7]
+    stats, sketch = summarize(
+        torch.from_numpy(data), lengths, (15, 50, 85), saturation=1.5, dead=True
+    )
+    for i, n in enumerate(lengths):
+        row = data[i, :n].astype(np.float64)
+        np.testing.assert_allclose(stats["mean"][i], row.mean(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats["std"][i], row.std(), rtol=1e-5)
+        for p in (15, 50, 85):
+            np.testing.assert_allclose(
+                stats[f"p{p}"][i], np.percentile(row, p), rtol=1e-5, atol=1e-6
+            )
+        assert stats["min"][i] == row.min() and stats["max"][i] == row.max()
+        assert stats["saturated"][i] == pytest.approx((np.abs(row) > 1.5).mean())
+        assert stats["dead"][i] == pytest.approx((row <= 0).mean())
+        np.testing.assert_allclose(
+            sketch[i], np.quantile(row, np.linspace(0, 1, sketch.shape[1])), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_wasserstein_1_of_shifted_distributions():
+    levels = torch.linspace(0, 1, 33)
+    a = torch.erfinv(2 * levels.clamp(1e-3, 1 - 1e-3) - 1) * 2**0.5  # N(0, 1) quantiles
+    assert wasserstein_1(a, a + 1.5).item() == pytest.approx(1.5)
+    assert wasserstein_1(a, a).item() == 0.0
+
+
+def _mlp(activation=nn.Sigmoid):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), activation(), nn.Linear(8, 3))
+
+
+def test_activation_statistics_and_gradient_against_numpy_and_autograd():
+    model = _mlp()
+    x, y = torch.randn(10, 6) * 3, torch.randint(0, 3, (10,))
+    with Monitor(model, grad_every=1) as mon:
+        pre = model[0](x).detach().requires_grad_()  # what the sigmoid sees
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+    expected_grad = torch.autograd.grad(
+        nn.functional.cross_entropy(model[2](torch.sigmoid(pre)), y), pre
+    )[0]
+    frame = mon.to_frame()
+    assert list(frame.columns) == ["step", "module", "quantity", "value"]
+    assert mon.sites == {"1": "input of Sigmoid"}
+    values = pre.detach().numpy().astype(np.float64).ravel()
+    got = {
+        q: _values(frame, "1", q)[0]
+        for q in ("mean", "std", "p15", "p50", "p85", "min", "max", "saturated", "grad_norm")
+    }
+    np.testing.assert_allclose(got["mean"], values.mean(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["std"], values.std(), rtol=1e-5)
+    for p in (15, 50, 85):
+        np.testing.assert_allclose(got[f"p{p}"], np.percentile(values, p), rtol=1e-5, atol=1e-6)
+    assert got["min"] == pytest.approx(values.min()) and got["max"] == pytest.approx(values.max())
+    assert got["saturated"] == pytest.approx((np.abs(values) > 4.0).mean())
+    np.testing.assert_allclose(got["grad_norm"], expected_grad.norm().item(), rtol=1e-5)
+    assert "dead" not in set(frame.quantity)
+
+
+def test_dead_fraction_for_relu_and_norm_layer_outputs():
+    model = nn.Sequential(nn.Linear(5, 16), normlab.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
+    x = torch.randn(32, 5)
+    with Monitor(model) as mon:
+        model(x)
+    frame = mon.to_frame()
+    assert mon.sites == {"1": "output of BatchNorm1d", "2": "input of ReLU"}
+    h = model[1](model[0](x)).detach().numpy()
+    assert _values(frame, "2", "dead")[0] == pytest.approx((h <= 0).mean())
+    assert abs(_values(frame, "1", "mean")[0]) < 1e-5  # BN output in training: mean 0
+    np.testing.assert_allclose(_values(frame, "1", "std")[0], 1.0, rtol=1e-3)
+
+
+def test_parameter_gradient_norms_and_update_ratios():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(4)]
+    expected = []
+    with Monitor(model, optimizer=opt, grad_every=1) as mon:
+        for x, y in data:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            before = model[0].weight.detach().clone()
+            grad = model[0].weight.grad.norm().item()
+            opt.step()
+            expected.append((grad, (model[0].weight - before).norm().item() / before.norm().item()))
+    frame = mon.to_frame()
+    np.testing.assert_allclose(
+        _values(frame, "0.weight", "grad_norm"), [e[0] for e in expected], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        _values(frame, "0.weight", "update_ratio"), [e[1] for e in expected], rtol=1e-4
+    )
+
+
+def test_every_and_grad_every_select_steps():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, every=2, grad_every=4, optimizer=opt) as mon:
+        for _ in range(9):
+            opt.zero_grad()
+            model(torch.randn(4, 6)).sum().backward()
+            opt.step()
+        model.eval()
+        model(torch.randn(4, 6))  # eval passes are not steps
+    frame = mon.to_frame()
+    assert sorted(set(_values(frame, "1", "mean").shape)) == [5]
+    assert sorted(frame[(frame.module == "1") & (frame.quantity == "mean")].step) == [0, 2, 4, 6, 8]
+    grad_steps = frame[(frame.module == "1") & (frame.quantity == "grad_norm")].dropna().step
+    assert sorted(grad_steps) == [0, 4, 8]
+    assert sorted(frame[frame.quantity == "update_ratio"].step.unique()) == [0, 4, 8]
+    assert mon.step == 8
+
+
+def test_selection_by_pattern_type_and_predicate():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU())
+    x = torch.randn(3, 4)
+    for selector, expected in (
+        (["0"], {"0": "output of Linear"}),
+        ([nn.Tanh], {"1": "input of Tanh"}),
+        ([lambda name, m: name == "2"], {"2": "output of Linear"}),
+    ):
+        with Monitor(model, modules=selector, parameters=False) as mon:
+            model(x)
+        assert mon.sites == expected
+
+
+def test_module_called_twice_is_recorded_per_call():
+    act = nn.Sigmoid()
+    lin1, lin2 = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin1, self.act, self.lin2 = lin1, act, lin2
+
+        def forward(self, x):
+            return self.act(self.lin2(self.act(self.lin1(x))))
+
+    model = Twice()
+    x = torch.randn(5, 3)
+    with Monitor(model, parameters=False) as mon:
+        model(x)
+        model(x)
+    frame = mon.to_frame()
+    assert set(mon.sites) == {"act", "act#1"}
+    first = model.lin1(x).detach().numpy()
+    assert _values(frame, "act", "mean")[0] == pytest.approx(first.mean(), abs=1e-6)
+    assert len(_values(frame, "act#1", "mean")) == 2
+
+
+def test_hooks_are_removed_on_exit_and_on_exception():
+    model = _mlp()
+    with pytest.raises(RuntimeError, match="boom"), Monitor(model, grad_every=1):
+        model(torch.randn(2, 6))
+        raise RuntimeError("boom")
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(not p._post_accumulate_grad_hooks for p in model.parameters())
+    mon = Monitor(model).attach()
+    mon.attach()  # idempotent
+    mon.detach()
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_sampling_above_sample_size_is_close_to_the_full_statistics():
+    model = nn.Sequential(nn.Linear(64, 512), nn.ReLU())
+    x = torch.randn(64, 64)
+    with Monitor(model, sample_size=4096, parameters=False) as mon:
+        model(x)
+    frame = mon.to_frame()
+    full = model[0](x).detach().double().numpy()
+    assert full.size > 4096
+    assert _values(frame, "1", "mean")[0] == pytest.approx(
+        full.mean(), abs=0.05 * float(full.std())
+    )
+    assert _values(frame, "1", "p50")[0] == pytest.approx(
+        np.median(full), abs=0.1 * float(full.std())
+    )
+    assert _values(frame, "1", "dead")[0] == pytest.approx((full <= 0).mean(), abs=0.05)
+
+
+def test_save_writes_parquet(tmp_path):
+    model = _mlp()
+    with Monitor(model) as mon:
+        model(torch.randn(4, 6)).sum().backward()
+    path = mon.save(tmp_path / "deep" / "monitor.parquet")
+    import pandas as pd
+
+    back = pd.read_parquet(path)
+    frame = mon.to_frame()
+    assert list(back.columns) == list(frame.columns) and len(back) == len(frame)
+    np.testing.assert_allclose(back.value.to_numpy(), frame.value.to_numpy())
+
+
+def test_distribution_shift_between_records():
+    model = nn.Sequential(nn.Identity(), nn.Tanh())
+    x0 = torch.randn(4000, 1)
+    with Monitor(model, parameters=False, sample_size=4000) as mon:
+        model(x0)
+        model(x0 + 2.0)
+        model(x0 * 3.0 + 2.0)
+    shift = mon.distribution_shift()
+    row = shift[shift.module == "1"].sort_values("step")
+    assert list(row.step) == [1, 2]
+    assert row.mean_shift.iloc[0] == pytest.approx(2.0, abs=1e-4)
+    assert row.std_shift.iloc[0] == pytest.approx(0.0, abs=1e-4)
+    assert row.w1.iloc[0] == pytest.approx(2.0, rel=0.02)  # a pure shift moves every quantile by 2
+    assert row.std_shift.iloc[1] == pytest.approx(2 * x0.std(unbiased=False).item(), rel=1e-3)
+
+
+def test_memory_stays_bounded_over_10000_steps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    mon = Monitor(model, optimizer=opt, flush_every=128).attach()
+    tracemalloc.start()
+    sizes = []
+    for step in range(10_000):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        if step in (1999, 9999):
+            mon.flush()
+            sizes.append((tracemalloc.get_traced_memory()[0], mon.nbytes()))
+    tracemalloc.stop()
+    mon.detach()
+    (mem_a, bytes_a), (mem_b, bytes_b) = sizes
+    # Growth is the flushed records themselves (compact arrays), nothing else.
+    assert bytes_b > bytes_a
+    assert mem_b - mem_a < 3 * (bytes_b - bytes_a) + 2_000_000
+    per_step = bytes_b / 10_000
+    assert per_step < 200, f"{per_step:.0f} bytes per step on the host"
+    site = mon._sites["1"]
+    assert site.rows.shape[0] == 128 and not site.steps  # the ring buffer never grows
+    assert len(mon.to_frame()) > 10_000
+
+
+def test_distributed_data_parallel(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        model = nn.parallel.DistributedDataParallel(_mlp())
+        with Monitor(model, grad_every=1) as mon:
+            model(torch.randn(4, 6)).sum().backward()
+        frame = mon.to_frame()
+        assert mon.sites == {"1": "input of Sigmoid"}
+        assert "0.weight" in set(frame.module)
+        assert not np.isnan(_values(frame, "1", "grad_norm")[0])
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"every": 0}, "every must be an integer >= 1, got 0"),
+        ({"grad_every": 1.5}, "grad_every must be an integer"),
+        ({"percentiles": (50, 120)}, r"percentiles must lie in \[0, 100\]"),
+    ],
+)
+def test_bad_arguments(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Monitor(_mlp(), **kwargs)
+
+
+def test_integer_outputs_are_skipped():
+    class Argmax(nn.Module):
+        def forward(self, x):
+            return x.argmax(1)
+
+    model = nn.Sequential(nn.Linear(3, 3), Argmax())
+    with Monitor(model, modules=["1"], parameters=False) as mon:
+        model(torch.randn(2, 3))
+    assert mon.sites == {} and mon.to_frame().empty
