@@ -67,7 +67,9 @@ class _Site:
     grad_norms: Tensor | None = None  # (capacity,)
     lengths: list[int] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
-    has_grad: list[bool] = field(default_factory=list)
+    grad_slots: list[int] = field(default_factory=list)  # slots whose gradient is recorded
+    sample_index: Tensor | None = None  # positions sampled from tensors above the width
+    sample_numel: int = -1  # the size sample_index was drawn for
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ class Monitor:
         self._handles: list = []
         self._sites: dict[str, _Site] = {}
         self._calls: dict[str, int] = {}
-        self._sample_index: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._buffered = 0  # recorded steps since the last flush
         self._chunks: list[_Chunk] = []
         self._selected = self._select(modules)
         self._params = (
@@ -168,7 +170,8 @@ class Monitor:
         )
         self._param_rows: list[Tensor] = []  # per step: (2, P) grad norms and update ratios
         self._param_steps: list[int] = []
-        self._snapshot: list[Tensor] | None = None
+        self._snapshot: list[Tensor] | None = None  # weights before optimizer.step()
+        self._weight_norms: Tensor | None = None
 
     # ------------------------------------------------------------ selection
 
@@ -242,70 +245,72 @@ class Monitor:
         self.step += 1
         self._recording = self.step % self.every == 0
         self._gradients = self._recording and self.step % self.grad_every == 0
-        self._calls.clear()
-        if self._recording and self._pending() >= self.flush_every:
-            self.flush()
-
-    def _pending(self) -> int:
-        counts = [len(s.steps) for s in self._sites.values()]
-        return max([*counts, len(self._param_steps)], default=0)
+        if self._recording:
+            self._calls.clear()
+            if self._buffered >= self.flush_every:
+                self.flush()
+            self._buffered += 1  # every site holds at most one record per step
 
     def _make_hook(self, name, what, saturation, dead, watch_input):
+        calls, sites, record = self._calls, self._sites, self._record
+
         def hook(module, args, output=None):
             if not self._recording:
                 return
             tensor = args[0] if watch_input else output
             if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
                 return
-            call = self._calls.get(name, 0)
-            self._calls[name] = call + 1
+            call = calls.get(name, 0)
+            calls[name] = call + 1
             key = name if call == 0 else f"{name}#{call}"
-            site = self._sites.get(key)
+            site = sites.get(key)
             if site is None:
-                site = self._sites[key] = _Site(key, what, saturation, dead)
-            self._record(site, tensor)
+                site = sites[key] = _Site(key, what, saturation, dead)
+            record(site, tensor)
 
         return hook
 
     def _record(self, site: _Site, tensor: Tensor) -> None:
         # The hot path (every step, every site): one copy or gather into the
         # ring buffer; the statistics wait for flush().
-        flat = tensor.detach().view(-1) if tensor.is_contiguous() else tensor.detach().reshape(-1)
+        flat = tensor.detach().reshape(-1)
+        numel = flat.numel()
         if site.rows is None:  # as wide as the first record needs, at most sample_size
-            width = max(1, min(flat.numel(), self.sample_size))
+            width = max(1, min(numel, self.sample_size))
             site.rows = torch.empty(self.flush_every, width, device=flat.device)
             site.row_views = list(site.rows)
             site.grad_norms = torch.empty(self.flush_every, device=flat.device)
         slot = len(site.steps)
         row = site.row_views[slot]
-        numel, width = flat.numel(), row.shape[0]
+        width = row.shape[0]
         if numel == width:
             row.copy_(flat)
         elif numel > width:
-            torch.index_select(flat, 0, self._index(numel, width, flat.device), out=row)
+            if site.sample_numel != numel:
+                site.sample_index = self._index(numel, width, flat.device)
+                site.sample_numel = numel
+            torch.index_select(flat, 0, site.sample_index, out=row)
         else:
             row[:numel].copy_(flat)
-        site.lengths.append(min(numel, width))
+        site.lengths.append(numel if numel < width else width)
         site.steps.append(self.step)
-        site.has_grad.append(False)
         if self._gradients and tensor.requires_grad:
+            site.grad_norms[slot] = float("nan")  # stays NaN if no backward comes
+            site.grad_slots.append(slot)
             tensor.register_hook(self._grad_norm_hook(site, slot))
 
-    def _index(self, numel: int, width: int, device: torch.device) -> Tensor:
+    @staticmethod
+    def _index(numel: int, width: int, device: torch.device) -> Tensor:
         """A fixed random sample of ``width`` positions out of ``numel``."""
-        key = (numel, width, device)
-        if key not in self._sample_index:
-            generator = torch.Generator().manual_seed(numel)
-            chosen = torch.randperm(numel, generator=generator)[:width]
-            self._sample_index[key] = chosen.sort().values.to(device)
-        return self._sample_index[key]
+        generator = torch.Generator().manual_seed(numel)
+        chosen = torch.randperm(numel, generator=generator)[:width]
+        return chosen.sort().values.to(device)
 
     @staticmethod
     def _grad_norm_hook(site: _Site, slot: int):
         def hook(grad: Tensor) -> None:
             assert site.grad_norms is not None
             torch.linalg.vector_norm(grad.detach(), out=site.grad_norms[slot])
-            site.has_grad[slot] = True
 
         return hook
 
@@ -326,24 +331,22 @@ class Monitor:
     def _before_step(self, optimizer, args, kwargs) -> None:
         if not self._gradients:
             return
-        params = [p for _, p in self._params]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        params = [p.detach() for _, p in self._params]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._params]
         row = self._param_row()
         torch.stack(torch._foreach_norm(grads), out=row[0])
+        self._weight_norms = torch.stack(torch._foreach_norm(params))
         if self._snapshot is None:
-            self._snapshot = [p.detach().clone() for p in params]
+            self._snapshot = [p.clone() for p in params]
         else:
-            torch._foreach_copy_(self._snapshot, [p.detach() for p in params])
+            torch._foreach_copy_(self._snapshot, params)
 
     def _after_step(self, optimizer, args, kwargs) -> None:
         if not self._gradients or self._snapshot is None:
             return
-        params = [p.detach() for _, p in self._params]
-        moved = torch._foreach_sub(params, self._snapshot)
-        norms = torch._foreach_norm([*moved, *self._snapshot])
-        k = len(params)
-        before = torch.stack(norms[k:])
-        torch.div(torch.stack(norms[:k]), before, out=self._param_row()[1])
+        torch._foreach_sub_(self._snapshot, [p.detach() for _, p in self._params])  # -delta w
+        moved = torch.stack(torch._foreach_norm(self._snapshot))
+        torch.div(moved, self._weight_norms, out=self._param_row()[1])
 
     # ------------------------------------------------------------ results
 
@@ -356,13 +359,15 @@ class Monitor:
             stats, sketch = summarize(
                 site.rows[:k], site.lengths, self.percentiles, site.saturation, site.dead
             )
-            grad = site.grad_norms[:k].clone()
-            grad[~torch.tensor(site.has_grad, device=grad.device)] = float("nan")
-            stats["grad_norm"] = grad.to(torch.float64)
+            grad = torch.full((k,), float("nan"), dtype=torch.float64, device=site.rows.device)
+            if site.grad_slots:
+                slots = torch.tensor(site.grad_slots, device=grad.device)
+                grad[slots] = site.grad_norms[slots].to(torch.float64)
+            stats["grad_norm"] = grad
             self._append(site.name, site.steps, stats, sketch)
             site.lengths.clear()
             site.steps.clear()
-            site.has_grad.clear()
+            site.grad_slots.clear()
         if self._param_steps:
             rows = torch.stack(self._param_rows).cpu().numpy()  # (k, 2, P)
             steps = np.asarray(self._param_steps)
@@ -373,6 +378,7 @@ class Monitor:
                 self._append(name, steps, values, None)
             self._param_rows.clear()
             self._param_steps.clear()
+        self._buffered = 0
 
     def _append(self, module: str, steps, values: dict, sketch: Tensor | None) -> None:
         matrix = np.stack(
