@@ -301,3 +301,15 @@ def test_integer_outputs_are_skipped():
     with Monitor(model, modules=["1"], parameters=False) as mon:
         model(torch.randn(2, 3))
     assert mon.sites == {} and mon.to_frame().empty
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=str)
+def test_other_dtypes_are_recorded(dtype):
+    model = nn.Sequential(nn.Linear(40, 64), nn.ReLU()).to(dtype)
+    x = torch.randn(32, 40, dtype=dtype)
+    with Monitor(model, sample_size=256, grad_every=1) as mon:
+        model(x).float().sum().backward()
+    frame = mon.to_frame()
+    full = model[0](x).detach().double().numpy()
+    assert _values(frame, "1", "dead")[0] == pytest.approx((full <= 0).mean(), abs=0.1)
+    assert np.isfinite(_values(frame, "1", "grad_norm")[0])

@@ -289,7 +289,10 @@ class Monitor:
             if site.sample_numel != numel:
                 site.sample_index = self._index(numel, width, flat.device)
                 site.sample_numel = numel
-            torch.index_select(flat, 0, site.sample_index, out=row)
+            if flat.dtype == row.dtype:
+                torch.index_select(flat, 0, site.sample_index, out=row)
+            else:  # half precision: gather, then widen the sample only
+                row.copy_(flat.index_select(0, site.sample_index))
         else:
             row[:numel].copy_(flat)
         site.lengths.append(numel if numel < width else width)
@@ -310,7 +313,7 @@ class Monitor:
     def _grad_norm_hook(site: _Site, slot: int):
         def hook(grad: Tensor) -> None:
             assert site.grad_norms is not None
-            torch.linalg.vector_norm(grad.detach(), out=site.grad_norms[slot])
+            site.grad_norms[slot] = torch.linalg.vector_norm(grad.detach())
 
         return hook
 
@@ -324,7 +327,7 @@ class Monitor:
     def _grad_hook(self, i: int):
         def hook(p: Tensor) -> None:
             if self._gradients and p.grad is not None:
-                torch.linalg.vector_norm(p.grad.detach(), out=self._param_row()[0, i])
+                self._param_row()[0, i] = torch.linalg.vector_norm(p.grad.detach())
 
         return hook
 
@@ -334,7 +337,7 @@ class Monitor:
         params = [p.detach() for _, p in self._params]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._params]
         row = self._param_row()
-        torch.stack(torch._foreach_norm(grads), out=row[0])
+        row[0].copy_(torch.stack(torch._foreach_norm(grads)))
         self._weight_norms = torch.stack(torch._foreach_norm(params))
         if self._snapshot is None:
             self._snapshot = [p.clone() for p in params]
@@ -346,7 +349,7 @@ class Monitor:
             return
         torch._foreach_sub_(self._snapshot, [p.detach() for _, p in self._params])  # -delta w
         moved = torch.stack(torch._foreach_norm(self._snapshot))
-        torch.div(moved, self._weight_norms, out=self._param_row()[1])
+        self._param_row()[1].copy_(moved / self._weight_norms)
 
     # ------------------------------------------------------------ results
 
