@@ -670,3 +670,22 @@ def test_native_composite_empty_batch(name):
     for key, value in m.state_dict().items():
         if key != "num_batches_tracked":
             torch.testing.assert_close(value, before[key])
+
+
+@pytest.mark.parametrize("name", list(COMPOSITES))
+def test_native_composite_on_non_contiguous_tensors(name):
+    """Inputs and incoming gradients with permuted strides (as in a transformer)."""
+    x = (torch.randn(5, 6, 8, dtype=torch.float64) * 2).permute(0, 2, 1)  # (N, C=8, M=6)
+    if name == "scalenorm-last":
+        x = torch.randn(5, 8, 6, dtype=torch.float64).transpose(1, 2)  # last axis 8
+    outs = []
+    for backend in ("native", "reference"):
+        m = _composite(name)
+        xg = x.clone().requires_grad_()
+        with normlab.use_backend(backend):
+            y = m(xg)
+        grad = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view(y.shape[::-1])
+        y.backward(grad.permute(*reversed(range(y.dim()))))  # a non-contiguous gradient
+        outs.append((y.detach(), xg.grad))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

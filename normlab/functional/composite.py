@@ -339,7 +339,7 @@ class _EvoNormS0(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x3, num_groups, weight, bias, v, eps):
         n, c = x3.shape[:2]
-        xg = x3.view(n, num_groups, -1)
+        xg = x3.reshape(n, num_groups, -1)
         mean_g = xg.mean(2)
         var_g = torch.linalg.vector_norm(xg - mean_g.unsqueeze(2), dim=2).square() / xg.shape[2]
         std = torch.sqrt(var_g + eps)  # (N, G)
@@ -355,6 +355,7 @@ class _EvoNormS0(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x3, gate, h, mean_g, std, weight, v = ctx.saved_tensors
+        dy = dy.contiguous()  # dx is written through views of it below
         n, c, m = x3.shape
         groups = ctx.num_groups
         per_group = c // groups
@@ -373,7 +374,9 @@ class _EvoNormS0(torch.autograd.Function):
         # std = sqrt(var + eps): d var / d x = 2 (x - mean) / count, d std / d var = 1 / (2 std)
         coef = dstd / (std * (per_group * m))  # (N, G)
         dxg = dx.view(n, groups, -1)
-        dxg.addcmul_(x3.view(n, groups, -1), coef.unsqueeze(2)).sub_((coef * mean_g).unsqueeze(2))
+        dxg.addcmul_(x3.reshape(n, groups, -1), coef.unsqueeze(2)).sub_(
+            (coef * mean_g).unsqueeze(2)
+        )
         return dx, None, dweight, dbias, dv, None
 
 
