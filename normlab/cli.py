@@ -129,3 +129,73 @@ def check(
         console.print(f"[red]{len(failed)} of {len(results)} checks exceed their tolerance[/red]")
         raise typer.Exit(1)
     console.print(f"[green]all {len(results)} checks within tolerance[/green]")
+
+
+@app.command("run")
+def run_experiment(
+    experiment: Annotated[
+        str, typer.Argument(help="ics, batch-size, lr, init, depth, cost, train-eval")
+    ],
+    norms: Annotated[
+        list[str] | None,
+        typer.Option("--norms", help="norm names (repeatable; default: the experiment's)"),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="data set (default: the experiment's)")
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="seeds per configuration")] = 1,
+    jobs: Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)")] = 0,
+    out: Annotated[Path, typer.Option(help="results directory")] = Path("normlab-results"),
+    quick: Annotated[bool, typer.Option(help="tiny sizes: a smoke test")] = False,
+) -> None:
+    """Run an experiment's sweep (resuming a finished part) and print its headline table."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from normlab import experiments
+    from normlab.experiments.config import ConfigError
+
+    try:
+        exp = experiments.get(experiment)
+        overrides = {"dataset": dataset} if dataset else {}
+        sweep = exp.sweep(tuple(norms) if norms else None, seeds, quick, **overrides)
+        configs = sweep.configs()
+    except (KeyError, ConfigError) as e:
+        raise typer.BadParameter(str(e.args[0] if isinstance(e, KeyError) else e)) from e
+    root = out / experiment
+    store = experiments.ResultsStore(root)
+    todo = sum(not store.has(c) for c in configs)
+    console.print(
+        f"[bold]{experiment}[/bold]: {len(configs)} runs, {len(configs) - todo} already done, "
+        f"results in {root}"
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("runs", total=todo)
+
+        def advance(config, summary) -> None:
+            progress.update(task, advance=1, description=f"{config.norm} done")
+
+        experiments.run_sweep(sweep, root, experiments.LocalExecutor(jobs or None), advance)
+    headline = exp.headline(store)
+    table = Table(title=f"{experiment}: {exp.description}")
+    for column in headline.columns:
+        table.add_column(
+            str(column), justify="left" if headline[column].dtype == object else "right"
+        )
+    for row in headline.itertuples(index=False):
+        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+    headline.to_csv(root / "headline.csv", index=False)
+    console.print(f"headline written to {root / 'headline.csv'}")

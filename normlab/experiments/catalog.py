@@ -1,0 +1,264 @@
+"""The experiments: each a sweep over norms (and one more axis) of one model,
+with a ``headline`` that reduces the stored runs to the numbers that matter.
+
+Default sizes fit a 2-core CPU; ``quick=True`` shrinks every one to a smoke
+test. Papers reproduced in small: Ioffe & Szegedy 2015 (Figure 1: ``ics``),
+Wu & He 2018 (batch size: ``batch-size``), and the sensitivity studies that
+follow them (``lr``, ``init``, ``depth``), plus ``cost`` and ``train-eval``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from normlab.experiments.config import RunConfig, Sweep
+from normlab.experiments.store import ResultsStore
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    default_norms: tuple[str, ...]
+    base: RunConfig
+    grid: dict[str, tuple]
+    quick: dict
+    headline: Callable[[ResultsStore], pd.DataFrame]
+
+    def sweep(
+        self,
+        norms: tuple[str, ...] | None = None,
+        seeds: int = 1,
+        quick: bool = False,
+        **overrides,
+    ) -> Sweep:
+        """The sweep: the grid crossed with ``norms`` and ``seeds`` seeds."""
+        base = dataclasses.replace(self.base, **(self.quick if quick else {}), **overrides)
+        grid = {"norm": tuple(norms or self.default_norms), **self.grid}
+        if quick:
+            grid = {k: v[:2] if k != "norm" else v for k, v in grid.items()}
+        return Sweep(base, grid, tuple(range(seeds)))
+
+
+def _final(store: ResultsStore, axis: str) -> pd.DataFrame:
+    """Mean final test accuracy (and divergence) per norm and ``axis`` value."""
+    table = store.summaries()
+    if table.empty:
+        return table
+    grouped = table.groupby(["norm", axis], dropna=False)
+    out = grouped.agg(
+        test_acc=("final_test_acc", "mean"),
+        diverged=("diverged", "mean"),
+        runs=("run_id", "count"),
+    )
+    return out.reset_index()
+
+
+def _ics_headline(store: ResultsStore) -> pd.DataFrame:
+    """Per norm: early and final accuracy, and the drift of the 15/50/85th
+    percentiles of the last hidden layer's sigmoid input (last minus first record)."""
+    rows = []
+    for _, run in store.summaries().iterrows():
+        metrics = store.metrics(run.run_id)
+        acc = metrics[metrics.metric == "test_acc"].sort_values("step").value.to_numpy()
+        monitor = store.monitor(run.run_id)
+        sigmoid_sites = monitor[monitor.quantity == "saturated"].module.unique()
+        last = max(sigmoid_sites, key=lambda m: int(str(m).split("#")[0].split(".")[-1]))
+        site = monitor[monitor.module == last].pivot(
+            index="step", columns="quantity", values="value"
+        )
+        drift = {f"{q}_drift": site[q].iloc[-1] - site[q].iloc[0] for q in ("p15", "p50", "p85")}
+        rows.append(
+            {
+                "norm": run.norm,
+                "seed": run.seed,
+                "early_test_acc": acc[0],
+                "final_test_acc": acc[-1],
+                **drift,
+                "abs_drift": float(np.mean(np.abs(list(drift.values())))),
+            }
+        )
+    return pd.DataFrame(rows).drop(columns="seed").groupby("norm").mean().reset_index()
+
+
+def _cost_headline(store: ResultsStore) -> pd.DataFrame:
+    table = store.summaries()
+    return (
+        table.groupby("norm")[["ms_per_step", "activation_mb", "parameters"]].mean().reset_index()
+    )
+
+
+def _train_eval_headline(store: ResultsStore) -> pd.DataFrame:
+    table = store.summaries()
+    out = table.groupby(["norm", "batch_size"])[
+        ["final_test_acc", "final_test_acc_train_mode"]
+    ].mean()
+    out["gap"] = out.final_test_acc_train_mode - out.final_test_acc
+    return out.reset_index()
+
+
+def _depth_headline(store: ResultsStore) -> pd.DataFrame:
+    """Per norm and depth: final accuracy and the ratio of the first to the last
+    hidden layer's weight-gradient norm (median over records): far from 1 means
+    vanishing (< 1) or exploding (> 1) gradients."""
+    rows = []
+    for _, run in store.summaries().iterrows():
+        monitor = store.monitor(run.run_id)
+        grads = monitor[(monitor.quantity == "grad_norm") & monitor.module.str.endswith(".weight")]
+        per_layer = grads.groupby("module").value.median()
+        order = sorted(per_layer.index, key=lambda m: int(m.split(".")[0]))
+        ratio = per_layer[order[0]] / per_layer[order[-2]] if len(order) > 2 else float("nan")
+        rows.append(
+            {
+                "norm": run.norm,
+                "depth": run.depth,
+                "test_acc": run.final_test_acc,
+                "first_to_last_grad_ratio": ratio,
+            }
+        )
+    return pd.DataFrame(rows).groupby(["norm", "depth"]).mean().reset_index()
+
+
+_CNN = RunConfig(
+    model="cnn",
+    activation="relu",
+    init="kaiming",
+    channels=(8, 16),
+    optimizer="momentum",
+    lr=0.02,
+    train_size=2000,
+    monitor=False,
+)
+
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e
+    for e in (
+        Experiment(
+            "ics",
+            "The BatchNorm paper's Figure 1: the 3x100 sigmoid MLP, batch 60, small "
+            "Gaussian init, with and without BatchNorm: test accuracy over steps and the "
+            "15/50/85th percentiles of a last-layer sigmoid input.",
+            ("none", "batchnorm"),
+            RunConfig(steps=3000, eval_every=100, lr=0.5, init_std=0.1),
+            {},
+            {"steps": 300, "eval_every": 50, "train_size": 1000},
+            _ics_headline,
+        ),
+        Experiment(
+            "batch-size",
+            "The GroupNorm paper's batch-size study in small: a CNN trained for the same "
+            "number of epochs at batch sizes 2 to 64 (learning rate scaled linearly).",
+            (
+                "batchnorm",
+                "groupnorm",
+                "layernorm",
+                "instancenorm",
+                "batchrenorm",
+                "frn",
+                "evonorm_s0",
+                "none",
+            ),
+            dataclasses.replace(_CNN, epochs=2, lr_scaling=True, eval_every=10**9),
+            {"batch_size": (2, 4, 8, 16, 32, 64)},
+            {"epochs": 1, "train_size": 256, "test_size": 200},
+            lambda store: _final(store, "batch_size"),
+        ),
+        Experiment(
+            "lr",
+            "Final accuracy and divergence over a learning-rate grid, per norm (CNN).",
+            ("none", "batchnorm", "layernorm", "groupnorm"),
+            dataclasses.replace(_CNN, steps=300, eval_every=10**9, batch_size=32),
+            {"lr": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)},
+            {"steps": 30, "train_size": 256, "test_size": 200},
+            lambda store: _final(store, "lr"),
+        ),
+        Experiment(
+            "init",
+            "Sensitivity to the scale of the initial weights (x0.1 to x10 of Kaiming), "
+            "per norm (ReLU MLP).",
+            ("none", "batchnorm", "layernorm"),
+            RunConfig(
+                activation="relu",
+                init="kaiming",
+                lr=0.05,
+                optimizer="momentum",
+                steps=500,
+                eval_every=10**9,
+                width=100,
+                monitor=False,
+            ),
+            {"init_scale": (0.1, 0.3, 1.0, 3.0, 10.0)},
+            {"steps": 30, "train_size": 256, "test_size": 200},
+            lambda store: _final(store, "init_scale"),
+        ),
+        Experiment(
+            "depth",
+            "Gradient norm per layer and trainability of ReLU MLPs 4 to 32 layers deep, "
+            "per norm (vanishing and exploding gradients).",
+            ("none", "batchnorm", "layernorm"),
+            RunConfig(
+                activation="relu",
+                init="kaiming",
+                lr=0.02,
+                optimizer="momentum",
+                steps=400,
+                eval_every=10**9,
+                width=64,
+            ),
+            {"depth": (4, 8, 16, 32)},
+            {"steps": 20, "train_size": 256, "test_size": 200},
+            _depth_headline,
+        ),
+        Experiment(
+            "cost",
+            "Time per training step and activation memory per norm, same CNN and batch.",
+            (
+                "none",
+                "batchnorm",
+                "layernorm",
+                "groupnorm",
+                "instancenorm",
+                "rmsnorm",
+                "batchrenorm",
+                "ghostbatchnorm",
+                "frn",
+                "evonorm_b0",
+                "evonorm_s0",
+                "switchable",
+                "scalenorm",
+                "dyt",
+            ),
+            dataclasses.replace(_CNN, channels=(16, 32), steps=60, eval_every=10**9, batch_size=64),
+            {},
+            {"steps": 5, "train_size": 256, "test_size": 100},
+            _cost_headline,
+        ),
+        Experiment(
+            "train-eval",
+            "The accuracy gap between train-mode (batch statistics) and eval-mode "
+            "inference, and its dependence on batch size.",
+            ("batchnorm", "groupnorm"),
+            dataclasses.replace(
+                _CNN, epochs=2, lr_scaling=True, eval_every=10**9, train_mode_eval=True
+            ),
+            {"batch_size": (2, 4, 8, 32)},
+            {"epochs": 1, "train_size": 256, "test_size": 200},
+            _train_eval_headline,
+        ),
+    )
+}
+
+
+def get(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(EXPERIMENTS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown experiment {name!r}{hint} (available: {', '.join(EXPERIMENTS)})")
+    return EXPERIMENTS[name]

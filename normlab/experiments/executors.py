@@ -1,0 +1,58 @@
+"""Executors run a list of configurations and yield each result as it finishes.
+
+``LocalExecutor(jobs)`` uses worker processes on this machine (one per core
+by default; ``jobs=1`` runs in-process). A cluster executor implements the
+same ``map`` (see :class:`Executor`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Protocol
+
+import torch
+
+from normlab.experiments.config import RunConfig
+
+
+class Executor(Protocol):
+    def map(self, fn: Callable[[RunConfig], object], configs: list[RunConfig]) -> Iterator: ...
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+class LocalExecutor:
+    """Worker processes on this machine; each gets cores // jobs threads."""
+
+    def __init__(self, jobs: int | None = None) -> None:
+        cores = os.cpu_count() or 1
+        self.jobs = jobs or cores
+        if self.jobs < 1:
+            raise ValueError(f"LocalExecutor: jobs must be >= 1, got {self.jobs}")
+        self.threads = max(1, cores // self.jobs)
+
+    def map(self, fn, configs: list[RunConfig]) -> Iterator:
+        """Yield fn(config) for each config, in completion order."""
+        if self.jobs == 1 or len(configs) <= 1:
+            for config in configs:
+                yield fn(config)
+            return
+        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        with ProcessPoolExecutor(
+            self.jobs, mp_context=context, initializer=_init_worker, initargs=(self.threads,)
+        ) as pool:
+            pending = {pool.submit(fn, c) for c in configs}
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield future.result()
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise

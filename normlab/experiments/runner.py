@@ -1,0 +1,190 @@
+"""The one training loop every experiment runs: data, model, optimizer, Monitor,
+evaluation every k steps, divergence detection, cost; tidy results."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+
+from normlab import data, models
+from normlab.experiments.config import RunConfig
+from normlab.monitor import Monitor, preserved_state
+
+
+@dataclass
+class RunResult:
+    """What one run produced: a tidy metrics frame (step, metric, value), the
+    monitor's frame (or None) and a summary of headline numbers."""
+
+    config: RunConfig
+    metrics: pd.DataFrame
+    monitor: pd.DataFrame | None
+    summary: dict
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset(name: str, seed: int, train_size: int | None, test_size: int | None):
+    return data.load(name, seed=seed, train_size=train_size, test_size=test_size)
+
+
+def build_model(config: RunConfig, dataset: data.Dataset) -> nn.Module:
+    """The model a config names, sized for the data set."""
+    shape, classes = dataset.input_shape, dataset.num_classes
+    norm_kwargs = dict(config.norm_kwargs)
+    common = {
+        "norm": config.norm,
+        "init": config.init,
+        "init_std": config.init_std,
+        "init_scale": config.init_scale,
+        **norm_kwargs,
+    }
+    if config.model == "mlp":
+        return models.mlp(
+            math.prod(shape),
+            classes,
+            depth=config.depth,
+            width=config.width,
+            activation=config.activation,
+            norm_position=config.norm_position,
+            **common,
+        )
+    if len(shape) != 3:
+        raise ValueError(
+            f"model {config.model!r} needs (C, H, W) images; {dataset.name} has {shape}"
+        )
+    if config.model == "cnn":
+        return models.cnn(
+            shape[0],
+            classes,
+            channels=config.channels,
+            activation=config.activation,
+            norm_position=config.norm_position,
+            **common,
+        )
+    if config.model == "resnet":
+        return models.resnet(
+            shape[0], classes, widths=config.channels, activation=config.activation, **common
+        )
+    return models.transformer(shape[0], classes, image_size=shape[1], **common)
+
+
+def _optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    lr = config.effective_lr
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    momentum = 0.9 if config.optimizer == "momentum" else 0.0
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless shuffled mini-batches of indices, epoch after epoch (incomplete last
+    batches dropped, so batch statistics always see batch_size samples)."""
+    if batch_size > n:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n} training examples")
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the model, in its current mode, on (x, y)."""
+    correct, loss = 0, 0.0
+    for start in range(0, len(x), batch):
+        out = model(x[start : start + batch])
+        loss += nn.functional.cross_entropy(out, y[start : start + batch], reduction="sum").item()
+        correct += (out.argmax(1) == y[start : start + batch]).sum().item()
+    return correct / len(x), loss / len(x)
+
+
+def _activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes of the tensors one training step saves for its backward pass."""
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with preserved_state(model), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        nn.functional.cross_entropy(model(x), y).backward()
+    return total
+
+
+def run(config: RunConfig) -> RunResult:
+    """Train one configuration and return its results."""
+    config.validate()
+    torch.manual_seed(config.seed)
+    dataset = _dataset(config.dataset, config.seed, config.train_size, config.test_size)
+    model = build_model(config, dataset)
+    optimizer = _optimizer(config, model)
+    generator = torch.Generator().manual_seed(config.seed)
+    batches = _batches(len(dataset.train_x), config.batch_size, generator)
+    rows: list[tuple[int, str, float]] = []
+    first = next(batches)
+    memory = _activation_bytes(model, dataset.train_x[first], dataset.train_y[first])
+    monitor = (
+        Monitor(model, modules=list(config.watch) or None, optimizer=optimizer).attach()
+        if config.monitor
+        else None
+    )
+    steps = config.steps
+    if config.epochs is not None:
+        steps = max(1, config.epochs * len(dataset.train_x) // config.batch_size)
+    diverged, train_seconds, step = False, 0.0, 0
+    try:
+        for step in range(1, steps + 1):
+            index = first if step == 1 else next(batches)
+            x, y = dataset.train_x[index], dataset.train_y[index]
+            start = time.perf_counter()
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            if not torch.isfinite(loss):
+                diverged = True
+                rows.append((step, "train_loss", float("nan")))
+                break
+            loss.backward()
+            optimizer.step()
+            train_seconds += time.perf_counter() - start
+            if step % config.eval_every == 0 or step == steps:
+                rows.append((step, "train_loss", loss.item()))
+                model.eval()
+                accuracy, test_loss = evaluate(model, dataset.test_x, dataset.test_y)
+                rows += [(step, "test_acc", accuracy), (step, "test_loss", test_loss)]
+                if config.train_mode_eval:  # batch statistics at test time, no trace
+                    with preserved_state(model):
+                        model.train()
+                        usable = len(dataset.test_x) // config.batch_size * config.batch_size
+                        accuracy, _ = evaluate(
+                            model,
+                            dataset.test_x[:usable],
+                            dataset.test_y[:usable],
+                            config.batch_size,
+                        )
+                    rows.append((step, "test_acc_train_mode", accuracy))
+    finally:
+        if monitor is not None:
+            monitor.detach()
+    metrics = pd.DataFrame(rows, columns=["step", "metric", "value"])
+    final = metrics.groupby("metric").value.last().to_dict() if len(metrics) else {}
+    summary = {
+        "final_test_acc": float("nan") if diverged else final.get("test_acc", float("nan")),
+        "final_test_acc_train_mode": final.get("test_acc_train_mode", float("nan")),
+        "final_train_loss": final.get("train_loss", float("nan")),
+        "diverged": diverged,
+        "steps_done": step,
+        "ms_per_step": 1e3 * train_seconds / max(step - diverged, 1),
+        "activation_mb": memory / 2**20,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return RunResult(config, metrics, monitor.to_frame() if monitor is not None else None, summary)

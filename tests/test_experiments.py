@@ -1,0 +1,199 @@
+"""The experiment engine: configs, the runner, sweeps that resume, the atomic
+results store under Ctrl-C and SIGKILL, executors, and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from normlab import experiments as E
+from normlab.cli import app
+from normlab.experiments import ConfigError, RunConfig, Sweep
+
+TINY = RunConfig(
+    dataset="synthetic",
+    model="mlp",
+    depth=2,
+    width=16,
+    activation="relu",
+    init="kaiming",
+    lr=0.1,
+    batch_size=32,
+    steps=20,
+    eval_every=10,
+)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(
+        ConfigError, match=r"norm: unknown normalization 'batchnrom'; did you mean 'batchnorm'"
+    ):
+        dataclasses.replace(TINY, norm="batchnrom").validate()
+    with pytest.raises(ConfigError, match=r"dataset: unknown value 'mnsit'; did you mean 'mnist'"):
+        dataclasses.replace(TINY, dataset="mnsit").validate()
+    with pytest.raises(ConfigError, match="steps must be a positive integer, got -3"):
+        dataclasses.replace(TINY, steps=-3).validate()
+    with pytest.raises(ConfigError, match="lr must be a positive number"):
+        dataclasses.replace(TINY, lr=0).validate()
+    with pytest.raises(ConfigError, match=r"grid: unknown field 'nrom'; did you mean norm"):
+        Sweep(TINY, {"nrom": ("batchnorm",)}).configs()
+    with pytest.raises(ConfigError, match="unknown run config field"):
+        RunConfig.from_dict({"colour": "red"})
+
+
+def test_run_id_is_a_hash_of_the_full_config():
+    assert TINY.run_id == RunConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))).run_id
+    assert TINY.run_id != dataclasses.replace(TINY, seed=1).run_id
+    assert (
+        len({c.run_id for c in Sweep(TINY, {"norm": ("none", "batchnorm")}, (0, 1)).configs()}) == 4
+    )
+
+
+def test_run_trains_evaluates_and_summarizes():
+    result = E.run(dataclasses.replace(TINY, norm="batchnorm"))
+    acc = result.metrics[result.metrics.metric == "test_acc"]
+    assert list(acc.step) == [10, 20] and acc.value.between(0, 1).all()
+    assert result.summary["final_test_acc"] > 0.5  # a separable mixture
+    assert result.summary["steps_done"] == 20 and not result.summary["diverged"]
+    assert result.summary["activation_mb"] > 0 and result.summary["ms_per_step"] > 0
+    assert set(result.monitor.quantity) >= {"mean", "p50", "grad_norm"}
+
+
+def test_divergence_is_detected_not_crashed():
+    result = E.run(dataclasses.replace(TINY, lr=1e6, steps=50, init_scale=10.0, monitor=False))
+    assert result.summary["diverged"] and result.summary["steps_done"] < 50
+    assert pd.isna(result.summary["final_test_acc"])
+
+
+def test_epochs_set_the_number_of_steps():
+    result = E.run(
+        dataclasses.replace(TINY, epochs=2, batch_size=100, eval_every=1000, monitor=False)
+    )
+    assert result.summary["steps_done"] == 2 * 1600 // 100
+
+
+def test_sweep_resumes_and_reruns_only_missing_runs(tmp_path):
+    sweep = Sweep(
+        dataclasses.replace(TINY, monitor=False), {"norm": ("none", "batchnorm", "layernorm")}
+    )
+    done = []
+    store = E.run_sweep(sweep, tmp_path, E.LocalExecutor(1), lambda c, s: done.append(c.norm))
+    assert sorted(done) == ["batchnorm", "layernorm", "none"] and len(store.ids()) == 3
+    done.clear()
+    E.run_sweep(sweep, tmp_path, E.LocalExecutor(1), lambda c, s: done.append(c.norm))
+    assert done == []
+    victim = next(c for c in sweep.configs() if c.norm == "layernorm")
+    for f in (store.runs / victim.run_id).iterdir():
+        f.unlink()
+    (store.runs / victim.run_id).rmdir()
+    E.run_sweep(sweep, tmp_path, E.LocalExecutor(1), lambda c, s: done.append(c.norm))
+    assert done == ["layernorm"]
+    table = store.summaries()
+    assert len(table) == 3 and {"norm", "final_test_acc", "run_id"} <= set(table.columns)
+
+
+def test_a_failing_write_leaves_no_half_record(tmp_path, monkeypatch):
+    result = E.run(dataclasses.replace(TINY, monitor=False))
+    store = E.ResultsStore(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", broken)
+    with pytest.raises(OSError, match="disk full"):
+        store.write(result)
+    assert store.ids() == [] and list(store.runs.iterdir()) == []
+
+
+def test_parallel_executor_matches_in_process(tmp_path):
+    sweep = Sweep(dataclasses.replace(TINY, monitor=False), {"norm": ("none", "batchnorm")}, (0, 1))
+    one = E.run_sweep(sweep, tmp_path / "one", E.LocalExecutor(1)).summaries()
+    two = E.run_sweep(sweep, tmp_path / "two", E.LocalExecutor(2)).summaries()
+    merged = one.merge(two, on="run_id", suffixes=("_1", "_2"))
+    assert len(merged) == 4
+    assert (merged.final_test_acc_1 - merged.final_test_acc_2).abs().max() < 0.02
+
+
+SWEEP_SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, sys
+    from normlab import experiments as E
+    from normlab.experiments import RunConfig, Sweep
+    base = RunConfig(dataset="synthetic", model="mlp", depth=2, width=64, activation="relu",
+                     init="kaiming", lr=0.05, batch_size=32, steps=150, eval_every=50,
+                     monitor=False)
+    sweep = Sweep(base, {"norm": ("none", "batchnorm", "layernorm", "groupnorm", "rmsnorm", "dyt")})
+    E.run_sweep(sweep, sys.argv[1], E.LocalExecutor(1))
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_interrupted_sweep_loses_no_finished_run_and_resumes(tmp_path, sig):
+    script = tmp_path / "sweep.py"
+    script.write_text(SWEEP_SCRIPT)
+    root = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, str(script), str(root)])
+    runs = root / "runs"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        runs.is_dir() and any(not p.name.startswith(".") for p in runs.iterdir())
+    ):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    finished = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    assert 1 <= len(finished) < 6, "the sweep should be interrupted part-way"
+    for run_dir in finished:  # every record is whole
+        assert {"config.json", "summary.json", "metrics.parquet"} <= {
+            f.name for f in run_dir.iterdir()
+        }
+        json.loads((run_dir / "summary.json").read_text())
+    before = {p.name: (p / "summary.json").read_text() for p in finished}
+    subprocess.run([sys.executable, str(script), str(root)], check=True, timeout=300)
+    after = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    assert len(after) == 6 and not [p for p in runs.iterdir() if p.name.startswith(".")]
+    for name, text in before.items():  # finished runs were kept, not redone
+        assert (runs / name / "summary.json").read_text() == text
+
+
+def test_cli_run_quick_experiment(tmp_path):
+    result = CliRunner().invoke(
+        app, ["run", "init", "--quick", "--jobs", "1", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "init: 6 runs, 0 already done" in result.output
+    headline = pd.read_csv(tmp_path / "init" / "headline.csv")
+    assert set(headline.norm) == {"none", "batchnorm", "layernorm"}
+    again = CliRunner().invoke(
+        app, ["run", "init", "--quick", "--jobs", "1", "--out", str(tmp_path)]
+    )
+    assert "6 already done" in again.output
+
+
+def _flat(output: str) -> str:
+    """The text of a Rich error box without its frame and line breaks."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_cli_run_rejects_unknown_names(tmp_path):
+    result = CliRunner().invoke(app, ["run", "icss", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "did you mean ics" in _flat(result.output)
+    result = CliRunner().invoke(app, ["run", "ics", "--norms", "batchnrom", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "did you mean 'batchnorm'" in _flat(result.output)
+
+
+def test_every_experiment_builds_a_valid_quick_sweep():
+    for name, experiment in E.EXPERIMENTS.items():
+        configs = experiment.sweep(quick=True).configs()
+        assert configs, name
+        assert all(c.validate() for c in configs)
