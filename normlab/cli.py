@@ -131,6 +131,26 @@ def check(
     console.print(f"[green]all {len(results)} checks within tolerance[/green]")
 
 
+def _parse_overrides(items: list[str]) -> dict:
+    """``field=value`` strings as a dict; values read as Python literals when they parse."""
+    import ast
+
+    from normlab.experiments.config import RUN_FIELDS, ConfigError
+
+    overrides = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in RUN_FIELDS:
+            raise ConfigError(
+                f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(RUN_FIELDS)}"
+            )
+        try:
+            overrides[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            overrides[name] = text
+    return overrides
+
+
 @app.command("run")
 def run_experiment(
     experiment: Annotated[
@@ -147,6 +167,10 @@ def run_experiment(
     jobs: Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)")] = 0,
     out: Annotated[Path, typer.Option(help="results directory")] = Path("normlab-results"),
     quick: Annotated[bool, typer.Option(help="tiny sizes: a smoke test")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a run field, e.g. --set steps=500 (repeatable)"),
+    ] = None,
 ) -> None:
     """Run an experiment's sweep (resuming a finished part) and print its headline table."""
     from rich.progress import (
@@ -163,9 +187,10 @@ def run_experiment(
     try:
         exp = experiments.get(experiment)
         overrides = {"dataset": dataset} if dataset else {}
+        overrides.update(_parse_overrides(set_ or []))
         sweep = exp.sweep(tuple(norms) if norms else None, seeds, quick, **overrides)
         configs = sweep.configs()
-    except (KeyError, ConfigError) as e:
+    except (KeyError, ConfigError, TypeError) as e:
         raise typer.BadParameter(str(e.args[0] if isinstance(e, KeyError) else e)) from e
     root = out / experiment
     store = experiments.ResultsStore(root)

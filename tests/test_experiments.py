@@ -197,3 +197,38 @@ def test_every_experiment_builds_a_valid_quick_sweep():
         configs = experiment.sweep(quick=True).configs()
         assert configs, name
         assert all(c.validate() for c in configs)
+
+
+def test_cli_set_overrides_run_fields(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "init",
+            "--quick",
+            "--jobs",
+            "1",
+            "--set",
+            "steps=7",
+            "--set",
+            "width=8",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    table = E.ResultsStore(tmp_path / "init").summaries()
+    assert set(table.steps) == {7} and set(table.width) == {8} and set(table.steps_done) == {7}
+    bad = CliRunner().invoke(app, ["run", "init", "--set", "stepz=3", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "expected FIELD=VALUE" in _flat(bad.output)
+
+
+def test_noisy_batchnorm_and_probes_in_the_runner():
+    config = dataclasses.replace(TINY, norm="batchnorm", noise=1.0, probe_every=10, monitor=False)
+    result = E.run(config)
+    names = set(result.metrics.metric)
+    assert {"loss_variation", "gradient_predictiveness", "beta_smoothness"} <= names
+    assert any(n.startswith("ics_l2/") for n in names)
+    assert sorted(result.metrics[result.metrics.metric == "beta_smoothness"].step) == [0, 10]
+    plain = E.run(dataclasses.replace(config, noise=0.0))
+    assert result.summary["final_train_loss"] != plain.summary["final_train_loss"]

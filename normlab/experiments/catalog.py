@@ -38,7 +38,7 @@ class Experiment:
         **overrides,
     ) -> Sweep:
         """The sweep: the grid crossed with ``norms`` and ``seeds`` seeds."""
-        base = dataclasses.replace(self.base, **(self.quick if quick else {}), **overrides)
+        base = dataclasses.replace(self.base, **{**(self.quick if quick else {}), **overrides})
         grid = {"norm": tuple(norms or self.default_norms), **self.grid}
         if quick:
             grid = {k: v[:2] if k != "norm" else v for k, v in grid.items()}
@@ -84,6 +84,31 @@ def _ics_headline(store: ResultsStore) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).drop(columns="seed").groupby("norm").mean().reset_index()
+
+
+def _smoothness_headline(store: ResultsStore) -> pd.DataFrame:
+    """Per norm and noise level: Santurkar et al.'s measures averaged over training —
+    ICS (||G - G'|| and cos(G, G') of the deepest layer), loss variation,
+    gradient predictiveness, effective beta-smoothness — and the final accuracy."""
+    rows = []
+    for _, run in store.summaries().iterrows():
+        metrics = store.metrics(run.run_id)
+        means = metrics.groupby("metric").value.mean()
+        ics = [m for m in means.index if m.startswith("ics_l2/")]
+        deepest = max(ics, key=lambda m: int(m.split("/")[1].split(".")[0]))
+        rows.append(
+            {
+                "norm": run.norm,
+                "noise": run.noise,
+                "ics_l2": means[deepest],
+                "ics_cosine": means[deepest.replace("ics_l2", "ics_cosine")],
+                "loss_variation": means["loss_variation"],
+                "gradient_predictiveness": means["gradient_predictiveness"],
+                "beta_smoothness": means["beta_smoothness"],
+                "test_acc": run.final_test_acc,
+            }
+        )
+    return pd.DataFrame(rows).groupby(["norm", "noise"]).mean().reset_index()
 
 
 def _cost_headline(store: ResultsStore) -> pd.DataFrame:
@@ -213,6 +238,25 @@ EXPERIMENTS: dict[str, Experiment] = {
             {"depth": (4, 8, 16, 32)},
             {"steps": 20, "train_size": 256, "test_size": 200},
             _depth_headline,
+        ),
+        Experiment(
+            "smoothness",
+            "Santurkar et al.'s internal covariate shift and loss-landscape smoothness over "
+            "training, with and without BatchNorm, and 'noisy' BatchNorm (random per-channel "
+            "scale and shift after each BatchNorm, resampled every step).",
+            ("none", "batchnorm"),
+            RunConfig(
+                activation="relu",
+                init="kaiming",
+                lr=0.1,
+                steps=1000,
+                eval_every=250,
+                probe_every=50,
+                monitor=False,
+            ),
+            {"noise": (0.0, 1.0)},
+            {"steps": 20, "probe_every": 10, "eval_every": 10, "train_size": 256, "test_size": 200},
+            _smoothness_headline,
         ),
         Experiment(
             "cost",

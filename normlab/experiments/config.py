@@ -46,6 +46,8 @@ class RunConfig:
     seed: int = 0
     monitor: bool = True
     train_mode_eval: bool = False  # also evaluate with batch statistics (train mode)
+    probe_every: int = 0  # run the ICS and smoothness probes every k steps (0: never)
+    noise: float = 0.0  # "noisy BatchNorm": random per-channel scale and shift after norms
     watch: tuple[str, ...] = ()  # Monitor modules= patterns; () = the defaults
     norm_kwargs: tuple[tuple[str, object], ...] = ()
 
@@ -65,6 +67,12 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("probe_every",):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.noise, int | float) or self.noise < 0:
+            raise ConfigError(f"noise must be a non-negative number, got {self.noise!r}")
         for name in ("lr", "init_std", "init_scale"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:

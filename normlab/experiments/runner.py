@@ -14,7 +14,8 @@ from torch import nn
 
 from normlab import data, models
 from normlab.experiments.config import RunConfig
-from normlab.monitor import Monitor, preserved_state
+from normlab.monitor import Monitor, internal_covariate_shift, loss_landscape, preserved_state
+from normlab.monitor.monitor import NORMS
 
 
 @dataclass
@@ -120,6 +121,35 @@ def _activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int
     return total
 
 
+def add_noise(model: nn.Module, level: float) -> list:
+    """Santurkar et al.'s "noisy BatchNorm": after every normalization layer, in
+    training, scale and shift each channel by random amounts drawn afresh at
+    every step (scale ~ U(1, 1 + level), shift ~ U(-level, level)), so the next
+    layer's input distribution moves all the time. Returns the hook handles."""
+
+    def hook(module, args, output):
+        if not module.training:
+            return output
+        shape = (1, output.shape[1], *([1] * (output.dim() - 2)))
+        scale = 1 + level * torch.rand(shape, dtype=output.dtype)
+        shift = level * (2 * torch.rand(shape, dtype=output.dtype) - 1)
+        return output * scale + shift
+
+    return [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, NORMS)]
+
+
+def _probe_rows(step, model, optimizer, x, y) -> list[tuple[int, str, float]]:
+    loss_fn = nn.functional.cross_entropy
+    rows = []
+    for layer in internal_covariate_shift(model, loss_fn, x, y, optimizer):
+        rows.append((step, f"ics_l2/{layer['layer']}", layer["ics_l2"]))
+        rows.append((step, f"ics_cosine/{layer['layer']}", layer["ics_cosine"]))
+    smooth = loss_landscape(model, loss_fn, x, y, optimizer=optimizer)
+    for key in ("loss_variation", "gradient_predictiveness", "beta_smoothness"):
+        rows.append((step, key, smooth[key]))
+    return rows
+
+
 def run(config: RunConfig) -> RunResult:
     """Train one configuration and return its results."""
     config.validate()
@@ -132,6 +162,7 @@ def run(config: RunConfig) -> RunResult:
     rows: list[tuple[int, str, float]] = []
     first = next(batches)
     memory = _activation_bytes(model, dataset.train_x[first], dataset.train_y[first])
+    noise_hooks = add_noise(model, config.noise) if config.noise > 0 else []
     monitor = (
         Monitor(model, modules=list(config.watch) or None, optimizer=optimizer).attach()
         if config.monitor
@@ -145,8 +176,10 @@ def run(config: RunConfig) -> RunResult:
         for step in range(1, steps + 1):
             index = first if step == 1 else next(batches)
             x, y = dataset.train_x[index], dataset.train_y[index]
-            start = time.perf_counter()
             model.train()
+            if config.probe_every and (step - 1) % config.probe_every == 0:
+                rows += _probe_rows(step - 1, model, optimizer, x, y)
+            start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(x), y)
             if not torch.isfinite(loss):
@@ -175,6 +208,8 @@ def run(config: RunConfig) -> RunResult:
     finally:
         if monitor is not None:
             monitor.detach()
+        for handle in noise_hooks:
+            handle.remove()
     metrics = pd.DataFrame(rows, columns=["step", "metric", "value"])
     final = metrics.groupby("metric").value.last().to_dict() if len(metrics) else {}
     summary = {
