@@ -232,3 +232,20 @@ def test_noisy_batchnorm_and_probes_in_the_runner():
     assert sorted(result.metrics[result.metrics.metric == "beta_smoothness"].step) == [0, 10]
     plain = E.run(dataclasses.replace(config, noise=0.0))
     assert result.summary["final_train_loss"] != plain.summary["final_train_loss"]
+
+
+def test_norm_specific_kwargs_reach_only_their_norm():
+    from normlab.experiments.runner import norm_kwargs_for
+
+    kwargs = (("eps", 1e-3), ("batchrenorm:warmup_steps", 0), ("gn:num_groups", 4))
+    assert norm_kwargs_for(dataclasses.replace(TINY, norm="brn", norm_kwargs=kwargs)) == {
+        "eps": 1e-3,
+        "warmup_steps": 0,
+    }
+    assert norm_kwargs_for(dataclasses.replace(TINY, norm="groupnorm", norm_kwargs=kwargs)) == {
+        "eps": 1e-3,
+        "num_groups": 4,
+    }
+    assert norm_kwargs_for(dataclasses.replace(TINY, norm="layer", norm_kwargs=kwargs)) == {
+        "eps": 1e-3
+    }

@@ -16,6 +16,7 @@ from normlab import data, models
 from normlab.experiments.config import RunConfig
 from normlab.monitor import Monitor, internal_covariate_shift, loss_landscape, preserved_state
 from normlab.monitor.monitor import NORMS
+from normlab.norms import registry
 
 
 @dataclass
@@ -34,10 +35,24 @@ def _dataset(name: str, seed: int, train_size: int | None, test_size: int | None
     return data.load(name, seed=seed, train_size=train_size, test_size=test_size)
 
 
+def norm_kwargs_for(config: RunConfig) -> dict:
+    """The constructor arguments for ``config.norm``: plain ``key`` entries of
+    ``norm_kwargs`` apply to any norm, ``"<norm>:key"`` ones only to that norm."""
+    name = registry.spec(config.norm).name
+    kwargs = {}
+    for key, value in config.norm_kwargs:
+        target, sep, arg = key.partition(":")
+        if not sep:
+            kwargs[key] = value
+        elif registry.spec(target).name == name:
+            kwargs[arg] = value
+    return kwargs
+
+
 def build_model(config: RunConfig, dataset: data.Dataset) -> nn.Module:
     """The model a config names, sized for the data set."""
     shape, classes = dataset.input_shape, dataset.num_classes
-    norm_kwargs = dict(config.norm_kwargs)
+    norm_kwargs = norm_kwargs_for(config)
     common = {
         "norm": config.norm,
         "init": config.init,
