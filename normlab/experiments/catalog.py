@@ -60,8 +60,9 @@ def _final(store: ResultsStore, axis: str) -> pd.DataFrame:
 
 
 def _ics_headline(store: ResultsStore) -> pd.DataFrame:
-    """Per norm: early and final accuracy, and the drift of the 15/50/85th
-    percentiles of the last hidden layer's sigmoid input (last minus first record)."""
+    """Per norm: early and final accuracy, the drift of the 15/50/85th percentiles
+    of the last hidden layer's sigmoid input (last minus first record), and the
+    mean absolute change of every sigmoid input's mean and std over training."""
     rows = []
     for _, run in store.summaries().iterrows():
         metrics = store.metrics(run.run_id)
@@ -73,6 +74,10 @@ def _ics_headline(store: ResultsStore) -> pd.DataFrame:
             index="step", columns="quantity", values="value"
         )
         drift = {f"{q}_drift": site[q].iloc[-1] - site[q].iloc[0] for q in ("p15", "p50", "p85")}
+        layers = monitor[monitor.module.isin(sigmoid_sites)]
+        moved = layers.pivot_table(index="step", columns=["module", "quantity"], values="value")
+        first, last = moved.iloc[0], moved.iloc[-1]
+        change = (last - first).abs()
         rows.append(
             {
                 "norm": run.norm,
@@ -81,6 +86,8 @@ def _ics_headline(store: ResultsStore) -> pd.DataFrame:
                 "final_test_acc": acc[-1],
                 **drift,
                 "abs_drift": float(np.mean(np.abs(list(drift.values())))),
+                "layers_mean_drift": float(change.xs("mean", level="quantity").mean()),
+                "layers_std_drift": float(change.xs("std", level="quantity").mean()),
             }
         )
     return pd.DataFrame(rows).drop(columns="seed").groupby("norm").mean().reset_index()

@@ -227,8 +227,12 @@ def run(config: RunConfig) -> RunResult:
             handle.remove()
     metrics = pd.DataFrame(rows, columns=["step", "metric", "value"])
     final = metrics.groupby("metric").value.last().to_dict() if len(metrics) else {}
+    # Diverged: the loss overflowed, or training ended worse than chance
+    # (cross-entropy above 1.5 ln(classes)).
+    chance = math.log(dataset.num_classes)
+    diverged = diverged or final.get("train_loss", 0.0) > 1.5 * chance
     summary = {
-        "final_test_acc": float("nan") if diverged else final.get("test_acc", float("nan")),
+        "final_test_acc": final.get("test_acc", float("nan")),
         "final_test_acc_train_mode": final.get("test_acc_train_mode", float("nan")),
         "final_train_loss": final.get("train_loss", float("nan")),
         "diverged": diverged,
