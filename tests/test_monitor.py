@@ -313,3 +313,16 @@ def test_other_dtypes_are_recorded(dtype):
     full = model[0](x).detach().double().numpy()
     assert _values(frame, "1", "dead")[0] == pytest.approx((full <= 0).mean(), abs=0.1)
     assert np.isfinite(_values(frame, "1", "grad_norm")[0])
+
+
+def test_sketches_hold_each_records_quantiles():
+    model = nn.Sequential(nn.Identity(), nn.Tanh())
+    x = torch.randn(500, 1)
+    with Monitor(model, parameters=False) as mon:
+        model(x)
+    sketch = mon.sketches()
+    assert list(sketch.columns) == ["step", "module", "level", "value"]
+    row = sketch[sketch.module == "1"].sort_values("level")
+    np.testing.assert_allclose(
+        row.value, np.quantile(x.numpy().astype(np.float64), row.level), rtol=1e-5, atol=1e-6
+    )

@@ -28,6 +28,7 @@ class RunResult:
     metrics: pd.DataFrame
     monitor: pd.DataFrame | None
     summary: dict
+    sketches: pd.DataFrame | None = None  # the monitor's quantile sketches
 
 
 @functools.lru_cache(maxsize=8)
@@ -241,4 +242,6 @@ def run(config: RunConfig) -> RunResult:
         "activation_mb": memory / 2**20,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    return RunResult(config, metrics, monitor.to_frame() if monitor is not None else None, summary)
+    if monitor is None:
+        return RunResult(config, metrics, None, summary)
+    return RunResult(config, metrics, monitor.to_frame(), summary, monitor.sketches())

@@ -51,6 +51,8 @@ class ResultsStore:
             result.metrics.to_parquet(tmp / "metrics.parquet", index=False)
             if result.monitor is not None:
                 result.monitor.to_parquet(tmp / "monitor.parquet", index=False)
+            if result.sketches is not None:
+                result.sketches.to_parquet(tmp / "sketches.parquet", index=False)
             (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2))
             if final.exists():  # the same config finished twice: keep the first
                 shutil.rmtree(tmp)
@@ -79,4 +81,8 @@ class ResultsStore:
 
     def monitor(self, run_id: str) -> pd.DataFrame | None:
         path = self.runs / run_id / "monitor.parquet"
+        return pd.read_parquet(path) if path.is_file() else None
+
+    def sketches(self, run_id: str) -> pd.DataFrame | None:
+        path = self.runs / run_id / "sketches.parquet"
         return pd.read_parquet(path) if path.is_file() else None

@@ -443,6 +443,31 @@ class Monitor:
         self.to_frame().to_parquet(path, index=False)
         return path
 
+    def sketches(self):
+        """Each activation record's quantile sketch as a DataFrame: step, module,
+        level (0..1, evenly spaced) and value — the recorded distributions
+        themselves, for drawing them or measuring distances between them."""
+        import pandas as pd
+
+        self.flush()
+        parts = []
+        for chunk in self._chunks:
+            if chunk.sketch is None:
+                continue
+            k, levels = chunk.sketch.shape
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "step": np.repeat(chunk.steps, levels),
+                        "module": chunk.module,
+                        "level": np.tile(np.linspace(0.0, 1.0, levels), k),
+                        "value": chunk.sketch.reshape(-1).astype(np.float64),
+                    }
+                )
+            )
+        columns = ["step", "module", "level", "value"]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
     def distribution_shift(self):
         """Internal covariate shift as Ioffe & Szegedy (2015) described it: for each
         watched site, the change of its distribution between successive records.
