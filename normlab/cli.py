@@ -224,3 +224,148 @@ def run_experiment(
     console.print(table)
     headline.to_csv(root / "headline.csv", index=False)
     console.print(f"headline written to {root / 'headline.csv'}")
+
+
+SUITE = ("ics", "batch-size", "lr", "init", "depth", "cost")
+
+
+@app.command("compare")
+def compare(
+    out: Annotated[Path, typer.Option(help="report directory (results in OUT/results)")] = Path(
+        "normlab-report"
+    ),
+    quick: Annotated[bool, typer.Option(help="CI-sized: every experiment tiny")] = False,
+    norms: Annotated[
+        list[str] | None,
+        typer.Option("--norms", help="norms (repeatable; default: each experiment's)"),
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="data set (default: mnist)")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="seeds per configuration")] = 1,
+    jobs: Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)")] = 0,
+    experiments_: Annotated[
+        list[str] | None,
+        typer.Option("--experiments", help=f"experiments to run (default: {', '.join(SUITE)})"),
+    ] = None,
+) -> None:
+    """Train and measure the techniques on the embedded MNIST and write an HTML report.
+
+    Runs the suite (resuming whatever an earlier, interrupted run finished),
+    then writes OUT/index.html with the pictures embedded, and the tables as CSV.
+    """
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from normlab import experiments
+    from normlab.experiments.config import ConfigError
+    from normlab.report import html
+
+    names = list(experiments_ or SUITE)
+    root = out / "results"
+    try:
+        plans = []
+        for name in names:
+            exp = experiments.get(name)
+            overrides = {"dataset": dataset} if dataset else {}
+            sweep = exp.sweep(tuple(norms) if norms else None, seeds, quick, **overrides)
+            configs = sweep.configs()
+            store = experiments.ResultsStore(root / name)
+            plans.append((name, sweep, sum(not store.has(c) for c in configs), len(configs)))
+    except (KeyError, ConfigError) as e:
+        raise typer.BadParameter(str(e.args[0] if isinstance(e, KeyError) else e)) from e
+    todo = sum(p[2] for p in plans)
+    console.print(
+        f"[bold]normlab compare[/bold]: {len(names)} experiments, {sum(p[3] for p in plans)} runs "
+        f"({sum(p[3] for p in plans) - todo} already done){' [quick]' if quick else ''}"
+    )
+    start = time.perf_counter()
+    columns = (
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("starting", total=todo)
+        for name, sweep, _, _ in plans:
+
+            def advance(config, summary, name=name) -> None:
+                progress.update(task, advance=1, description=f"{name}: {config.norm}")
+
+            progress.update(task, description=f"{name}")
+            experiments.run_sweep(
+                sweep, root / name, experiments.LocalExecutor(jobs or None), advance
+            )
+    with console.status("writing the report..."):
+        path = html.build(root, out)
+    summary = Table(title="summary (from the runs; details in the report)")
+    import pandas as pd
+
+    frame = pd.read_csv(out / "summary.csv")
+    for column in frame.columns:
+        summary.add_column(str(column), overflow="fold")
+    for row in frame.itertuples(index=False):
+        summary.add_row(
+            *("—" if pd.isna(v) else f"{v:.3g}" if isinstance(v, float) else str(v) for v in row)
+        )
+    console.print(summary)
+    console.print(f"report: {path}  ({time.perf_counter() - start:.0f} s)")
+
+
+@app.command("report")
+def report(
+    results: Annotated[
+        Path, typer.Argument(help="results directory (a compare run's OUT/results)")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="report directory (default: results' parent)")
+    ] = None,
+) -> None:
+    """Rebuild the HTML report from stored results, without training."""
+    from normlab.report import html
+
+    if not results.is_dir():
+        raise typer.BadParameter(f"results directory {results} does not exist")
+    path = html.build(results, out or results.parent)
+    console.print(f"report: {path}")
+
+
+viz = typer.Typer(help="Pictures on their own.", no_args_is_help=True)
+app.add_typer(viz, name="viz")
+
+
+@viz.command("axes")
+def viz_axes(
+    out: Annotated[Path, typer.Option(help="image file (.png, .svg, .pdf)")] = Path("axes.png"),
+    norms: Annotated[
+        list[str] | None, typer.Option("--norms", help="techniques (default: all)")
+    ] = None,
+    features: Annotated[bool, typer.Option(help="draw the (N, features) form")] = False,
+) -> None:
+    """Draw what each technique normalizes over (the GroupNorm paper's Figure 2)."""
+    from normlab.report import axes
+
+    names = [spec(n).name for n in norms] if norms else [n for n in available() if n != "none"]
+    fig = axes.figure(names, features=features)
+    fig.savefig(out, dpi=100)
+    console.print(f"wrote {out}")
+
+
+@viz.command("drift")
+def viz_drift(
+    results: Annotated[Path, typer.Argument(help="an ics results directory (with runs/)")],
+    out: Annotated[Path, typer.Option(help="GIF file")] = Path("drift.gif"),
+    frames: Annotated[int, typer.Option(min=2, help="frames in the animation")] = 30,
+) -> None:
+    """Animate each norm's last-layer sigmoid-input distribution over training."""
+    from normlab.report import animation
+
+    animation.drift_gif(results, out, frames)
+    console.print(f"wrote {out}")
