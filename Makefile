@@ -1,12 +1,12 @@
 # Two entry points for a new user (see README.md):
-#   make run    set up .venv when missing, then run the main job
-#   make test   set up .venv when missing, then lint, format-check and test
+#   make compare  set up .venv when missing, then run the main job (normlab compare)
+#   make test     set up .venv when missing, then lint, format-check and test
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.normlab-installed
 
-.PHONY: setup run test lint clean
+.PHONY: setup compare check test lint clean
 
 setup: $(STAMP)
 
@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-run: setup
+compare: setup
+	$(BIN)/normlab compare
+
+check: setup
 	$(BIN)/normlab list
 	$(BIN)/normlab check
 
@@ -27,4 +30,4 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis normlab-report
