@@ -42,7 +42,9 @@ class LocalExecutor:
             for config in configs:
                 yield fn(config)
             return
-        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        # spawn, not fork: a forked child of a process whose thread pools already ran
+        # (torch, gloo) can deadlock.
+        context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
             self.jobs, mp_context=context, initializer=_init_worker, initargs=(self.threads,)
         ) as pool:

@@ -13,8 +13,14 @@ from normlab.norms.batch import (
     GhostBatchNorm,
     GhostBatchNorm1d,
     GhostBatchNorm2d,
+    SyncBatchNorm,
 )
-from normlab.norms.convert import convert, freeze_batchnorm, unfreeze_batchnorm
+from normlab.norms.convert import (
+    convert,
+    convert_sync_batchnorm,
+    freeze_batchnorm,
+    unfreeze_batchnorm,
+)
 from normlab.norms.dyt import DynamicTanh
 from normlab.norms.group import (
     EvoNorm2dS0,
@@ -60,9 +66,11 @@ __all__ = [
     "ScaleNorm",
     "StatSet",
     "SwitchableNorm2d",
+    "SyncBatchNorm",
     "WSConv2d",
     "available",
     "convert",
+    "convert_sync_batchnorm",
     "create",
     "freeze_batchnorm",
     "spec",

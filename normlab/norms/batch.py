@@ -311,3 +311,63 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
+
+
+class SyncBatchNorm(_BatchNorm):
+    r"""Batch Normalization with statistics over a whole process group.
+
+    .. math::
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    with E and Var taken over the batches of every rank of ``process_group``
+    (default: the world) together, combined exactly from per-rank counts, means
+    and variances (uneven and empty per-rank batches included), so a
+    data-parallel run normalizes as BatchNorm would on the concatenated global
+    batch. Works on CPU (gloo) and GPU (NCCL); torch's own SyncBatchNorm runs
+    on GPUs only. Outside an initialized process group, with a world of one,
+    or in eval, it is exactly :class:`BatchNormNd` and communicates nothing.
+    Input (N, C, *) of any rank from 2. See :func:`normlab.convert_sync_batchnorm`.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype
+        )
+        self.process_group = process_group
+
+    def _world(self) -> int:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return 1
+        return dist.get_world_size(self.process_group)
+
+    def forward(self, input: Tensor) -> Tensor:
+        world = self._world() if self.training else 1
+        if world == 1:
+            return super().forward(input)
+        from normlab.functional.sync import SyncBatchNormFunction
+
+        self._check_input(input)
+        momentum = self._momentum_for_step()
+        return SyncBatchNormFunction.apply(
+            input,
+            self.weight,
+            self.bias,
+            self.running_mean if self.track_running_stats else None,
+            self.running_var if self.track_running_stats else None,
+            self.eps,
+            momentum,
+            self.process_group,
+            world,
+        )

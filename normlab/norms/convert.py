@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from normlab.norms import batch, layer, registry, response
-from normlab.norms.batch import BatchNormNd, FrozenBatchNorm2d
+from normlab.norms.batch import BatchNormNd, FrozenBatchNorm2d, SyncBatchNorm
 
 # torch.nn's normalization layers (SyncBatchNorm is a _BatchNorm).
 _TORCH_NORMS: tuple[type[nn.Module], ...] = (
@@ -143,4 +143,27 @@ def unfreeze_batchnorm(model: nn.Module) -> nn.Module:
         model,
         lambda m: isinstance(m, FrozenBatchNorm2d),
         lambda old: BatchNormNd(old.num_features, eps=old.eps),
+    )
+
+
+def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
+    """Replace every BatchNorm (torch.nn's or normlab's) with a :class:`SyncBatchNorm`
+    over ``process_group``, keeping its arguments, affine, running statistics,
+    device, dtype and mode. In place; returns the model."""
+
+    def make(old: nn.Module) -> nn.Module:
+        new = SyncBatchNorm(
+            old.num_features,
+            old.eps,
+            old.momentum,
+            old.affine,
+            old.track_running_stats,
+            process_group=process_group,
+        )
+        if old.num_batches_tracked is not None and new.num_batches_tracked is not None:
+            new.num_batches_tracked.copy_(old.num_batches_tracked)
+        return new
+
+    return _replace(
+        model, lambda m: isinstance(m, _BATCH_NORMS) and not isinstance(m, SyncBatchNorm), make
     )

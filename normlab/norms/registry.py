@@ -30,6 +30,7 @@ from normlab.norms.batch import (
     GhostBatchNorm,
     GhostBatchNorm1d,
     GhostBatchNorm2d,
+    SyncBatchNorm,
 )
 from normlab.norms.dyt import DynamicTanh
 from normlab.norms.group import (
@@ -159,8 +160,10 @@ _SPECS: tuple[NormSpec, ...] = (
             "batchnorm1d": BatchNorm1d,
             "batchnorm2d": BatchNorm2d,
             "batchnorm3d": BatchNorm3d,
+            "syncbatchnorm": SyncBatchNorm,
+            "sync_bn": SyncBatchNorm,
         },
-        classes=(BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormNd),
+        classes=(BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormNd, SyncBatchNorm),
     ),
     NormSpec(
         "layernorm",
