@@ -167,6 +167,9 @@ def run_experiment(
     jobs: Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)")] = 0,
     out: Annotated[Path, typer.Option(help="results directory")] = Path("normlab-results"),
     quick: Annotated[bool, typer.Option(help="tiny sizes: a smoke test")] = False,
+    nproc: Annotated[
+        int, typer.Option(min=0, help="data-parallel processes per run (0: the experiment's)")
+    ] = 0,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="override a run field, e.g. --set steps=500 (repeatable)"),
@@ -187,6 +190,8 @@ def run_experiment(
     try:
         exp = experiments.get(experiment)
         overrides = {"dataset": dataset} if dataset else {}
+        if nproc:
+            overrides["nproc"] = nproc
         overrides.update(_parse_overrides(set_ or []))
         sweep = exp.sweep(tuple(norms) if norms else None, seeds, quick, **overrides)
         configs = sweep.configs()

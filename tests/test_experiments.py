@@ -249,3 +249,26 @@ def test_norm_specific_kwargs_reach_only_their_norm():
     assert norm_kwargs_for(dataclasses.replace(TINY, norm="layer", norm_kwargs=kwargs)) == {
         "eps": 1e-3
     }
+
+
+def test_data_parallel_sync_batchnorm_equals_one_process_on_the_global_batch():
+    """2 processes x batch 16 with SyncBatchNorm train exactly as 1 process x 32
+    with BatchNorm (DDP averages the gradients, the statistics span both)."""
+    base = dataclasses.replace(TINY, steps=12, eval_every=6, monitor=False, lr=0.05)
+    one = E.run(dataclasses.replace(base, norm="batchnorm", batch_size=32))
+    two = E.run(dataclasses.replace(base, norm="sync_bn", batch_size=16, nproc=2))
+    a, b = one.metrics, two.metrics
+    for metric in ("test_acc", "test_loss"):
+        x = a[a.metric == metric].value.to_numpy()
+        y = b[b.metric == metric].value.to_numpy()
+        assert len(x) == len(y) == 2
+        assert abs(x - y).max() < 1e-4, (metric, x, y)
+    local = E.run(dataclasses.replace(base, norm="batchnorm", batch_size=16, nproc=2))
+    assert local.summary["steps_done"] == 12  # per-process BatchNorm runs too
+
+
+def test_data_parallel_config_errors():
+    with pytest.raises(ConfigError, match="need nproc=1"):
+        dataclasses.replace(TINY, nproc=2, probe_every=5).validate()
+    with pytest.raises(ConfigError, match="nproc must be a positive integer"):
+        dataclasses.replace(TINY, nproc=0).validate()

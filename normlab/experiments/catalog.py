@@ -272,6 +272,16 @@ EXPERIMENTS: dict[str, Experiment] = {
             _smoothness_headline,
         ),
         Experiment(
+            "batch-size-ddp",
+            "The GroupNorm paper's real setting: 2 data-parallel processes with a small "
+            "batch each, BatchNorm with per-process statistics vs SyncBatchNorm vs GroupNorm.",
+            ("batchnorm", "sync_bn", "groupnorm"),
+            dataclasses.replace(_CNN, nproc=2, epochs=2, lr_scaling=True, eval_every=10**9),
+            {"batch_size": (2, 4, 8, 16)},
+            {"epochs": 1, "train_size": 256, "test_size": 200},
+            lambda store: _final(store, "batch_size"),
+        ),
+        Experiment(
             "cost",
             "Time per training step and activation memory per norm, same CNN and batch.",
             (

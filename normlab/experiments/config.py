@@ -48,6 +48,9 @@ class RunConfig:
     train_mode_eval: bool = False  # also evaluate with batch statistics (train mode)
     probe_every: int = 0  # run the ICS and smoothness probes every k steps (0: never)
     noise: float = 0.0  # "noisy BatchNorm": random per-channel scale and shift after norms
+    nproc: int = (
+        1  # data-parallel processes (gloo, DistributedDataParallel); batch_size is per process
+    )
     watch: tuple[str, ...] = ()  # Monitor modules= patterns; () = the defaults
     norm_kwargs: tuple[tuple[str, object], ...] = ()
 
@@ -67,6 +70,12 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.nproc, int) or self.nproc < 1:
+            raise ConfigError(f"nproc must be a positive integer, got {self.nproc!r}")
+        if self.nproc > 1 and (self.probe_every or self.train_mode_eval):
+            raise ConfigError(
+                "probe_every and train_mode_eval need nproc=1: they run on one process"
+            )
         for name in ("probe_every",):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:

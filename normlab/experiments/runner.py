@@ -167,30 +167,84 @@ def _probe_rows(step, model, optimizer, x, y) -> list[tuple[int, str, float]]:
 
 
 def run(config: RunConfig) -> RunResult:
-    """Train one configuration and return its results."""
+    """Train one configuration and return its results (rank 0's, when data-parallel)."""
     config.validate()
+    if config.nproc == 1:
+        return _train(config)
+    return _run_data_parallel(config)
+
+
+def _run_data_parallel(config: RunConfig) -> RunResult:
+    """``config.nproc`` processes on gloo, DistributedDataParallel; rank 0 reports."""
+    import multiprocessing
+    import pickle
+    import tempfile
+    from pathlib import Path
+
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        init, out = f"file://{tmp}/store", Path(tmp) / "result.pkl"
+        procs = [
+            context.Process(target=_data_parallel_worker, args=(config, r, init, str(out)))
+            for r in range(config.nproc)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        failed = [p.exitcode for p in procs if p.exitcode != 0]
+        if failed or not out.is_file():
+            raise RuntimeError(f"data-parallel run failed (exit codes {failed})")
+        return pickle.loads(out.read_bytes())
+
+
+def _data_parallel_worker(config: RunConfig, rank: int, init: str, out: str) -> None:
+    import pickle
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=config.nproc)
+    try:
+        result = _train(config, rank, config.nproc)
+        if rank == 0:
+            Path(out).write_bytes(pickle.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(config: RunConfig, rank: int = 0, world: int = 1) -> RunResult:
+    """The training loop; with ``world`` > 1, one data-parallel process of it."""
+    import torch.distributed as dist
+
     torch.manual_seed(config.seed)
     dataset = _dataset(config.dataset, config.seed, config.train_size, config.test_size)
     model = build_model(config, dataset)
-    optimizer = _optimizer(config, model)
     generator = torch.Generator().manual_seed(config.seed)
-    batches = _batches(len(dataset.train_x), config.batch_size, generator)
+    global_batch = config.batch_size * world
+    batches = _batches(len(dataset.train_x), global_batch, generator)
     rows: list[tuple[int, str, float]] = []
     first = next(batches)
-    memory = _activation_bytes(model, dataset.train_x[first], dataset.train_y[first])
-    noise_hooks = add_noise(model, config.noise) if config.noise > 0 else []
+    shard = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
+    memory = _activation_bytes(model, dataset.train_x[first[shard]], dataset.train_y[first[shard]])
+    local = model  # evaluation and the monitor use the process's own replica
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model)
+    optimizer = _optimizer(config, model)
+    noise_hooks = add_noise(local, config.noise) if config.noise > 0 else []
     monitor = (
-        Monitor(model, modules=list(config.watch) or None, optimizer=optimizer).attach()
-        if config.monitor
+        Monitor(local, modules=list(config.watch) or None, optimizer=optimizer).attach()
+        if config.monitor and rank == 0
         else None
     )
     steps = config.steps
     if config.epochs is not None:
-        steps = max(1, config.epochs * len(dataset.train_x) // config.batch_size)
+        steps = max(1, config.epochs * len(dataset.train_x) // global_batch)
     diverged, train_seconds, step = False, 0.0, 0
     try:
         for step in range(1, steps + 1):
-            index = first if step == 1 else next(batches)
+            index = (first if step == 1 else next(batches))[shard]
             x, y = dataset.train_x[index], dataset.train_y[index]
             model.train()
             if config.probe_every and (step - 1) % config.probe_every == 0:
@@ -198,24 +252,27 @@ def run(config: RunConfig) -> RunResult:
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(x), y)
-            if not torch.isfinite(loss):
+            finite = torch.isfinite(loss.detach()).float()
+            if world > 1:  # every process stops together
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if not finite.item():
                 diverged = True
                 rows.append((step, "train_loss", float("nan")))
                 break
             loss.backward()
             optimizer.step()
             train_seconds += time.perf_counter() - start
-            if step % config.eval_every == 0 or step == steps:
+            if rank == 0 and (step % config.eval_every == 0 or step == steps):
                 rows.append((step, "train_loss", loss.item()))
-                model.eval()
-                accuracy, test_loss = evaluate(model, dataset.test_x, dataset.test_y)
+                local.eval()
+                accuracy, test_loss = evaluate(local, dataset.test_x, dataset.test_y)
                 rows += [(step, "test_acc", accuracy), (step, "test_loss", test_loss)]
                 if config.train_mode_eval:  # batch statistics at test time, no trace
-                    with preserved_state(model):
-                        model.train()
+                    with preserved_state(local):
+                        local.train()
                         usable = len(dataset.test_x) // config.batch_size * config.batch_size
                         accuracy, _ = evaluate(
-                            model,
+                            local,
                             dataset.test_x[:usable],
                             dataset.test_y[:usable],
                             config.batch_size,
@@ -240,7 +297,7 @@ def run(config: RunConfig) -> RunResult:
         "steps_done": step,
         "ms_per_step": 1e3 * train_seconds / max(step - diverged, 1),
         "activation_mb": memory / 2**20,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in local.parameters()),
     }
     if monitor is None:
         return RunResult(config, metrics, None, summary)
