@@ -14,7 +14,6 @@ batches in ``data_dir``).
 
 from __future__ import annotations
 
-import difflib
 import shutil
 import tarfile
 import tempfile
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from normlab._names import did_you_mean
 from normlab.data.files import DataFileError, read_cifar10, read_idx_split
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -222,8 +222,7 @@ def load(
     """
     key = name.strip().lower().replace("_", "-")
     if key not in _LOADERS:
-        close = difflib.get_close_matches(key, list(_LOADERS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(key, _LOADERS)
         raise KeyError(f"unknown data set {name!r}{hint} (available: {', '.join(_LOADERS)})")
     try:
         train_x, train_y, test_x, test_y = _LOADERS[key](seed, **kwargs)

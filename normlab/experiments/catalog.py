@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from normlab._names import did_you_mean
 from normlab.experiments.config import RunConfig, Sweep
 from normlab.experiments.store import ResultsStore
 
@@ -59,6 +60,19 @@ def _final(store: ResultsStore, axis: str) -> pd.DataFrame:
     return out.reset_index()
 
 
+def last_sigmoid_site(monitor: pd.DataFrame) -> str:
+    """The deepest sigmoid input a monitor frame holds (the sites with 'saturated')."""
+    sites = monitor[monitor.quantity == "saturated"].module.unique()
+    return max(sites, key=lambda m: int(str(m).split("#")[0].split(".")[-1]))
+
+
+def layer_gradient_norms(monitor: pd.DataFrame) -> pd.Series:
+    """Median weight-gradient norm per layer, ordered from input to output."""
+    grads = monitor[(monitor.quantity == "grad_norm") & monitor.module.str.endswith(".weight")]
+    per_layer = grads.groupby("module").value.median()
+    return per_layer[sorted(per_layer.index, key=lambda m: int(m.split(".")[0]))]
+
+
 def _ics_headline(store: ResultsStore) -> pd.DataFrame:
     """Per norm: early and final accuracy, the drift of the 15/50/85th percentiles
     of the last hidden layer's sigmoid input (last minus first record), and the
@@ -69,8 +83,7 @@ def _ics_headline(store: ResultsStore) -> pd.DataFrame:
         acc = metrics[metrics.metric == "test_acc"].sort_values("step").value.to_numpy()
         monitor = store.monitor(run.run_id)
         sigmoid_sites = monitor[monitor.quantity == "saturated"].module.unique()
-        last = max(sigmoid_sites, key=lambda m: int(str(m).split("#")[0].split(".")[-1]))
-        site = monitor[monitor.module == last].pivot(
+        site = monitor[monitor.module == last_sigmoid_site(monitor)].pivot(
             index="step", columns="quantity", values="value"
         )
         drift = {f"{q}_drift": site[q].iloc[-1] - site[q].iloc[0] for q in ("p15", "p50", "p85")}
@@ -141,10 +154,8 @@ def _depth_headline(store: ResultsStore) -> pd.DataFrame:
     rows = []
     for _, run in store.summaries().iterrows():
         monitor = store.monitor(run.run_id)
-        grads = monitor[(monitor.quantity == "grad_norm") & monitor.module.str.endswith(".weight")]
-        per_layer = grads.groupby("module").value.median()
-        order = sorted(per_layer.index, key=lambda m: int(m.split(".")[0]))
-        ratio = per_layer[order[0]] / per_layer[order[-2]] if len(order) > 2 else float("nan")
+        per_layer = layer_gradient_norms(monitor)
+        ratio = per_layer.iloc[0] / per_layer.iloc[-2] if len(per_layer) > 2 else float("nan")
         rows.append(
             {
                 "norm": run.norm,
@@ -323,9 +334,6 @@ EXPERIMENTS: dict[str, Experiment] = {
 
 def get(name: str) -> Experiment:
     if name not in EXPERIMENTS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(EXPERIMENTS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, EXPERIMENTS)
         raise KeyError(f"unknown experiment {name!r}{hint} (available: {', '.join(EXPERIMENTS)})")
     return EXPERIMENTS[name]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
 
 from normlab import data, models
+from normlab._names import did_you_mean
 from normlab.norms import registry
 
 MODELS = ("mlp", "cnn", "resnet", "transformer")
@@ -120,8 +120,7 @@ class RunConfig:
 
 def _known(field_name: str, value: str, options) -> None:
     if value not in options:
-        close = difflib.get_close_matches(str(value), list(options), n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(value, options, quote=True)
         raise ConfigError(
             f"{field_name}: unknown value {value!r}{hint} (choose from {', '.join(options)})"
         )
@@ -142,8 +141,7 @@ class Sweep:
         """Every combination, validated, in a stable order."""
         for name in self.grid:
             if name not in RUN_FIELDS:
-                close = difflib.get_close_matches(name, RUN_FIELDS, n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                hint = did_you_mean(name, RUN_FIELDS)
                 raise ConfigError(f"grid: unknown field {name!r}{hint}")
         combos: list[dict] = [{}]
         for name, values in self.grid.items():

@@ -40,12 +40,7 @@ NORMS: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
     nn.RMSNorm,
     nn.LocalResponseNorm,
-    *(
-        cls
-        for name in registry.available()
-        for cls in (registry.spec(name).classes or (registry.spec(name).cls,))
-        if cls is not nn.Identity
-    ),
+    *registry.all_classes(),
 )
 # |x| beyond which an activation's derivative is under ~5-7% of its peak.
 SATURATION = {nn.Sigmoid: 4.0, nn.Tanh: 2.0, nn.Hardtanh: 1.0}

@@ -20,10 +20,7 @@ _TORCH_NORMS: tuple[type[nn.Module], ...] = (
 )
 # normlab's, every technique with a feature count (not Identity, not LRN).
 _NORMLAB_NORMS: tuple[type[nn.Module], ...] = tuple(
-    cls
-    for s in (registry.spec(n) for n in registry.available())
-    for cls in (s.classes or (s.cls,))
-    if cls not in (nn.Identity, response.LocalResponseNorm)
+    cls for cls in registry.all_classes() if cls is not response.LocalResponseNorm
 )
 _CHANNELS_LAST = (nn.LayerNorm, nn.RMSNorm, layer.LayerNorm, layer.RMSNorm)
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, batch._BatchNorm)

@@ -11,13 +11,13 @@ its name or an alias.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from torch import nn
 
+from normlab._names import did_you_mean
 from normlab.norms.batch import (
     BatchNorm1d,
     BatchNorm2d,
@@ -392,9 +392,13 @@ def _lookup(name: str) -> tuple[NormSpec, Builder]:
     key = _key(name)
     if key in _ALIASES:
         return _ALIASES[key]
-    close = difflib.get_close_matches(key, list(_ALIASES), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(key, _ALIASES, quote=True)
     raise KeyError(f"unknown normalization {name!r}{hint} (techniques: {', '.join(available())})")
+
+
+def all_classes() -> tuple[type[nn.Module], ...]:
+    """Every layer class the registry builds (not nn.Identity), in registry order."""
+    return tuple(cls for s in _SPECS for cls in (s.classes or (s.cls,)) if cls is not nn.Identity)
 
 
 def spec(name: str) -> NormSpec:

@@ -11,8 +11,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.animation import FuncAnimation, PillowWriter
 
+from normlab.experiments.catalog import last_sigmoid_site
 from normlab.experiments.store import ResultsStore
-from normlab.report.plots import _density, last_sigmoid_site
+from normlab.report.plots import _density
 
 
 def drift_gif(results: str | Path, out: str | Path, frames: int = 30) -> Path:

@@ -13,13 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from normlab.experiments.catalog import last_sigmoid_site, layer_gradient_norms
 from normlab.experiments.store import ResultsStore
-
-
-def last_sigmoid_site(monitor: pd.DataFrame) -> str:
-    """The deepest sigmoid input a monitor frame holds (sites with 'saturated')."""
-    sites = monitor[monitor.quantity == "saturated"].module.unique()
-    return max(sites, key=lambda m: int(str(m).split("#")[0].split(".")[-1]))
 
 
 def _density(quantiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,11 +143,8 @@ def gradient_flow(store: ResultsStore):
     deepest = table[table.depth == table.depth.max()]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for _, run in deepest.sort_values("norm").iterrows():
-        monitor = store.monitor(run.run_id)
-        grads = monitor[(monitor.quantity == "grad_norm") & monitor.module.str.endswith(".weight")]
-        per_layer = grads.groupby("module").value.median()
-        order = sorted(per_layer.index, key=lambda m: int(m.split(".")[0]))
-        ax.plot(range(1, len(order) + 1), per_layer[order].to_numpy(), marker=".", label=run.norm)
+        per_layer = layer_gradient_norms(store.monitor(run.run_id))
+        ax.plot(range(1, len(per_layer) + 1), per_layer.to_numpy(), marker=".", label=run.norm)
     ax.set_yscale("log")
     ax.set_xlabel(f"layer (input -> output), depth {int(deepest.depth.max())}")
     ax.set_ylabel("weight-gradient norm (median)")
