@@ -131,6 +131,27 @@ def check(
     console.print(f"[green]all {len(results)} checks within tolerance[/green]")
 
 
+def _sweep_progress(description_width: int | None = None):
+    """The progress bar of a sweep: what finished last, bar, runs done, ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    width = f":<{description_width}" if description_width else ""
+    return Progress(
+        TextColumn("{task.description" + width + "}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
 def _parse_overrides(items: list[str]) -> dict:
     """``field=value`` strings as a dict; values read as Python literals when they parse."""
     import ast
@@ -176,14 +197,6 @@ def run_experiment(
     ] = None,
 ) -> None:
     """Run an experiment's sweep (resuming a finished part) and print its headline table."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     from normlab import experiments
     from normlab.experiments.config import ConfigError
 
@@ -204,14 +217,7 @@ def run_experiment(
         f"[bold]{experiment}[/bold]: {len(configs)} runs, {len(configs) - todo} already done, "
         f"results in {root}"
     )
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with _sweep_progress() as progress:
         task = progress.add_task("runs", total=todo)
 
         def advance(config, summary) -> None:
@@ -259,14 +265,6 @@ def compare(
     """
     import time
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     from normlab import experiments
     from normlab.experiments.config import ConfigError
     from normlab.report import html
@@ -290,14 +288,7 @@ def compare(
         f"({sum(p[3] for p in plans) - todo} already done){' [quick]' if quick else ''}"
     )
     start = time.perf_counter()
-    columns = (
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with _sweep_progress(description_width=28) as progress:
         task = progress.add_task("starting", total=todo)
         for name, sweep, _, _ in plans:
 
