@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 import normlab
-from normlab.functional.backend import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -139,12 +138,15 @@ def compare(
     return worst
 
 
+# The parity cases run on CPU tensors, where the Triton backend is the native one.
+CPU_BACKENDS = ("native", "reference")
+
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 5e-2}
 
 
 def run_parity(
     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64),
-    backends: tuple[str, ...] = BACKENDS,
+    backends: tuple[str, ...] = CPU_BACKENDS,
     cases: tuple[ParityCase, ...] = CASES,
 ) -> list[ParityResult]:
     """Every case on every backend and dtype that torch.nn can run."""

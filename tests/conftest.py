@@ -10,6 +10,11 @@ import torch
 from hypothesis import settings
 from torch import nn
 
+if not torch.cuda.is_available():
+    # The Triton kernels run on CPU tensors through Triton's interpreter; it must
+    # be on before normlab.kernels is first imported (tests/test_kernels.py).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import normlab
 
 settings.register_profile("default", max_examples=25, deadline=None, derandomize=False)

@@ -1,9 +1,11 @@
 """Stateless normalization functions, each dispatching to a backend.
 
 Every function takes torch.nn.functional's arguments plus ``backend=``:
-``None`` (auto: the :func:`use_backend` default, else ``"native"``),
-``"native"`` (torch.nn.functional) or ``"reference"`` (the formula in composed
-ops, :mod:`normlab.functional.reference`). Inputs are validated here, once,
+``None`` (auto: the :func:`use_backend` default, else ``"triton"`` for CUDA
+tensors where a kernel exists, else ``"native"``), ``"native"``
+(torch.nn.functional), ``"triton"`` (the fused kernels of
+:mod:`normlab.kernels`) or ``"reference"`` (the formula in composed ops,
+:mod:`normlab.functional.reference`). Inputs are validated here, once,
 with messages that name the function.
 """
 
@@ -16,7 +18,13 @@ import torch
 from torch import Tensor
 
 from normlab.functional import checks, native, reference
-from normlab.functional.backend import BACKENDS, get_backend, resolve, use_backend
+from normlab.functional.backend import (
+    BACKENDS,
+    get_backend,
+    resolve,
+    triton_installed,
+    use_backend,
+)
 from normlab.functional.checks import NormInputError
 
 __all__ = [
@@ -49,14 +57,38 @@ _LAYOUT = "(N, C, *)"
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _pick(op: str, backend: str | None, native_covers: bool = True):
+def _pick(op: str, backend: str | None, native_covers: bool = True, call: tuple = ()):
     """The implementation of ``op`` on the chosen backend.
+
+    ``call`` is the functional call's arguments (input first), for the Triton
+    backend to decide whether its kernel covers them. Auto picks Triton for
+    CUDA inputs of the ops it has kernels for. A Triton call its kernel does
+    not cover (another op, dtype or device) runs the native backend instead,
+    with a debug log line saying why.
 
     Where torch has no native kernel for ``op`` (or for this input), a call
     that did not name ``backend="native"`` itself runs the reference backend,
     with a debug log line; one that did gets an error saying so.
     """
     name = resolve(backend)
+    if name is None:
+        name = "native"
+        if call and call[0].is_cuda and triton_installed():
+            from normlab import kernels
+
+            name = "triton" if op in kernels.OPS else "native"
+    if name == "triton":
+        if not triton_installed():
+            raise RuntimeError(
+                f"{op}: backend='triton' needs the triton package: pip install 'normlab[triton]'"
+            )
+        from normlab import kernels
+
+        reason = kernels.unsupported(op, call)
+        if reason is None:
+            return getattr(kernels, op)
+        logger.debug("%s: no Triton kernel for %s; using 'native'", op, reason)
+        name = "native"
     if name == "native" and not (native_covers and hasattr(native, op)):
         if backend == "native":
             raise NormInputError(
@@ -87,8 +119,8 @@ def batch_norm(
         checks.check_per_channel(who, input)
         if eps <= 0:
             raise NormInputError(f"{who}: eps must be positive in training, got {eps}")
-    impl = _pick("batch_norm", backend)
-    return impl(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    call = (input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return _pick("batch_norm", backend, call=call)(*call)
 
 
 def instance_norm(
@@ -127,8 +159,8 @@ def layer_norm(
     shape = checks.as_normalized_shape(who, normalized_shape)
     checks.check_floating(who, input)
     checks.check_trailing_shape(who, input, shape)
-    impl = _pick("layer_norm", backend)
-    return impl(input, shape, weight, bias, eps)
+    call = (input, shape, weight, bias, eps)
+    return _pick("layer_norm", backend, call=call)(*call)
 
 
 def group_norm(
@@ -146,8 +178,8 @@ def group_norm(
     checks.check_min_dims(who, input, 2, _LAYOUT)
     checks.check_groups(who, input.shape[1], num_groups)
     checks.check_group_values(who, input, num_groups)
-    impl = _pick("group_norm", backend)
-    return impl(input, num_groups, weight, bias, eps)
+    call = (input, num_groups, weight, bias, eps)
+    return _pick("group_norm", backend, call=call)(*call)
 
 
 def rms_norm(
@@ -163,8 +195,8 @@ def rms_norm(
     shape = checks.as_normalized_shape(who, normalized_shape)
     checks.check_floating(who, input)
     checks.check_trailing_shape(who, input, shape)
-    impl = _pick("rms_norm", backend)
-    return impl(input, shape, weight, eps)
+    call = (input, shape, weight, eps)
+    return _pick("rms_norm", backend, call=call)(*call)
 
 
 def local_response_norm(

@@ -1,18 +1,21 @@
 """Which implementation a functional call runs: the backend switch.
 
 ``backend=None`` (auto) takes the default set by :func:`use_backend`, else
-``"native"`` (torch.nn.functional). ``"reference"`` is the formula in composed
-torch ops (see :mod:`normlab.functional.reference`). All backends compute the
-same function.
+``"triton"`` for CUDA tensors where a kernel exists (:mod:`normlab.kernels`),
+else ``"native"`` (torch.nn.functional). ``"reference"`` is the formula in
+composed torch ops (see :mod:`normlab.functional.reference`). All backends
+compute the same function.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import importlib.util
 from collections.abc import Iterator
 
-BACKENDS: tuple[str, ...] = ("native", "reference")
+BACKENDS: tuple[str, ...] = ("native", "reference", "triton")
 
 _default: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "normlab_backend", default=None
@@ -44,8 +47,14 @@ def use_backend(name: str | None) -> Iterator[None]:
         _default.reset(token)
 
 
-def resolve(backend: str | None) -> str:
-    """The backend a call with ``backend=`` runs on."""
+def resolve(backend: str | None) -> str | None:
+    """The backend a call with ``backend=`` names, or None when it is left to the input."""
     if backend is not None:
         return _validate(backend)
-    return _default.get() or "native"
+    return _default.get()
+
+
+@functools.cache
+def triton_installed() -> bool:
+    """Whether the ``triton`` package can be imported (``pip install 'normlab[triton]'``)."""
+    return importlib.util.find_spec("triton") is not None

@@ -1,0 +1,314 @@
+"""normlab's Triton kernels against torch eager, torch.compile and Liger on a GPU.
+
+Normalization is memory-bound, so every result is given as achieved GB/s and
+as a fraction of the card's copy bandwidth, measured first in the same run
+(copy of a 1 GiB buffer; bytes read + written). Byte convention
+(../shared/PERFORMANCE.md): forward moves 2 * numel * itemsize, backward
+3 * numel * itemsize. Timing: triton.testing.do_bench, median, after warm-up.
+Before timing, each normlab case is checked against float64 torch
+(relative error of y and dx; ``err`` column).
+
+Ops and shapes: LayerNorm and RMSNorm on M x N with M * N = 2^27 for N in
+256 .. 65536, GroupNorm(32) and BatchNorm2d (training forward/backward, eval
+forward) on (64, 256, 56, 56) and (8, 512, 64, 64), NCHW and channels_last,
+and a small case of 2^16 elements per op; bf16 and fp32.
+
+    python benchmarks/gpu_norms.py                      # everything, ~5 min on an H100
+    python benchmarks/gpu_norms.py --ops layernorm --dtypes bf16 --no-compile
+
+Prints one table and writes JSON to benchmarks/results/gpu_norms-<card>.json.
+Liger is compared when ``liger_kernel`` is importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import normlab.functional as NF
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Targets as fractions of copy bandwidth (../shared/PERFORMANCE.md).
+TARGETS = {
+    ("layernorm", "fwd"): 0.92,
+    ("layernorm", "bwd"): 0.85,
+    ("rmsnorm", "fwd"): 0.92,
+    ("rmsnorm", "bwd"): 0.85,
+    ("groupnorm", "fwd"): 0.80,
+    ("groupnorm", "bwd"): 0.80,
+    ("batchnorm", "fwd"): 0.60,
+    ("batchnorm", "bwd"): 0.55,
+    ("batchnorm", "eval"): 0.90,
+}
+ROW_SHAPES = [
+    (524288, 256),
+    (131072, 1024),
+    (32768, 4096),
+    (16384, 8192),
+    (4096, 32768),
+    (2048, 65536),
+    (64, 1024),
+]
+IMAGE_SHAPES = [(64, 256, 56, 56), (8, 512, 64, 64), (1, 64, 32, 32)]
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a device-to-device copy of 1 GiB (read + written bytes)."""
+    from triton.testing import do_bench
+
+    src = torch.empty(2**28, device="cuda", dtype=torch.float32).normal_()
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * src.numel() * src.element_size() / ms / 1e6
+
+
+def _liger():
+    try:
+        from liger_kernel.transformers.group_norm import LigerGroupNorm
+        from liger_kernel.transformers.layer_norm import LigerLayerNorm
+        from liger_kernel.transformers.rms_norm import LigerRMSNorm
+    except ImportError:
+        return None
+    return {"layernorm": LigerLayerNorm, "rmsnorm": LigerRMSNorm, "groupnorm": LigerGroupNorm}
+
+
+def _row_case(op: str, m: int, n: int, dtype, impl: str, liger):
+    w = torch.rand(n, device="cuda", dtype=dtype) + 0.5
+    b = torch.rand(n, device="cuda", dtype=dtype) - 0.5
+    params = [w] if op == "rmsnorm" else [w, b]
+    if impl == "liger":
+        module = liger[op](n, eps=1e-5).to("cuda", dtype)
+        return module, list(module.parameters())
+    if op == "layernorm":
+        backend = {"normlab": "triton", "torch": "native"}.get(impl, "native")
+        fn = lambda x: NF.layer_norm(x, (n,), w, b, 1e-5, backend=backend)  # noqa: E731
+    else:
+        backend = {"normlab": "triton", "torch": "native"}.get(impl, "native")
+        fn = lambda x: NF.rms_norm(x, (n,), w, 1e-5, backend=backend)  # noqa: E731
+    return fn, params
+
+
+def _image_case(op: str, shape, dtype, impl: str, liger, training: bool):
+    c = shape[1]
+    w = torch.rand(c, device="cuda", dtype=dtype) + 0.5
+    b = torch.rand(c, device="cuda", dtype=dtype) - 0.5
+    backend = "triton" if impl == "normlab" else "native"
+    if op == "groupnorm":
+        if impl == "liger":
+            module = liger[op](c, 32, eps=1e-5, bias=True).to("cuda", dtype)
+            return module, list(module.parameters())
+        return (lambda x: NF.group_norm(x, 32, w, b, 1e-5, backend=backend)), [w, b]
+    rm = torch.zeros(c, device="cuda", dtype=torch.float32)
+    rv = torch.ones(c, device="cuda", dtype=torch.float32)
+    fn = lambda x: NF.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5, backend=backend)  # noqa: E731
+    return fn, [w, b]
+
+
+def _exact(op: str, x: torch.Tensor, params, training: bool) -> torch.Tensor:
+    p = [t.double() for t in params]
+    n = x.shape[-1]
+    x = x.double()
+    if op == "layernorm":
+        return F.layer_norm(x, (n,), *p, 1e-5)
+    if op == "rmsnorm":
+        return F.rms_norm(x, (n,), *p, 1e-5)
+    if op == "groupnorm":
+        return F.group_norm(x, 32, *p, 1e-5)
+    rm = torch.zeros(x.shape[1], device=x.device, dtype=torch.float64)
+    rv = torch.ones_like(rm)
+    return F.batch_norm(x, rm, rv, *p, training, 0.1, 1e-5)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b).abs().max() / b.abs().max().clamp_min(1.0)).item()
+
+
+def measure(fn, params, x: torch.Tensor, backward: bool) -> tuple[float, float | None]:
+    """(forward ms, backward ms); backward None when not asked for."""
+    from triton.testing import do_bench
+
+    fwd = do_bench(lambda: fn(x), return_mode="median")
+    if not backward:
+        return fwd, None
+    xg = x.detach().requires_grad_()
+    y = fn(xg)
+    dy = torch.randn_like(y)
+    bwd = do_bench(
+        lambda: y.backward(dy, retain_graph=True),
+        grad_to_none=[xg, *params],
+        return_mode="median",
+    )
+    return fwd, bwd
+
+
+def check(op, fn, params, x, training) -> float:
+    """Worst relative error of y and dx against float64 torch, NaN-poisoned outputs first."""
+    torch.empty(x.numel() * 4, device="cuda", dtype=x.dtype).fill_(float("nan"))
+    xg = x.detach().clone().requires_grad_()
+    y = fn(xg)
+    dy = torch.randn_like(y)
+    xe = x.detach().double().requires_grad_()
+    ye = _exact(op, xe, params, training)
+    err = _rel(y, ye.detach())
+    if training or op != "batchnorm":
+        (dx,) = torch.autograd.grad(y, xg, dy)
+        (dxe,) = torch.autograd.grad(ye, xe, dy.double())
+        err = max(err, _rel(dx, dxe))
+    return err
+
+
+def cases(ops, dtypes):
+    for dtype_name in dtypes:
+        for op in ops:
+            if op in ("layernorm", "rmsnorm"):
+                for m, n in ROW_SHAPES:
+                    yield op, f"{m}x{n}", (m, n), dtype_name, "", True
+            else:
+                for shape in IMAGE_SHAPES:
+                    for layout in ("nchw", "channels_last"):
+                        label = "x".join(map(str, shape))
+                        yield op, label, shape, dtype_name, layout, True
+                        if op == "batchnorm":
+                            yield op, label, shape, dtype_name, layout, False
+
+
+def run(args) -> dict:
+    liger = _liger()
+    impls = (
+        ["normlab", "torch"]
+        + (["torch.compile"] if args.compile else [])
+        + (["liger"] if liger else [])
+    )
+    copy = copy_bandwidth()
+    card = torch.cuda.get_device_name()
+    print(f"{card}: copy bandwidth {copy:.0f} GB/s; implementations: {', '.join(impls)}")
+    rows = []
+    for op, label, shape, dtype_name, layout, training in cases(args.ops, args.dtypes):
+        dtype = DTYPES[dtype_name]
+        x = torch.randn(shape, device="cuda", dtype=dtype)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        item = x.element_size()
+        for impl in impls:
+            if impl == "liger" and op not in liger:
+                continue
+            row = {"op": op, "shape": label, "dtype": dtype_name, "layout": layout or "rows",
+                   "mode": "train" if training else "eval", "impl": impl}  # fmt: skip
+            try:
+                if op in ("layernorm", "rmsnorm"):
+                    fn, params = _row_case(op, *shape, dtype, impl, liger)
+                else:
+                    fn, params = _image_case(op, shape, dtype, impl, liger, training)
+                if impl == "torch.compile":
+                    fn = torch.compile(fn)
+                if impl == "normlab":
+                    row["rel_err"] = check(op, fn, params, x, training)
+                fwd, bwd = measure(fn, params, x, backward=training)
+            except Exception as exc:  # a library that cannot run this case: say so, go on
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                rows.append(row)
+                continue
+            row["fwd_ms"], row["fwd_gbs"] = fwd, 2 * x.numel() * item / fwd / 1e6
+            row["fwd_frac"] = row["fwd_gbs"] / copy
+            if bwd is not None:
+                row["bwd_ms"], row["bwd_gbs"] = bwd, 3 * x.numel() * item / bwd / 1e6
+                row["bwd_frac"] = row["bwd_gbs"] / copy
+            rows.append(row)
+    _judge(rows)
+    return {
+        "card": card,
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "triton": __import__("triton").__version__,
+        "copy_gbs": copy,
+        "rows": rows,
+    }
+
+
+def _judge(rows: list[dict]) -> None:
+    """Mark each normlab row: target met, and fastest of all implementations."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["op"], r["shape"], r["dtype"], r["layout"], r["mode"]), []).append(r)
+    for (op, *_, mode), group in groups.items():
+        ours = next((r for r in group if r["impl"] == "normlab" and "error" not in r), None)
+        if ours is None:
+            continue
+        for direction in ("fwd", "bwd"):
+            if f"{direction}_ms" not in ours:
+                continue
+            key = (op, "eval" if mode == "eval" else direction)
+            best_other = min(
+                (r[f"{direction}_ms"] for r in group if r is not ours and f"{direction}_ms" in r),
+                default=math.inf,
+            )
+            ours[f"{direction}_target"] = TARGETS[key]
+            ours[f"{direction}_met"] = ours[f"{direction}_frac"] >= TARGETS[key]
+            ours[f"{direction}_fastest"] = ours[f"{direction}_ms"] <= best_other
+
+
+def print_table(result: dict) -> None:
+    head = (
+        f"{'op':9} {'shape':16} {'dtype':5} {'layout':13} {'mode':5} {'impl':13} "
+        f"{'fwd ms':>8} {'frac':>5} {'bwd ms':>8} {'frac':>5}  notes"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in result["rows"]:
+        if "error" in r:
+            notes = r["error"]
+            fwd = bwd = ""
+        else:
+            fwd = f"{r['fwd_ms']:8.3f} {r['fwd_frac']:5.2f}"
+            bwd = f"{r['bwd_ms']:8.3f} {r['bwd_frac']:5.2f}" if "bwd_ms" in r else " " * 14
+            notes = []
+            if "rel_err" in r:
+                notes.append(f"err {r['rel_err']:.1e}")
+            for d in ("fwd", "bwd"):
+                if f"{d}_met" in r:
+                    notes.append(
+                        f"{d} {'ok' if r[f'{d}_met'] else 'MISS'} (>= {r[f'{d}_target']:.2f})"
+                    )
+                    if not r[f"{d}_fastest"]:
+                        notes.append(f"{d} NOT FASTEST")
+            notes = ", ".join(notes)
+        case = f"{r['op']:9} {r['shape']:16} {r['dtype']:5} {r['layout']:13} {r['mode']:5}"
+        print(f"{case} {r['impl']:13} {fwd:14} {bwd:14}  {notes}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--ops", nargs="+", default=["layernorm", "rmsnorm", "groupnorm", "batchnorm"]
+    )
+    parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
+    parser.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="skip torch.compile"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="JSON path (default: benchmarks/results/gpu_norms-<card>.json)"
+    )
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit(
+            "gpu_norms.py needs a CUDA GPU; on CPU the kernels are checked by tests/test_kernels.py"
+        )
+    result = run(args)
+    print_table(result)
+    card = re.sub(r"[^a-z0-9]+", "-", result["card"].lower()).strip("-")
+    out = args.out or Path(__file__).parent / "results" / f"gpu_norms-{card}.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Launch settings shared by the kernels: where they can run, tile sizes, grid sizes.
+
+The kernels run on CUDA tensors, or on CPU tensors when Triton's interpreter
+is on (``TRITON_INTERPRET=1`` set before normlab.kernels is imported: how CI
+checks them without a GPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Largest tile a program holds in registers (elements). Above it a row or a
+# group is streamed through in several passes instead.
+MAX_TILE = 16384
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unsupported(x: torch.Tensor) -> str | None:
+    """Why the kernels cannot take ``x``, or None when they can."""
+    if x.dtype not in DTYPES:
+        return f"dtype {x.dtype} (kernels take float32, float16, bfloat16)"
+    if x.device.type == "cuda":
+        return None
+    if x.device.type == "cpu" and interpreting():
+        return None
+    return f"a {x.device.type} tensor (kernels run on CUDA, or on CPU with TRITON_INTERPRET=1)"
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def max_programs(x: torch.Tensor) -> int:
+    """How many persistent programs fill the device: 4 per SM (a few on the interpreter)."""
+    if x.device.type != "cuda":
+        return 4
+    return 4 * _sm_count(x.device.index if x.device.index is not None else 0)
+
+
+def num_warps(tile: int) -> int:
+    """Warps for a tile of ``tile`` elements: about 16 to 64 elements per thread."""
+    return max(1, min(16, tile // 512))
+
+
+def pow2(n: int) -> int:
+    return triton.next_power_of_2(max(1, n))
+
+
+def dense_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` with exactly ``ref``'s strides (a copy only when they differ)."""
+    if t.stride() == ref.stride():
+        return t
+    return torch.empty_like(ref, dtype=t.dtype).copy_(t)
+
+
+def channel_view(
+    x: torch.Tensor,
+) -> tuple[torch.Tensor, tuple[int, int, int], tuple[int, int, int]]:
+    """``x`` of shape (N, C, *) as a dense (N, C, S) problem: (x, sizes, strides).
+
+    Contiguous tensors give strides (C*S, S, 1); channels_last ones (dense,
+    channel stride 1, spatial axes in order) give (S*C, 1, C). Anything else is
+    made contiguous first.
+    """
+    n, c = x.shape[0], x.shape[1]
+    s = 1
+    for size in x.shape[2:]:
+        s *= size
+    if x.is_contiguous():
+        return x, (n, c, s), (c * s, s, 1)
+    if x.dim() > 2 and _channels_last_dense(x):
+        return x, (n, c, s), (s * c, 1, c)
+    x = x.contiguous()
+    return x, (n, c, s), (c * s, s, 1)
+
+
+def _channels_last_dense(x: torch.Tensor) -> bool:
+    shape, stride = x.shape, x.stride()
+    c = shape[1]
+    expected = c
+    for axis in range(x.dim() - 1, 1, -1):
+        if shape[axis] != 1 and stride[axis] != expected:
+            return False
+        expected *= shape[axis]
+    return (stride[1] == 1 or c == 1) and (shape[0] == 1 or stride[0] == expected)
