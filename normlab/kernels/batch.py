@@ -53,12 +53,12 @@ def _bn_partial_moments(
     c_rows = ch.to(tl.int64) * sC
     lo = split * chunk
     hi = tl.minimum(lo + chunk, R)
-    count = 0.0
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     for start in range(lo, hi, BLOCK_R):
         r = start + tl.arange(0, BLOCK_R)
         x, mask = _channel_tile(X, c_rows, c_ok, r, hi, S, sN, sS)
+        count = (start - lo).to(tl.float32)  # every earlier tile was full
         t_count = tl.minimum(hi - start, BLOCK_R).to(tl.float32)
         t_mean = tl.sum(x, axis=1) / t_count
         d = tl.where(mask, x - t_mean[:, None], 0.0)
@@ -66,7 +66,6 @@ def _bn_partial_moments(
         delta = t_mean - mean
         mean += delta * (t_count / total)
         m2 += tl.sum(d * d, axis=1) + delta * delta * (count * t_count / total)
-        count = total
     tl.store(PMean + split * C + ch, mean, mask=c_ok)
     tl.store(PM2 + split * C + ch, m2, mask=c_ok)
 
@@ -78,10 +77,10 @@ def _bn_finalize(
 ):  # fmt: skip
     ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = ch < C
-    count = 0.0
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     for split in range(0, splits):
+        count = (split * chunk).to(tl.float32)  # every earlier split was full
         s_count = tl.minimum(R - split * chunk, chunk).to(tl.float32)
         s_mean = tl.load(PMean + split * C + ch, mask=c_ok, other=0.0)
         total = count + s_count
@@ -89,7 +88,7 @@ def _bn_finalize(
         mean += delta * (s_count / total)
         m2 += tl.load(PM2 + split * C + ch, mask=c_ok, other=0.0)
         m2 += delta * delta * (count * s_count / total)
-        count = total
+    count = R.to(tl.float32)
     tl.store(Mean + ch, mean, mask=c_ok)
     tl.store(Rstd + ch, tl.rsqrt(m2 / count + eps), mask=c_ok)
     if UPDATE:

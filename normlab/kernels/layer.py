@@ -12,10 +12,14 @@ Backward, with g = gamma * dy and xhat the normalized row:
 
 Forward: a program normalizes BLOCK_M whole rows held in registers; a row too
 long for that (N > MAX_TILE) is streamed in BLOCK_N pieces, three passes (mean,
-variance about the mean, output). Backward: a fixed number of persistent
-programs walk the rows, each summing its dgamma/dbeta in float32 into its own
-row of a (programs, N) buffer, which one ``sum(0)`` reduces at the end: no
-atomics, and a buffer bounded by the device size, not by M.
+variance about the mean, output). Backward of whole rows: a fixed number of
+persistent programs walk the rows, each summing its dgamma/dbeta in float32 in
+registers and writing them once into its own row of a (programs, N) buffer,
+which one ``sum(0)`` reduces at the end: no atomics, and a buffer bounded by
+the device size, not by M. Backward of streamed rows: one program per row
+sums mean(g * xhat) and mean(g); then a (row groups, column blocks) grid
+writes dx and sums each column block's dgamma/dbeta over its row group the
+same way.
 """
 
 from __future__ import annotations
@@ -90,82 +94,103 @@ def _row_norm_fwd(
 def _row_norm_bwd(
     X, DY, DX, W, Mean, Rstd, DW, DB, M, N,
     RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    """Whole rows in registers; persistent programs, one dgamma/dbeta partial row each."""
     pid = tl.program_id(0)
-    programs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_N)
-    part = pid.to(tl.int64) * N  # this program's row of the dgamma/dbeta partial sums
+    col_ok = cols < N
+    w = tl.full([BLOCK_N], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_N], dtype=tl.float32)
     db = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for tile in range(pid, tl.cdiv(M, BLOCK_M), programs):
+    for tile in range(pid, tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < M
         base = rows.to(tl.int64)[:, None] * N
+        mask = row_ok[:, None] & col_ok[None, :]
         rstd = tl.load(Rstd + rows, mask=row_ok, other=0.0)
-        mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+        x = tl.load(X + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if not RMS:
-            mean = tl.load(Mean + rows, mask=row_ok, other=0.0)
-        if SINGLE:
-            col_ok = cols < N
-            mask = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(X + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-            g = dy
-            if HAS_W:
-                g = dy * tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-            dx = g - xhat * (tl.sum(g * xhat, axis=1) / N)[:, None]
-            if not RMS:
-                dx = dx - (tl.sum(g, axis=1) / N)[:, None]
-            dx = dx * rstd[:, None]
-            tl.store(DX + base + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-            if HAS_W:
-                dw += tl.sum(dy * xhat, axis=0)
-            if HAS_B:
-                db += tl.sum(dy, axis=0)
-        else:
-            gx = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            gs = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            for start in range(0, N, BLOCK_N):
-                c = start + cols
-                col_ok = c < N
-                mask = row_ok[:, None] & col_ok[None, :]
-                x = tl.load(X + base + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                g = tl.load(DY + base + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                if HAS_W:
-                    g = g * tl.load(W + c, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-                gx += g * tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-                gs += g
-            c1 = tl.sum(gx, axis=1) / N
-            c2 = tl.sum(gs, axis=1) / N
-            for start in range(0, N, BLOCK_N):
-                c = start + cols
-                col_ok = c < N
-                mask = row_ok[:, None] & col_ok[None, :]
-                x = tl.load(X + base + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                dy = tl.load(DY + base + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-                g = dy
-                if HAS_W:
-                    g = dy * tl.load(W + c, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-                dx = g - xhat * c1[:, None]
-                if not RMS:
-                    dx = dx - c2[:, None]
-                dx = dx * rstd[:, None]
-                tl.store(DX + base + c[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-                if HAS_W:
-                    p = DW + part + c
-                    tl.store(p, tl.load(p, mask=col_ok) + tl.sum(dy * xhat, axis=0), mask=col_ok)
-                if HAS_B:
-                    p = DB + part + c
-                    tl.store(p, tl.load(p, mask=col_ok) + tl.sum(dy, axis=0), mask=col_ok)
-    if SINGLE:
-        col_ok = cols < N
+            x = x - tl.load(Mean + rows, mask=row_ok, other=0.0)[:, None]
+        xhat = tl.where(mask, x * rstd[:, None], 0.0)
+        g = dy * w[None, :]
+        dx = g - xhat * (tl.sum(g * xhat, axis=1) / N)[:, None]
+        if not RMS:
+            dx = dx - (tl.sum(g, axis=1) / N)[:, None]
+        tl.store(DX + base + cols[None, :], (dx * rstd[:, None]).to(DX.dtype.element_ty), mask=mask)
+        dw += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
+    part = pid.to(tl.int64) * N + cols
+    if HAS_W:
+        tl.store(DW + part, dw, mask=col_ok)
+    if HAS_B:
+        tl.store(DB + part, db, mask=col_ok)
+
+
+@triton.jit
+def _row_norm_bwd_sums(
+    X, DY, W, Mean, Rstd, C1, C2, N, RMS: tl.constexpr, HAS_W: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """Streamed rows, step 1: per row mean(g * xhat) and mean(g), with g = gamma * dy."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mean = 0.0
+    if not RMS:
+        mean = tl.load(Mean + row)
+    rstd = tl.load(Rstd + row)
+    gx = tl.zeros([BLOCK_N], dtype=tl.float32)
+    gs = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, N, BLOCK_N):
+        c = start + cols
+        col_ok = c < N
+        x = tl.load(X + row * N + c, mask=col_ok, other=0.0).to(tl.float32)
+        g = tl.load(DY + row * N + c, mask=col_ok, other=0.0).to(tl.float32)
         if HAS_W:
-            tl.store(DW + part + cols, dw, mask=col_ok)
-        if HAS_B:
-            tl.store(DB + part + cols, db, mask=col_ok)
+            g = g * tl.load(W + c, mask=col_ok, other=0.0).to(tl.float32)
+        gx += g * tl.where(col_ok, (x - mean) * rstd, 0.0)
+        gs += g
+    tl.store(C1 + row, tl.sum(gx, axis=0) / N)
+    tl.store(C2 + row, tl.sum(gs, axis=0) / N)
+
+
+@triton.jit
+def _row_norm_bwd_columns(
+    X, DY, DX, W, Mean, Rstd, C1, C2, DW, DB, M, N, rows_per_group,
+    RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Streamed rows, step 2: program (g, k) writes dx for row group g, column block k,
+    summing that block's dgamma/dbeta over the group in registers (partial row g)."""
+    group = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = c < N
+    w = tl.full([BLOCK_N], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + c, mask=col_ok, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_N], dtype=tl.float32)
+    first = group * rows_per_group
+    offs = first.to(tl.int64) * N + c
+    for row in range(first, tl.minimum(first + rows_per_group, M)):
+        x = tl.load(X + offs, mask=col_ok, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offs, mask=col_ok, other=0.0).to(tl.float32)
+        if not RMS:
+            x = x - tl.load(Mean + row)
+        xhat = tl.where(col_ok, x * tl.load(Rstd + row), 0.0)
+        dx = dy * w - xhat * tl.load(C1 + row)
+        if not RMS:
+            dx = dx - tl.load(C2 + row)
+        tl.store(DX + offs, (dx * tl.load(Rstd + row)).to(DX.dtype.element_ty), mask=col_ok)
+        dw += dy * xhat
+        db += dy
+        offs += N
+    part = group.to(tl.int64) * N + c
+    if HAS_W:
+        tl.store(DW + part, dw, mask=col_ok)
+    if HAS_B:
+        tl.store(DB + part, db, mask=col_ok)
 
 
 def _tiles(n: int) -> tuple[int, int, bool]:
@@ -209,24 +234,41 @@ class RowNormFunction(torch.autograd.Function):
         n, m = ctx.n, x2.shape[0]
         dy2 = dy.reshape(-1, n).contiguous()
         dx = torch.empty_like(x2)
-        block_m, block_n, single = _tiles(n)
-        programs = max(1, min(triton.cdiv(m, block_m), max_programs(x2)))
         need_dw = w is not None and ctx.needs_input_grad[1]
         need_db = ctx.bias_meta is not None and ctx.needs_input_grad[2]
-        # Programs with whole rows write their partial row once; streaming ones add into it.
-        alloc = torch.empty if single and m else torch.zeros
-        dw = alloc((programs, n), device=x2.device, dtype=torch.float32) if need_dw else None
-        db = alloc((programs, n), device=x2.device, dtype=torch.float32) if need_db else None
-        if m:
-            _row_norm_bwd[(programs,)](
-                x2, dy2, dx, x2 if w is None else w, mean, rstd,
-                mean if dw is None else dw, mean if db is None else db, m, n,
-                RMS=ctx.rms, HAS_W=need_dw, HAS_B=need_db,
-                BLOCK_M=block_m, BLOCK_N=block_n, SINGLE=single,
+        block_m, block_n, single = _tiles(n)
+        flags = {"RMS": ctx.rms, "HAS_W": w is not None}
+        w_arg = x2 if w is None else w
+        if single:
+            groups = max(1, min(triton.cdiv(m, block_m), max_programs(x2)))
+        else:
+            column_blocks = triton.cdiv(n, block_n)
+            groups = max(1, min(m, max_programs(x2) // column_blocks))
+        dw = torch.empty((groups, n), device=x2.device, dtype=torch.float32)
+        db = torch.empty_like(dw) if need_db else None
+        if m == 0:
+            dw.zero_()
+            db = None if db is None else db.zero_()
+        elif single:
+            _row_norm_bwd[(groups,)](
+                x2, dy2, dx, w_arg, mean, rstd, dw, dw if db is None else db, m, n,
+                **flags, HAS_B=need_db, BLOCK_M=block_m, BLOCK_N=block_n,
                 num_warps=num_warps(block_m * block_n),
             )  # fmt: skip
-        dweight = None if dw is None else _reduce(dw, *ctx.weight_meta)
-        dbias = None if db is None else _reduce(db, *ctx.bias_meta)
+        else:
+            c1 = torch.empty(m, device=x2.device, dtype=torch.float32)
+            c2 = torch.empty_like(c1)
+            _row_norm_bwd_sums[(m,)](
+                x2, dy2, w_arg, mean, rstd, c1, c2, n, **flags, BLOCK_N=block_n,
+                num_warps=num_warps(block_n),
+            )  # fmt: skip
+            _row_norm_bwd_columns[(groups, column_blocks)](
+                x2, dy2, dx, w_arg, mean, rstd, c1, c2, dw, dw if db is None else db, m, n,
+                triton.cdiv(m, groups), **flags, HAS_B=need_db, BLOCK_N=block_n,
+                num_warps=num_warps(block_n),
+            )  # fmt: skip
+        dweight = _reduce(dw, *ctx.weight_meta) if need_dw else None
+        dbias = _reduce(db, *ctx.bias_meta) if need_db else None
         return dx.view(ctx.shape), dweight, dbias, None, None, None
 
 

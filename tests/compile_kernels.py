@@ -1,0 +1,94 @@
+"""Compile every kernel variant for an H100 (sm_90) without a GPU: ``python tests/compile_kernels.py``.
+
+Triton's interpreter (how CI runs the kernels) executes the Python body and
+never compiles it, so code the GPU compiler rejects would pass the
+interpreted tests. This script lowers each kernel, for each constexpr branch,
+to a cubin with the ptxas bundled in the triton wheel; test_kernels.py runs
+it in a subprocess (it needs TRITON_INTERPRET unset). Prints one line per
+failure and exits 1 if any.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without TRITON_INTERPRET=1"
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from normlab.kernels import batch, group, layer  # noqa: E402
+
+HOPPER = GPUTarget("cuda", 90, 32)
+F32 = "*fp32"
+
+
+def build(kernel, pointers: dict[str, str], scalars_f32: tuple[str, ...], constexprs: dict) -> None:
+    """Compile ``kernel``: named pointer types, float scalars, the rest i32 scalars."""
+    names = list(inspect.signature(kernel.fn).parameters)
+    signature = {}
+    for name in names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in pointers:
+            signature[name] = pointers[name]
+        else:
+            signature[name] = "fp32" if name in scalars_f32 else "i32"
+    constants = {(names.index(k),): v for k, v in constexprs.items()}
+    triton.compile(ASTSource(kernel, signature, constants), target=HOPPER, options={"num_warps": 8})
+
+
+def variants():
+    bf16 = "*bf16"
+    stats = {"Mean": F32, "Rstd": F32}
+    rows = {"X": bf16, "Y": bf16, "W": bf16, "B": bf16, **stats}
+    rows_bwd = {"X": bf16, "DY": bf16, "DX": bf16, "W": bf16, **stats, "DW": F32, "DB": F32}
+    sums = {"X": bf16, "DY": bf16, "W": bf16, **stats, "C1": F32, "C2": F32}
+    columns = {**rows_bwd, "C1": F32, "C2": F32}
+    for rms in (False, True):
+        for affine in (True, False):
+            flags = {"RMS": rms, "HAS_W": affine, "HAS_B": affine and not rms}
+            for single, bm, bn in ((True, 4, 1024), (False, 1, 4096)):
+                tiles = {"BLOCK_M": bm, "BLOCK_N": bn, "SINGLE": single}
+                yield layer._row_norm_fwd, rows, ("eps",), {**flags, **tiles}
+            yield layer._row_norm_bwd, rows_bwd, (), {**flags, "BLOCK_M": 4, "BLOCK_N": 1024}
+            yield layer._row_norm_bwd_sums, sums, (), {"RMS": rms, "HAS_W": affine, "BLOCK_N": 4096}
+            yield layer._row_norm_bwd_columns, columns, (), {**flags, "BLOCK_N": 4096}
+    for single, bs in ((True, 512), (False, 256)):
+        tiles = {"BLOCK_C": 8, "BLOCK_S": bs, "SINGLE": single}
+        yield group._group_norm_fwd, rows, ("eps",), {"HAS_W": True, "HAS_B": True, **tiles}
+        yield group._group_norm_bwd, rows_bwd, (), {"HAS_W": True, **tiles}
+    moments = {"X": bf16, "PMean": F32, "PM2": F32}
+    grads = {"X": bf16, "DY": bf16, "Mean": F32, "Spread": F32, "PSum": F32}
+    for bc, br in ((2, 1024), (64, 32)):
+        yield batch._bn_partial_moments, moments, (), {"BLOCK_C": bc, "BLOCK_R": br}
+        for from_var in (False, True):
+            tiles = {"FROM_VAR": from_var, "BLOCK_C": bc, "BLOCK_R": br}
+            yield batch._bn_partial_grads, grads, ("eps",), tiles
+    final = {"PMean": F32, "PM2": F32, "Mean": F32, "Rstd": F32, "RunMean": F32, "RunVar": F32}
+    yield batch._bn_finalize, final, ("eps", "momentum"), {"UPDATE": True, "BLOCK_C": 128}
+    apply = {"X": bf16, "Y": bf16, "Mean": F32, "Spread": F32, "W": bf16, "B": bf16}
+    dx = {"X": bf16, "DY": bf16, "DX": bf16, "Mean": F32, "Spread": F32, "W": bf16, "Sums": F32}
+    for training in (True, False):
+        flags = {"FROM_VAR": not training, "HAS_W": True, "BLOCK": 2048}
+        yield batch._bn_apply, apply, ("eps",), {**flags, "HAS_B": True}
+        yield batch._bn_dx, dx, ("eps",), {**flags, "TRAINING": training}
+
+
+def main() -> int:
+    failures = 0
+    for kernel, pointers, floats, constexprs in variants():
+        try:
+            build(kernel, pointers, floats, constexprs)
+        except Exception as exc:  # report every failing variant, not just the first
+            failures += 1
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            print(f"{kernel.fn.__name__} {constexprs}: {type(exc).__name__}: {first}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
