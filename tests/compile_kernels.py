@@ -61,21 +61,21 @@ def variants():
         tiles = {"BLOCK_C": 8, "BLOCK_S": bs, "SINGLE": single}
         yield group._group_norm_fwd, rows, ("eps",), {"HAS_W": True, "HAS_B": True, **tiles}
         yield group._group_norm_bwd, rows_bwd, (), {"HAS_W": True, **tiles}
-    moments = {"X": bf16, "PMean": F32, "PM2": F32}
+    moments = {"X": bf16, "PMean": F32, "PM2": F32, "PCount": F32}
     grads = {"X": bf16, "DY": bf16, "Mean": F32, "Spread": F32, "PSum": F32}
-    for bc, br in ((2, 1024), (64, 32)):
-        yield batch._bn_partial_moments, moments, (), {"BLOCK_C": bc, "BLOCK_R": br}
-        for from_var in (False, True):
-            tiles = {"FROM_VAR": from_var, "BLOCK_C": bc, "BLOCK_R": br}
-            yield batch._bn_partial_grads, grads, ("eps",), tiles
-    final = {"PMean": F32, "PM2": F32, "Mean": F32, "Rstd": F32, "RunMean": F32, "RunVar": F32}
-    yield batch._bn_finalize, final, ("eps", "momentum"), {"UPDATE": True, "BLOCK_C": 128}
     apply = {"X": bf16, "Y": bf16, "Mean": F32, "Spread": F32, "W": bf16, "B": bf16}
     dx = {"X": bf16, "DY": bf16, "DX": bf16, "Mean": F32, "Spread": F32, "W": bf16, "Sums": F32}
-    for training in (True, False):
-        flags = {"FROM_VAR": not training, "HAS_W": True, "BLOCK": 2048}
-        yield batch._bn_apply, apply, ("eps",), {**flags, "HAS_B": True}
-        yield batch._bn_dx, dx, ("eps",), {**flags, "TRAINING": training}
+    for planar, bc, br in ((True, 2, 1024), (False, 128, 16)):
+        tiles = {"PLANAR": planar, "BLOCK_C": bc, "BLOCK_R": br}
+        yield batch._bn_partial_moments, moments, (), tiles
+        for training in (True, False):
+            flags = {"FROM_VAR": not training, **tiles}
+            yield batch._bn_partial_grads, grads, ("eps",), flags
+            yield batch._bn_apply, apply, ("eps",), {**flags, "HAS_W": True, "HAS_B": True}
+            yield batch._bn_dx, dx, ("eps",), {**flags, "HAS_W": True, "TRAINING": training}
+    final = {"PMean": F32, "PM2": F32, "PCount": F32, "Mean": F32, "Rstd": F32}
+    final |= {"RunMean": F32, "RunVar": F32}
+    yield batch._bn_finalize, final, ("eps", "momentum"), {"UPDATE": True, "BLOCK_C": 128}
 
 
 def main() -> int:
