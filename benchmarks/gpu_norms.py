@@ -27,6 +27,7 @@ import datetime
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -179,7 +180,8 @@ def cases(ops, dtypes):
                             yield op, label, shape, dtype_name, layout, False
 
 
-def run(args) -> dict:
+def run(args, save: Callable[[dict], None]) -> dict:
+    """Every case; ``save`` gets the result so far after each case (a cut-off run keeps it)."""
     liger = _liger()
     impls = (
         ["normlab", "torch"]
@@ -190,6 +192,14 @@ def run(args) -> dict:
     card = torch.cuda.get_device_name()
     print(f"{card}: copy bandwidth {copy:.0f} GB/s; implementations: {', '.join(impls)}")
     rows = []
+    result = {
+        "card": card,
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "triton": __import__("triton").__version__,
+        "copy_gbs": copy,
+        "rows": rows,
+    }
     for op, label, shape, dtype_name, layout, training in cases(args.ops, args.dtypes):
         dtype = DTYPES[dtype_name]
         x = torch.randn(shape, device="cuda", dtype=dtype)
@@ -221,15 +231,10 @@ def run(args) -> dict:
                 row["bwd_ms"], row["bwd_gbs"] = bwd, 3 * x.numel() * item / bwd / 1e6
                 row["bwd_frac"] = row["bwd_gbs"] / copy
             rows.append(row)
-    _judge(rows)
-    return {
-        "card": card,
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
-        "triton": __import__("triton").__version__,
-        "copy_gbs": copy,
-        "rows": rows,
-    }
+            print(f"  {op} {label} {dtype_name} {layout} {row['mode']} {impl}: done", flush=True)
+        _judge(rows)
+        save(result)
+    return result
 
 
 def _judge(rows: list[dict]) -> None:
@@ -302,11 +307,10 @@ def main() -> None:
         raise SystemExit(
             "gpu_norms.py needs a CUDA GPU; on CPU the kernels are checked by tests/test_kernels.py"
         )
-    result = run(args)
-    print_table(result)
-    card = re.sub(r"[^a-z0-9]+", "-", result["card"].lower()).strip("-")
+    card = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
     out = args.out or Path(__file__).parent / "results" / f"gpu_norms-{card}.json"
-    out.write_text(json.dumps(result, indent=1))
+    result = run(args, lambda partial: out.write_text(json.dumps(partial, indent=1)))
+    print_table(result)
     print(f"wrote {out}")
 
 

@@ -152,6 +152,31 @@ def _sweep_progress(description_width: int | None = None):
     )
 
 
+EXECUTORS = ("local", "ray")
+
+
+def _executor(name: str, jobs: int, address: str | None):
+    """The sweep executor the options ask for."""
+    from normlab import experiments
+
+    if name not in EXECUTORS:
+        raise typer.BadParameter(
+            f"unknown executor {name!r}; choose {' or '.join(EXECUTORS)}", param_hint="--executor"
+        )
+    if name == "local":
+        if address is not None:
+            raise typer.BadParameter("--address needs --executor ray", param_hint="--address")
+        return experiments.LocalExecutor(jobs or None)
+    return experiments.RayExecutor(address)
+
+
+_EXECUTOR_HELP = "local (worker processes here) or ray (a Ray cluster; pip install 'normlab[ray]')"
+_ADDRESS_HELP = (
+    "Ray cluster address: auto (the cluster this machine is in), ray://HEAD:10001 "
+    "(Ray Client); default: $RAY_ADDRESS, else a new local Ray instance"
+)
+
+
 def _parse_overrides(items: list[str]) -> dict:
     """``field=value`` strings as a dict; values read as Python literals when they parse."""
     import ast
@@ -186,6 +211,8 @@ def run_experiment(
     ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="seeds per configuration")] = 1,
     jobs: Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)")] = 0,
+    executor: Annotated[str, typer.Option(help=_EXECUTOR_HELP)] = "local",
+    address: Annotated[str | None, typer.Option(help=_ADDRESS_HELP)] = None,
     out: Annotated[Path, typer.Option(help="results directory")] = Path("normlab-results"),
     quick: Annotated[bool, typer.Option(help="tiny sizes: a smoke test")] = False,
     nproc: Annotated[
@@ -210,6 +237,7 @@ def run_experiment(
         configs = sweep.configs()
     except (KeyError, ConfigError, TypeError) as e:
         raise typer.BadParameter(str(e.args[0] if isinstance(e, KeyError) else e)) from e
+    pool = _executor(executor, jobs, address)
     root = out / experiment
     store = experiments.ResultsStore(root)
     todo = sum(not store.has(c) for c in configs)
@@ -223,7 +251,7 @@ def run_experiment(
         def advance(config, summary) -> None:
             progress.update(task, advance=1, description=f"{config.norm} done")
 
-        experiments.run_sweep(sweep, root, experiments.LocalExecutor(jobs or None), advance)
+        experiments.run_sweep(sweep, root, pool, advance)
     headline = exp.headline(store)
     table = Table(title=f"{experiment}: {exp.description}")
     for column in headline.columns:
@@ -253,6 +281,8 @@ def compare(
     dataset: Annotated[str | None, typer.Option(help="data set (default: mnist)")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="seeds per configuration")] = 1,
     jobs: Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)")] = 0,
+    executor: Annotated[str, typer.Option(help=_EXECUTOR_HELP)] = "local",
+    address: Annotated[str | None, typer.Option(help=_ADDRESS_HELP)] = None,
     experiments_: Annotated[
         list[str] | None,
         typer.Option("--experiments", help=f"experiments to run (default: {', '.join(SUITE)})"),
@@ -282,6 +312,7 @@ def compare(
             plans.append((name, sweep, sum(not store.has(c) for c in configs), len(configs)))
     except (KeyError, ConfigError) as e:
         raise typer.BadParameter(str(e.args[0] if isinstance(e, KeyError) else e)) from e
+    pool = _executor(executor, jobs, address)
     todo = sum(p[2] for p in plans)
     console.print(
         f"[bold]normlab compare[/bold]: {len(names)} experiments, {sum(p[3] for p in plans)} runs "
@@ -296,9 +327,7 @@ def compare(
                 progress.update(task, advance=1, description=f"{name}: {config.norm}")
 
             progress.update(task, description=f"{name}")
-            experiments.run_sweep(
-                sweep, root / name, experiments.LocalExecutor(jobs or None), advance
-            )
+            experiments.run_sweep(sweep, root / name, pool, advance)
     with console.status("writing the report..."):
         path = html.build(root, out)
     summary = Table(title="summary (from the runs; details in the report)")

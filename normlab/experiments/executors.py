@@ -2,7 +2,8 @@
 
 ``LocalExecutor(jobs)`` uses worker processes on this machine (one per core
 by default; ``jobs=1`` runs in-process). A cluster executor implements the
-same ``map`` (see :class:`Executor`).
+same ``map`` (see :class:`Executor`); :class:`~normlab.experiments.ray_executor.RayExecutor`
+runs on Ray.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from normlab.experiments.config import RunConfig
 
 
 class Executor(Protocol):
+    """Runs ``fn`` on each configuration, yielding the results as they finish.
+
+    ``shares_files``: whether the workers see this machine's disk. If so, each
+    worker writes its run into the results store itself; if not, results come
+    back and the sweep writes them.
+    """
+
+    shares_files: bool
+
     def map(self, fn: Callable[[RunConfig], object], configs: list[RunConfig]) -> Iterator: ...
 
 
@@ -28,6 +38,8 @@ def _init_worker(threads: int) -> None:
 
 class LocalExecutor:
     """Worker processes on this machine; each gets cores // jobs threads."""
+
+    shares_files = True
 
     def __init__(self, jobs: int | None = None) -> None:
         cores = os.cpu_count() or 1

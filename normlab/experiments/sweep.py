@@ -20,6 +20,17 @@ def _run_and_store(config: RunConfig, root: str) -> tuple[str, dict]:
     return config.run_id, result.summary
 
 
+def _results(executor: Executor, store: ResultsStore, todo: list[RunConfig]):
+    """(run_id, summary) of each finished run, stored by the worker or here."""
+    if getattr(executor, "shares_files", True):
+        worker = functools.partial(_run_and_store, root=str(store.root))
+        yield from executor.map(worker, todo)
+        return
+    for result in executor.map(run, todo):
+        store.write(result)
+        yield result.config.run_id, result.summary
+
+
 def run_sweep(
     sweep: Sweep,
     root: str | Path,
@@ -38,8 +49,7 @@ def run_sweep(
     todo = list({c.run_id: c for c in configs if not store.has(c)}.values())
     by_id = {c.run_id: c for c in todo}
     executor = executor or LocalExecutor()
-    worker = functools.partial(_run_and_store, root=str(store.root))
-    for run_id, summary in executor.map(worker, todo):
+    for run_id, summary in _results(executor, store, todo):
         if on_result is not None:
             on_result(by_id[run_id], summary)
     return store

@@ -1,0 +1,126 @@
+"""Sweeps on Ray: the same results and resume semantics as the local executor.
+
+A local Ray instance with 2 CPUs is started once for the module. The oracle is
+the local executor: both run every task on one torch thread (LocalExecutor(2)
+on this 2-core machine, a 1-CPU Ray task), so the runs must agree exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from normlab import experiments as E
+from normlab.cli import app
+from normlab.experiments import ConfigError, RunConfig, Sweep
+
+ray = pytest.importorskip("ray", reason="needs Ray: pip install 'normlab[ray]'")
+
+TINY = RunConfig(
+    dataset="synthetic",
+    model="mlp",
+    depth=2,
+    width=16,
+    activation="relu",
+    init="kaiming",
+    lr=0.1,
+    batch_size=32,
+    steps=20,
+    eval_every=10,
+)
+# Wall-clock measurements differ between any two runs.
+TIMINGS = ["ms_per_step"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield
+    ray.shutdown()
+
+
+def _sweep(monitor: bool) -> Sweep:
+    return Sweep(
+        dataclasses.replace(TINY, monitor=monitor), {"norm": ("none", "batchnorm")}, (0, 1)
+    )
+
+
+def test_ray_sweep_stores_exactly_what_the_local_executor_does(tmp_path, local_ray):
+    sweep = _sweep(monitor=True)
+    local = E.run_sweep(sweep, tmp_path / "local", E.LocalExecutor(2))
+    seen = []
+    on_ray = E.run_sweep(
+        sweep, tmp_path / "ray", E.RayExecutor(), lambda c, s: seen.append(c.run_id)
+    )
+    assert sorted(seen) == sorted(local.ids()) and len(seen) == 4
+    for run_id in local.ids():
+        pd.testing.assert_frame_equal(on_ray.metrics(run_id), local.metrics(run_id))
+        ours, theirs = (store.runs / run_id for store in (on_ray, local))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(ours / "monitor.parquet"), pd.read_parquet(theirs / "monitor.parquet")
+        )
+    key = ["run_id"]
+    pd.testing.assert_frame_equal(
+        on_ray.summaries().drop(columns=TIMINGS).sort_values(key).reset_index(drop=True),
+        local.summaries().drop(columns=TIMINGS).sort_values(key).reset_index(drop=True),
+    )
+
+
+def test_ray_sweep_resumes_and_reruns_only_missing_runs(tmp_path, local_ray):
+    sweep = _sweep(monitor=False)
+    done = []
+    store = E.run_sweep(sweep, tmp_path, E.RayExecutor(), lambda c, s: done.append(c.run_id))
+    assert len(done) == 4
+    done.clear()
+    E.run_sweep(sweep, tmp_path, E.RayExecutor(), lambda c, s: done.append(c.run_id))
+    assert done == []
+    victim = sweep.configs()[1]
+    for f in (store.runs / victim.run_id).iterdir():
+        f.unlink()
+    (store.runs / victim.run_id).rmdir()
+    (store.runs / ".tmp-killed-writer").mkdir()  # left by a driver killed mid-write
+    E.run_sweep(sweep, tmp_path, E.RayExecutor(), lambda c, s: done.append(c.run_id))
+    assert done == [victim.run_id] and len(store.ids()) == 4
+    assert not (store.runs / ".tmp-killed-writer").exists()
+
+
+def test_a_failing_run_raises_its_own_error_on_the_driver(tmp_path, local_ray):
+    broken = dataclasses.replace(TINY, monitor=False, dataset="no-such-set")
+    with pytest.raises(ConfigError, match="dataset: unknown value 'no-such-set'"):
+        E.run_sweep(Sweep(broken, {}), tmp_path, E.RayExecutor())
+    assert E.ResultsStore(tmp_path).ids() == []
+
+
+def test_cli_run_on_ray(tmp_path, local_ray):
+    args = ["run", "init", "--quick", "--executor", "ray", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "init" in result.output and (tmp_path / "init" / "headline.csv").is_file()
+
+
+def test_cli_rejects_an_address_without_ray_and_an_unknown_executor(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["run", "init", "--quick", "--address", "auto", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "--address needs --executor ray" in result.output
+    result = runner.invoke(
+        app, ["run", "init", "--quick", "--executor", "slurm", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "unknown executor 'slurm'" in result.output
+
+
+def test_missing_ray_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(RuntimeError, match=r"pip install 'normlab\[ray\]'"):
+        E.run_sweep(_sweep(monitor=False), tmp_path, E.RayExecutor())
+
+
+def test_bad_cpus_per_run_is_refused():
+    with pytest.raises(ValueError, match="cpus_per_run must be >= 1"):
+        E.RayExecutor(cpus_per_run=0)
