@@ -16,6 +16,21 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import normlab
+from normlab.experiments import RunConfig
+
+# A run that trains in a fraction of a second: the experiment engine's tests.
+TINY = RunConfig(
+    dataset="synthetic",
+    model="mlp",
+    depth=2,
+    width=16,
+    activation="relu",
+    init="kaiming",
+    lr=0.1,
+    batch_size=32,
+    steps=20,
+    eval_every=10,
+)
 
 settings.register_profile("default", max_examples=25, deadline=None, derandomize=False)
 settings.register_profile("thorough", max_examples=300, deadline=None)

@@ -13,24 +13,12 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import TINY
 from typer.testing import CliRunner
 
 from normlab import experiments as E
 from normlab.cli import app
 from normlab.experiments import ConfigError, RunConfig, Sweep
-
-TINY = RunConfig(
-    dataset="synthetic",
-    model="mlp",
-    depth=2,
-    width=16,
-    activation="relu",
-    init="kaiming",
-    lr=0.1,
-    batch_size=32,
-    steps=20,
-    eval_every=10,
-)
 
 
 def test_config_validation_names_the_field():

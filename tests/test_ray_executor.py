@@ -13,26 +13,15 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import TINY
 from typer.testing import CliRunner
 
 from normlab import experiments as E
 from normlab.cli import app
-from normlab.experiments import ConfigError, RunConfig, Sweep
+from normlab.experiments import ConfigError, Sweep
 
 ray = pytest.importorskip("ray", reason="needs Ray: pip install 'normlab[ray]'")
 
-TINY = RunConfig(
-    dataset="synthetic",
-    model="mlp",
-    depth=2,
-    width=16,
-    activation="relu",
-    init="kaiming",
-    lr=0.1,
-    batch_size=32,
-    steps=20,
-    eval_every=10,
-)
 # Wall-clock measurements differ between any two runs.
 TIMINGS = ["ms_per_step"]
 

@@ -27,17 +27,22 @@ from normlab.kernels._launch import MAX_TILE, channel_view, dense_like, num_warp
 
 
 @triton.jit
+def _group_channels(pid, G, Cg, sN, sC, BLOCK_C: tl.constexpr):
+    """Program ``pid``'s sample n, its group's channels and their row offsets."""
+    n = pid // G
+    ci = tl.arange(0, BLOCK_C)
+    ch = (pid % G) * Cg + ci
+    return n, ci < Cg, ch, n.to(tl.int64) * sN + ch.to(tl.int64)[:, None] * sC
+
+
+@triton.jit
 def _group_norm_fwd(
     X, Y, W, B, Mean, Rstd, S, G, Cg, sN, sC, sS, eps,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SINGLE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
-    n = pid // G
-    ci = tl.arange(0, BLOCK_C)
-    c_ok = ci < Cg
-    ch = (pid % G) * Cg + ci
-    rows = n.to(tl.int64) * sN + ch.to(tl.int64)[:, None] * sC
+    _sample, c_ok, ch, rows = _group_channels(pid, G, Cg, sN, sC, BLOCK_C)
     si = tl.arange(0, BLOCK_S)
     count = Cg * S
     scale = tl.full([BLOCK_C], 1.0, tl.float32)
@@ -90,11 +95,7 @@ def _group_norm_bwd(
     HAS_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SINGLE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
-    n = pid // G
-    ci = tl.arange(0, BLOCK_C)
-    c_ok = ci < Cg
-    ch = (pid % G) * Cg + ci
-    rows = n.to(tl.int64) * sN + ch.to(tl.int64)[:, None] * sC
+    n, c_ok, ch, rows = _group_channels(pid, G, Cg, sN, sC, BLOCK_C)
     si = tl.arange(0, BLOCK_S)
     count = Cg * S
     mean = tl.load(Mean + pid)
