@@ -26,7 +26,9 @@ import argparse
 import datetime
 import json
 import math
+import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,15 +60,31 @@ ROW_SHAPES = [
     (64, 1024),
 ]
 IMAGE_SHAPES = [(64, 256, 56, 56), (8, 512, 64, 64), (1, 64, 32, 32)]
+# --smoke: the script's own check, on the CPU under Triton's interpreter (no timings worth reading).
+SMOKE_ROW_SHAPES = [(8, 64), (3, 300)]
+SMOKE_IMAGE_SHAPES = [(2, 64, 3, 3)]
+DEVICE = "cuda"
+
+
+def _bench(fn, grad_to_none=None) -> float:
+    """Median milliseconds of ``fn``: CUDA events on the GPU, a wall clock in --smoke."""
+    if DEVICE == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, grad_to_none=grad_to_none, return_mode="median")
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[1]
 
 
 def copy_bandwidth() -> float:
     """GB/s of a device-to-device copy of 1 GiB (read + written bytes)."""
-    from triton.testing import do_bench
-
-    src = torch.empty(2**28, device="cuda", dtype=torch.float32).normal_()
+    src = torch.empty(2**28 if DEVICE == "cuda" else 2**22, device=DEVICE).normal_()
     dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), return_mode="median")
+    ms = _bench(lambda: dst.copy_(src))
     return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
@@ -80,36 +98,51 @@ def _liger():
     return {"layernorm": LigerLayerNorm, "rmsnorm": LigerRMSNorm, "groupnorm": LigerGroupNorm}
 
 
-def _row_case(op: str, m: int, n: int, dtype, impl: str, liger):
-    w = torch.rand(n, device="cuda", dtype=dtype) + 0.5
-    b = torch.rand(n, device="cuda", dtype=dtype) - 0.5
-    params = [w] if op == "rmsnorm" else [w, b]
-    if impl == "liger":
-        module = liger[op](n, eps=1e-5).to("cuda", dtype)
-        return module, list(module.parameters())
+def _pair(op: str, shape, dtype, training: bool) -> tuple[Callable, Callable]:
+    """normlab's (backend="triton") and torch's function of (x, *params) for ``op``."""
+    n = shape[-1]
     if op == "layernorm":
-        backend = {"normlab": "triton", "torch": "native"}.get(impl, "native")
-        fn = lambda x: NF.layer_norm(x, (n,), w, b, 1e-5, backend=backend)  # noqa: E731
-    else:
-        backend = {"normlab": "triton", "torch": "native"}.get(impl, "native")
-        fn = lambda x: NF.rms_norm(x, (n,), w, 1e-5, backend=backend)  # noqa: E731
-    return fn, params
-
-
-def _image_case(op: str, shape, dtype, impl: str, liger, training: bool):
-    c = shape[1]
-    w = torch.rand(c, device="cuda", dtype=dtype) + 0.5
-    b = torch.rand(c, device="cuda", dtype=dtype) - 0.5
-    backend = "triton" if impl == "normlab" else "native"
+        return (
+            lambda x, w, b: NF.layer_norm(x, (n,), w, b, 1e-5, backend="triton"),
+            lambda x, w, b: F.layer_norm(x, (n,), w, b, 1e-5),
+        )
+    if op == "rmsnorm":
+        return (
+            lambda x, w: NF.rms_norm(x, (n,), w, 1e-5, backend="triton"),
+            lambda x, w: F.rms_norm(x, (n,), w, 1e-5),
+        )
     if op == "groupnorm":
-        if impl == "liger":
-            module = liger[op](c, 32, eps=1e-5, bias=True).to("cuda", dtype)
-            return module, list(module.parameters())
-        return (lambda x: NF.group_norm(x, 32, w, b, 1e-5, backend=backend)), [w, b]
-    rm = torch.zeros(c, device="cuda", dtype=torch.float32)
-    rv = torch.ones(c, device="cuda", dtype=torch.float32)
-    fn = lambda x: NF.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5, backend=backend)  # noqa: E731
-    return fn, [w, b]
+        return (
+            lambda x, w, b: NF.group_norm(x, 32, w, b, 1e-5, backend="triton"),
+            lambda x, w, b: F.group_norm(x, 32, w, b, 1e-5),
+        )
+    c = shape[1]  # running statistics in the model's dtype, as after model.to(dtype)
+    rm = torch.zeros(c, device=DEVICE, dtype=dtype)
+    rv = torch.ones(c, device=DEVICE, dtype=dtype)
+    return (
+        lambda x, w, b: NF.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5, backend="triton"),
+        lambda x, w, b: F.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5),
+    )
+
+
+def _case(op: str, shape, dtype, impl: str, liger, training: bool):
+    """(function of x, its parameters) for one implementation of ``op`` on ``shape``."""
+    features = shape[-1] if op in ("layernorm", "rmsnorm") else shape[1]
+    if impl == "liger":
+        if op == "groupnorm":
+            module = liger[op](features, 32, eps=1e-5, bias=True)
+        else:
+            module = liger[op](features, eps=1e-5)
+        module = module.to(DEVICE, dtype)
+        return module, list(module.parameters())
+    w = torch.rand(features, device=DEVICE, dtype=dtype) + 0.5
+    b = torch.rand(features, device=DEVICE, dtype=dtype) - 0.5
+    params = [w] if op == "rmsnorm" else [w, b]
+    ours, theirs = _pair(op, shape, dtype, training)
+    fn = ours if impl == "normlab" else theirs
+    if impl == "torch.compile":
+        fn = torch.compile(fn)
+    return (lambda x: fn(x, *params)), params
 
 
 def _exact(op: str, x: torch.Tensor, params, training: bool) -> torch.Tensor:
@@ -133,25 +166,19 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def measure(fn, params, x: torch.Tensor, backward: bool) -> tuple[float, float | None]:
     """(forward ms, backward ms); backward None when not asked for."""
-    from triton.testing import do_bench
-
-    fwd = do_bench(lambda: fn(x), return_mode="median")
+    fwd = _bench(lambda: fn(x))
     if not backward:
         return fwd, None
     xg = x.detach().requires_grad_()
     y = fn(xg)
     dy = torch.randn_like(y)
-    bwd = do_bench(
-        lambda: y.backward(dy, retain_graph=True),
-        grad_to_none=[xg, *params],
-        return_mode="median",
-    )
+    bwd = _bench(lambda: y.backward(dy, retain_graph=True), grad_to_none=[xg, *params])
     return fwd, bwd
 
 
 def check(op, fn, params, x, training) -> float:
     """Worst relative error of y and dx against float64 torch, NaN-poisoned outputs first."""
-    torch.empty(x.numel() * 4, device="cuda", dtype=x.dtype).fill_(float("nan"))
+    torch.empty(x.numel() * 4, device=DEVICE, dtype=x.dtype).fill_(float("nan"))
     xg = x.detach().clone().requires_grad_()
     y = fn(xg)
     dy = torch.randn_like(y)
@@ -165,14 +192,14 @@ def check(op, fn, params, x, training) -> float:
     return err
 
 
-def cases(ops, dtypes):
+def cases(ops, dtypes, smoke: bool):
     for dtype_name in dtypes:
         for op in ops:
             if op in ("layernorm", "rmsnorm"):
-                for m, n in ROW_SHAPES:
+                for m, n in SMOKE_ROW_SHAPES if smoke else ROW_SHAPES:
                     yield op, f"{m}x{n}", (m, n), dtype_name, "", True
             else:
-                for shape in IMAGE_SHAPES:
+                for shape in SMOKE_IMAGE_SHAPES if smoke else IMAGE_SHAPES:
                     for layout in ("nchw", "channels_last"):
                         label = "x".join(map(str, shape))
                         yield op, label, shape, dtype_name, layout, True
@@ -189,7 +216,7 @@ def run(args, save: Callable[[dict], None]) -> dict:
         + (["liger"] if liger else [])
     )
     copy = copy_bandwidth()
-    card = torch.cuda.get_device_name()
+    card = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke, interpreted)"
     print(f"{card}: copy bandwidth {copy:.0f} GB/s; implementations: {', '.join(impls)}")
     rows = []
     result = {
@@ -200,9 +227,9 @@ def run(args, save: Callable[[dict], None]) -> dict:
         "copy_gbs": copy,
         "rows": rows,
     }
-    for op, label, shape, dtype_name, layout, training in cases(args.ops, args.dtypes):
+    for op, label, shape, dtype_name, layout, training in cases(args.ops, args.dtypes, args.smoke):
         dtype = DTYPES[dtype_name]
-        x = torch.randn(shape, device="cuda", dtype=dtype)
+        x = torch.randn(shape, device=DEVICE, dtype=dtype)
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
         item = x.element_size()
@@ -212,12 +239,7 @@ def run(args, save: Callable[[dict], None]) -> dict:
             row = {"op": op, "shape": label, "dtype": dtype_name, "layout": layout or "rows",
                    "mode": "train" if training else "eval", "impl": impl}  # fmt: skip
             try:
-                if op in ("layernorm", "rmsnorm"):
-                    fn, params = _row_case(op, *shape, dtype, impl, liger)
-                else:
-                    fn, params = _image_case(op, shape, dtype, impl, liger, training)
-                if impl == "torch.compile":
-                    fn = torch.compile(fn)
+                fn, params = _case(op, shape, dtype, impl, liger, training)
                 if impl == "normlab":
                     row["rel_err"] = check(op, fn, params, x, training)
                 fwd, bwd = measure(fn, params, x, backward=training)
@@ -302,12 +324,24 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, help="JSON path (default: benchmarks/results/gpu_norms-<card>.json)"
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check the script itself on the CPU (Triton's interpreter, tiny shapes, no timings)",
+    )
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if args.smoke:
+        global DEVICE
+        DEVICE = "cpu"
+        args.compile = False
+        os.environ["TRITON_INTERPRET"] = "1"  # before normlab.kernels is first imported
+    elif not torch.cuda.is_available():
         raise SystemExit(
-            "gpu_norms.py needs a CUDA GPU; on CPU the kernels are checked by tests/test_kernels.py"
+            "gpu_norms.py needs a CUDA GPU (--smoke checks the script on the CPU; the kernels'"
+            " correctness on CPU is tests/test_kernels.py)"
         )
-    card = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu-smoke"
+    card = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     out = args.out or Path(__file__).parent / "results" / f"gpu_norms-{card}.json"
     result = run(args, lambda partial: out.write_text(json.dumps(partial, indent=1)))
     print_table(result)

@@ -9,6 +9,7 @@ an element a kernel fails to write shows up as an error.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -387,6 +388,21 @@ def test_every_kernel_variant_compiles_for_hopper(tmp_path):
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # triton 3.9 warns when unset; 1 is today's default
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_gpu_benchmark_script_runs_end_to_end(tmp_path):
+    """benchmarks/gpu_norms.py --smoke: every op and layout through the script's own
+    paths on the CPU, so a device session does not find a broken script."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_norms.py"
+    out = tmp_path / "smoke.json"
+    args = [sys.executable, str(script), "--smoke", "--dtypes", "bf16", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert not [r for r in rows if "error" in r], [r for r in rows if "error" in r]
+    ours = [r for r in rows if r["impl"] == "normlab"]
+    assert {r["op"] for r in ours} == {"layernorm", "rmsnorm", "groupnorm", "batchnorm"}
+    assert max(r["rel_err"] for r in ours) <= TOL[torch.bfloat16]
 
 
 # --- GPU only: the real shapes ------------------------------------------------------

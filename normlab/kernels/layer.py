@@ -273,7 +273,9 @@ class RowNormFunction(torch.autograd.Function):
 
 
 def _reduce(partials, shape, dtype):
-    return partials.sum(0).to(dtype).view(shape)
+    """The dgamma/dbeta partial rows summed (one row: no sum launch) in the parameter's dtype."""
+    total = partials[0] if partials.shape[0] == 1 else partials.sum(0)
+    return total.to(dtype).view(shape)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
