@@ -131,8 +131,10 @@ def _case(op: str, shape, dtype, impl: str, liger, training: bool):
     if impl == "liger":
         if op == "groupnorm":
             module = liger[op](features, 32, eps=1e-5, bias=True)
-        else:
-            module = liger[op](features, eps=1e-5)
+        elif op == "layernorm":
+            module = liger[op](features, eps=1e-5, bias=True)
+        else:  # out of place, as every other implementation here
+            module = liger[op](features, eps=1e-5, in_place=False)
         module = module.to(DEVICE, dtype)
         return module, list(module.parameters())
     w = torch.rand(features, device=DEVICE, dtype=dtype) + 0.5
