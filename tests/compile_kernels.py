@@ -65,6 +65,8 @@ def variants():
     grads = {"X": bf16, "DY": bf16, "Mean": F32, "Spread": F32, "PSum": F32}
     apply = {"X": bf16, "Y": bf16, "Mean": F32, "Spread": F32, "W": bf16, "B": bf16}
     dx = {"X": bf16, "DY": bf16, "DX": bf16, "Mean": F32, "Spread": F32, "W": bf16, "Sums": F32}
+    fused_fwd = {**apply, "Rstd": F32, "RunMean": F32, "RunVar": F32}
+    fused_bwd = {**dx, "DW": F32, "DB": F32}
     for planar, bc, br in ((True, 2, 1024), (False, 128, 16)):
         tiles = {"PLANAR": planar, "BLOCK_C": bc, "BLOCK_R": br}
         yield batch._bn_partial_moments, moments, (), tiles
@@ -73,6 +75,11 @@ def variants():
             yield batch._bn_partial_grads, grads, ("eps",), flags
             yield batch._bn_apply, apply, ("eps",), {**flags, "HAS_W": True, "HAS_B": True}
             yield batch._bn_dx, dx, ("eps",), {**flags, "HAS_W": True, "TRAINING": training}
+            yield batch._bn_backward_fused, fused_bwd, ("eps",), {
+                **flags, "HAS_W": True, "TRAINING": training,
+            }  # fmt: skip
+        fused_flags = {"UPDATE": True, "HAS_W": True, "HAS_B": True, **tiles}
+        yield batch._bn_forward_fused, fused_fwd, ("eps", "momentum"), fused_flags
     final = {"PMean": F32, "PM2": F32, "PCount": F32, "Mean": F32, "Rstd": F32}
     final |= {"RunMean": F32, "RunVar": F32}
     yield batch._bn_finalize, final, ("eps", "momentum"), {"UPDATE": True, "BLOCK_C": 128}

@@ -263,27 +263,44 @@ def _batch_case(shape, dtype, training, channels_last, seed, affine=True, moment
         assert rel_err(a.cpu(), e) <= 1e-5, f"{what}: {name}"
 
 
+@pytest.fixture(params=["fused", "split"])
+def bn_path(request, monkeypatch):
+    """BatchNorm's two launch plans: one program per channel block (small inputs), or
+    each channel's tiles split over many programs (partial moments, finalize, apply)."""
+    if request.param == "split":
+        monkeypatch.setattr(batch._Tiling, "FUSED_MAX", 0)
+        monkeypatch.setattr(batch, "max_programs", lambda x: 64)
+    return request.param
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", BATCH_SHAPES, ids=str)
-def test_batch_norm_matches_float64(poisoned, shape, dtype, training):
+def test_batch_norm_matches_float64(poisoned, bn_path, shape, dtype, training):
     _batch_case(shape, dtype, training, channels_last=False, seed=sum(shape))
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape", [(4, 6, 5, 3), (2, 70, 3, 3), (3, 1, 2, 2)], ids=str)
-def test_batch_norm_channels_last_matches_float64(poisoned, shape, training):
+def test_batch_norm_channels_last_matches_float64(poisoned, bn_path, shape, training):
     _batch_case(shape, torch.float32, training, channels_last=True, seed=sum(shape) + 3)
 
 
-def test_batch_norm_many_splits_and_no_affine(poisoned, monkeypatch):
-    """Many programs per channel: the parallel merge of partial moments (Chan et al.)."""
+def test_batch_norm_split_path_really_splits(monkeypatch):
+    monkeypatch.setattr(batch._Tiling, "FUSED_MAX", 0)
     monkeypatch.setattr(batch, "max_programs", lambda x: 64)
+    for shape in [(4, 6, 5, 3), (2, 70, 3, 3), (16, 3, 9, 9)]:
+        x, sizes, strides = _launch.channel_view(torch.empty(shape))
+        tiling = batch._Tiling(x, sizes, strides)
+        assert not tiling.fused and tiling.splits > 1, shape
+
+
+def test_batch_norm_without_affine_and_a_large_momentum(poisoned, bn_path):
     _batch_case((16, 3, 9, 9), torch.float32, True, channels_last=False, seed=1, affine=False)
     _batch_case((16, 3, 9, 9), torch.float32, True, channels_last=True, seed=2, momentum=0.5)
 
 
-def test_batch_norm_stable_for_a_large_mean(poisoned):
+def test_batch_norm_stable_for_a_large_mean(poisoned, bn_path):
     """Mean 1e4, std 1: E[x^2] - E[x]^2 in float32 would lose every digit of the variance."""
     x, _ = _inputs((8, 3, 6, 6), torch.float32, 4, scale=1.0, shift=1e4)
     y = batch.batch_norm(_on(x), None, None, training=True)
@@ -291,7 +308,7 @@ def test_batch_norm_stable_for_a_large_mean(poisoned):
     assert rel_err(y.cpu(), exact) <= 1e-3
 
 
-def test_batch_norm_without_running_stats_in_training(poisoned):
+def test_batch_norm_without_running_stats_in_training(poisoned, bn_path):
     x, dy = _inputs((5, 4, 3), torch.float32, 6)
     ours = _grads(lambda x: batch.batch_norm(x, None, None, training=True), _on(x), _on(dy), [])
     exact = _grads(

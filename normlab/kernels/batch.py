@@ -57,18 +57,14 @@ def _tile(t, ch, c_ok, R, S, tiles_per_sample, sN, sC, row_stride,
 
 
 @triton.jit
-def _bn_partial_moments(
-    X, PMean, PM2, PCount, C, R, S, tiles, tiles_per_split, tiles_per_sample, sN, sC, row_stride,
-    PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
-):  # fmt: skip
-    split = tl.program_id(0)
-    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = ch < C
+def _moments(X, ch, c_ok, first, last, R, S, tiles_per_sample, sN, sC, row_stride,
+             PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):  # fmt: skip
+    """(count, mean, sum of squared deviations) per channel over tiles [first, last):
+    each tile's own mean and deviations, merged into the running ones (Chan et al.)."""
     count = tl.zeros([BLOCK_C], dtype=tl.float32)
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    first = split * tiles_per_split
-    for t in range(first, tl.minimum(first + tiles_per_split, tiles)):
+    for t in range(first, last):
         offs, mask, t_count = _tile(
             t, ch, c_ok, R, S, tiles_per_sample, sN, sC, row_stride, PLANAR, BLOCK_R
         )
@@ -80,6 +76,163 @@ def _bn_partial_moments(
         mean += delta * (t_count / total)
         m2 += tl.sum(d * d, axis=1) + delta * delta * (count * t_count / total)
         count = total
+    return count, mean, m2
+
+
+@triton.jit
+def _finish_statistics(Mean, Rstd, RunMean, RunVar, ch, c_ok, count, mean, m2, eps, momentum,
+                       UPDATE: tl.constexpr):  # fmt: skip
+    """Store mean and rstd; update the running statistics as torch does (unbiased var)."""
+    rstd = tl.rsqrt(m2 / count + eps)
+    tl.store(Mean + ch, mean, mask=c_ok)
+    tl.store(Rstd + ch, rstd, mask=c_ok)
+    if UPDATE:
+        old_mean = tl.load(RunMean + ch, mask=c_ok, other=0.0).to(tl.float32)
+        old_var = tl.load(RunVar + ch, mask=c_ok, other=0.0).to(tl.float32)
+        new_mean = (1.0 - momentum) * old_mean + momentum * mean
+        # count >= 2 in training (checked by the caller); the max only spares masked lanes
+        new_var = (1.0 - momentum) * old_var + momentum * (m2 / tl.maximum(count - 1.0, 1.0))
+        tl.store(RunMean + ch, new_mean.to(RunMean.dtype.element_ty), mask=c_ok)
+        tl.store(RunVar + ch, new_var.to(RunVar.dtype.element_ty), mask=c_ok)
+    return rstd
+
+
+@triton.jit
+def _channel_stats(Mean, Spread, W, ch, c_ok, eps, FROM_VAR: tl.constexpr, HAS_W: tl.constexpr):
+    """Per channel: mean, rstd and rstd * gamma (Spread holds rstd, or var when FROM_VAR)."""
+    mean = tl.load(Mean + ch, mask=c_ok, other=0.0).to(tl.float32)
+    rstd = tl.load(Spread + ch, mask=c_ok, other=1.0).to(tl.float32)
+    if FROM_VAR:
+        rstd = tl.rsqrt(rstd + eps)
+    return mean, rstd, _gamma_times(rstd, W, ch, c_ok, HAS_W)
+
+
+@triton.jit
+def _gamma_times(rstd, W, ch, c_ok, HAS_W: tl.constexpr):
+    scale = rstd
+    if HAS_W:
+        scale = rstd * tl.load(W + ch, mask=c_ok, other=0.0).to(tl.float32)
+    return scale
+
+
+@triton.jit
+def _normalize(X, Y, B, ch, c_ok, mean, scale, first, last, R, S, tiles_per_sample, sN, sC,
+               row_stride, HAS_B: tl.constexpr, PLANAR: tl.constexpr,
+               BLOCK_R: tl.constexpr):  # fmt: skip
+    """y = (x - mean) * scale + beta on tiles [first, last)."""
+    shift = -mean * scale
+    if HAS_B:
+        shift += tl.load(B + ch, mask=c_ok, other=0.0).to(tl.float32)
+    for t in range(first, last):
+        offs, mask, _count = _tile(
+            t, ch, c_ok, R, S, tiles_per_sample, sN, sC, row_stride, PLANAR, BLOCK_R
+        )
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + offs, (x * scale[:, None] + shift[:, None]).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _grad_sums(X, DY, ch, c_ok, mean, rstd, first, last, R, S, tiles_per_sample, sN, sC,
+               row_stride, PLANAR: tl.constexpr, BLOCK_C: tl.constexpr,
+               BLOCK_R: tl.constexpr):  # fmt: skip
+    """Per channel sum(dy) and sum(dy * xhat) over tiles [first, last)."""
+    sum_dy = tl.zeros([BLOCK_C, BLOCK_R], dtype=tl.float32)
+    sum_dy_xhat = tl.zeros([BLOCK_C, BLOCK_R], dtype=tl.float32)
+    for t in range(first, last):
+        offs, mask, _count = _tile(
+            t, ch, c_ok, R, S, tiles_per_sample, sN, sC, row_stride, PLANAR, BLOCK_R
+        )
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        sum_dy += dy
+        sum_dy_xhat += dy * tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+    return tl.sum(sum_dy, axis=1), tl.sum(sum_dy_xhat, axis=1)
+
+
+@triton.jit
+def _input_grad(X, DY, DX, ch, c_ok, mean, rstd, scale, sum_dy, sum_dy_xhat, first, last,
+                R, S, tiles_per_sample, sN, sC, row_stride, TRAINING: tl.constexpr,
+                PLANAR: tl.constexpr, BLOCK_R: tl.constexpr):  # fmt: skip
+    """dx on tiles [first, last): scale * (dy - mean(dy) - xhat * mean(dy * xhat)) in
+    training (as a * dy + b * x + c), scale * dy in eval."""
+    k = rstd * sum_dy_xhat / R
+    offset = sum_dy / R - mean * k
+    for t in range(first, last):
+        offs, mask, _count = _tile(
+            t, ch, c_ok, R, S, tiles_per_sample, sN, sC, row_stride, PLANAR, BLOCK_R
+        )
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        if TRAINING:
+            x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = dy - offset[:, None] - x * k[:, None]
+        tl.store(DX + offs, (dy * scale[:, None]).to(DX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bn_forward_fused(
+    X, Y, Mean, Rstd, RunMean, RunVar, W, B, C, R, S, tiles, tiles_per_sample,
+    sN, sC, row_stride, eps, momentum,
+    UPDATE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """Training forward in one launch, a program per channel block (small inputs)."""
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = ch < C
+    count, mean, m2 = _moments(
+        X, ch, c_ok, 0, tiles, R, S, tiles_per_sample, sN, sC, row_stride, PLANAR, BLOCK_C, BLOCK_R
+    )
+    rstd = _finish_statistics(
+        Mean, Rstd, RunMean, RunVar, ch, c_ok, count, mean, m2, eps, momentum, UPDATE
+    )
+    scale = _gamma_times(rstd, W, ch, c_ok, HAS_W)
+    _normalize(
+        X,
+        Y,
+        B,
+        ch,
+        c_ok,
+        mean,
+        scale,
+        0,
+        tiles,
+        R,
+        S,
+        tiles_per_sample,
+        sN,
+        sC,
+        row_stride,
+        HAS_B,
+        PLANAR,
+        BLOCK_R,
+    )
+
+
+@triton.jit
+def _bn_partial_moments(
+    X, PMean, PM2, PCount, C, R, S, tiles, tiles_per_split, tiles_per_sample, sN, sC, row_stride,
+    PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    split = tl.program_id(0)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = ch < C
+    first = split * tiles_per_split
+    last = tl.minimum(first + tiles_per_split, tiles)
+    count, mean, m2 = _moments(
+        X,
+        ch,
+        c_ok,
+        first,
+        last,
+        R,
+        S,
+        tiles_per_sample,
+        sN,
+        sC,
+        row_stride,
+        PLANAR,
+        BLOCK_C,
+        BLOCK_R,
+    )
     part = split * C + ch
     tl.store(PMean + part, mean, mask=c_ok)
     tl.store(PM2 + part, m2, mask=c_ok)
@@ -91,6 +244,7 @@ def _bn_finalize(
     PMean, PM2, PCount, Mean, Rstd, RunMean, RunVar, C, splits, eps, momentum,
     UPDATE: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
+    """Merge the splits' moments per channel (Chan et al.), then as _finish_statistics."""
     ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = ch < C
     count = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -104,29 +258,9 @@ def _bn_finalize(
         mean += delta * (s_count / total)
         m2 += tl.load(PM2 + part, mask=c_ok, other=0.0) + delta * delta * (count * s_count / total)
         count = total
-    tl.store(Mean + ch, mean, mask=c_ok)
-    tl.store(Rstd + ch, tl.rsqrt(m2 / count + eps), mask=c_ok)
-    if UPDATE:
-        old_mean = tl.load(RunMean + ch, mask=c_ok, other=0.0).to(tl.float32)
-        old_var = tl.load(RunVar + ch, mask=c_ok, other=0.0).to(tl.float32)
-        new_mean = (1.0 - momentum) * old_mean + momentum * mean
-        # count >= 2 in training (checked by the caller); the max only spares masked lanes
-        new_var = (1.0 - momentum) * old_var + momentum * (m2 / tl.maximum(count - 1.0, 1.0))
-        tl.store(RunMean + ch, new_mean.to(RunMean.dtype.element_ty), mask=c_ok)
-        tl.store(RunVar + ch, new_var.to(RunVar.dtype.element_ty), mask=c_ok)
-
-
-@triton.jit
-def _channel_stats(Mean, Spread, W, ch, c_ok, eps, FROM_VAR: tl.constexpr, HAS_W: tl.constexpr):
-    """Per channel: mean, rstd and rstd * gamma (Spread holds rstd, or var when FROM_VAR)."""
-    mean = tl.load(Mean + ch, mask=c_ok, other=0.0).to(tl.float32)
-    rstd = tl.load(Spread + ch, mask=c_ok, other=1.0).to(tl.float32)
-    if FROM_VAR:
-        rstd = tl.rsqrt(rstd + eps)
-    scale = rstd
-    if HAS_W:
-        scale = rstd * tl.load(W + ch, mask=c_ok, other=0.0).to(tl.float32)
-    return mean, rstd, scale
+    _finish_statistics(
+        Mean, Rstd, RunMean, RunVar, ch, c_ok, count, mean, m2, eps, momentum, UPDATE
+    )
 
 
 @triton.jit
@@ -135,17 +269,69 @@ def _bn_apply(
     FROM_VAR: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
+    """The elementwise pass, a tile per program: training (mean, rstd) or eval (running)."""
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = ch < C
-    mean, _, scale = _channel_stats(Mean, Spread, W, ch, c_ok, eps, FROM_VAR, HAS_W)
-    shift = -mean * scale
-    if HAS_B:
-        shift += tl.load(B + ch, mask=c_ok, other=0.0).to(tl.float32)
-    offs, mask, _ = _tile(
-        tl.program_id(0), ch, c_ok, R, S, tiles_per_sample, sN, sC, row_stride, PLANAR, BLOCK_R
+    mean, _rstd, scale = _channel_stats(Mean, Spread, W, ch, c_ok, eps, FROM_VAR, HAS_W)
+    t = tl.program_id(0)
+    _normalize(
+        X,
+        Y,
+        B,
+        ch,
+        c_ok,
+        mean,
+        scale,
+        t,
+        t + 1,
+        R,
+        S,
+        tiles_per_sample,
+        sN,
+        sC,
+        row_stride,
+        HAS_B,
+        PLANAR,
+        BLOCK_R,
     )
-    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + offs, (x * scale[:, None] + shift[:, None]).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bn_backward_fused(
+    X, DY, DX, Mean, Spread, W, DW, DB, C, R, S, tiles, tiles_per_sample,
+    sN, sC, row_stride, eps,
+    FROM_VAR: tl.constexpr, HAS_W: tl.constexpr, TRAINING: tl.constexpr,
+    PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """Backward in one launch, a program per channel block (small inputs)."""
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = ch < C
+    mean, rstd, scale = _channel_stats(Mean, Spread, W, ch, c_ok, eps, FROM_VAR, HAS_W)
+    sum_dy, sum_dy_xhat = _grad_sums(
+        X,
+        DY,
+        ch,
+        c_ok,
+        mean,
+        rstd,
+        0,
+        tiles,
+        R,
+        S,
+        tiles_per_sample,
+        sN,
+        sC,
+        row_stride,
+        PLANAR,
+        BLOCK_C,
+        BLOCK_R,
+    )
+    tl.store(DB + ch, sum_dy, mask=c_ok)
+    tl.store(DW + ch, sum_dy_xhat, mask=c_ok)
+    _input_grad(
+        X, DY, DX, ch, c_ok, mean, rstd, scale, sum_dy, sum_dy_xhat, 0, tiles,
+        R, S, tiles_per_sample, sN, sC, row_stride, TRAINING, PLANAR, BLOCK_R,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -158,19 +344,29 @@ def _bn_partial_grads(
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = ch < C
     mean, rstd, _unit = _channel_stats(Mean, Spread, Mean, ch, c_ok, eps, FROM_VAR, False)
-    sum_dy = tl.zeros([BLOCK_C, BLOCK_R], dtype=tl.float32)
-    sum_dy_xhat = tl.zeros([BLOCK_C, BLOCK_R], dtype=tl.float32)
     first = split * tiles_per_split
-    for t in range(first, tl.minimum(first + tiles_per_split, tiles)):
-        offs, mask, _ = _tile(
-            t, ch, c_ok, R, S, tiles_per_sample, sN, sC, row_stride, PLANAR, BLOCK_R
-        )
-        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
-        sum_dy += dy
-        sum_dy_xhat += dy * tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-    tl.store(PSum + split * C + ch, tl.sum(sum_dy, axis=1), mask=c_ok)
-    tl.store(PSum + (tl.num_programs(0) + split) * C + ch, tl.sum(sum_dy_xhat, axis=1), mask=c_ok)
+    last = tl.minimum(first + tiles_per_split, tiles)
+    sum_dy, sum_dy_xhat = _grad_sums(
+        X,
+        DY,
+        ch,
+        c_ok,
+        mean,
+        rstd,
+        first,
+        last,
+        R,
+        S,
+        tiles_per_sample,
+        sN,
+        sC,
+        row_stride,
+        PLANAR,
+        BLOCK_C,
+        BLOCK_R,
+    )
+    tl.store(PSum + split * C + ch, sum_dy, mask=c_ok)
+    tl.store(PSum + (tl.num_programs(0) + split) * C + ch, sum_dy_xhat, mask=c_ok)
 
 
 @triton.jit
@@ -179,56 +375,65 @@ def _bn_dx(
     FROM_VAR: tl.constexpr, HAS_W: tl.constexpr, TRAINING: tl.constexpr,
     PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
+    """The elementwise dx pass, a tile per program; Sums holds (sum dy, sum dy * xhat)."""
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = ch < C
     mean, rstd, scale = _channel_stats(Mean, Spread, W, ch, c_ok, eps, FROM_VAR, HAS_W)
-    offs, mask, _ = _tile(
-        tl.program_id(0), ch, c_ok, R, S, tiles_per_sample, sN, sC, row_stride, PLANAR, BLOCK_R
-    )
-    dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+    sum_dy = tl.zeros([BLOCK_C], dtype=tl.float32)
+    sum_dy_xhat = tl.zeros([BLOCK_C], dtype=tl.float32)
     if TRAINING:
-        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)), as a * dy + b * x + c
-        mean_dy = tl.load(Sums + ch, mask=c_ok, other=0.0) / R
-        k = rstd * tl.load(Sums + C + ch, mask=c_ok, other=0.0) / R
-        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        dy = dy - (mean_dy - mean * k)[:, None] - x * k[:, None]
-    tl.store(DX + offs, (dy * scale[:, None]).to(DX.dtype.element_ty), mask=mask)
+        sum_dy = tl.load(Sums + ch, mask=c_ok, other=0.0)
+        sum_dy_xhat = tl.load(Sums + C + ch, mask=c_ok, other=0.0)
+    t = tl.program_id(0)
+    _input_grad(
+        X, DY, DX, ch, c_ok, mean, rstd, scale, sum_dy, sum_dy_xhat, t, t + 1,
+        R, S, tiles_per_sample, sN, sC, row_stride, TRAINING, PLANAR, BLOCK_R,
+    )  # fmt: skip
 
 
 class _Tiling:
-    """How a (N, C, S) tensor with strides (sN, sC, sS) is cut into tiles (see the module doc)."""
+    """How a (N, C, S) tensor with strides (sN, sC, sS) is cut into tiles (see the module doc).
+
+    Small inputs (at most FUSED_MAX elements, or one tile per channel block) run
+    each direction in one launch, a program per channel block; larger ones
+    split every channel's tiles over about ``max_programs`` programs.
+    """
+
+    FUSED_MAX = 2**18
 
     def __init__(self, x: torch.Tensor, sizes, strides) -> None:
         n, c, s = sizes
         s_n, s_c, s_s = strides
-        self.c, self.r, self.s = c, n * s, s
-        self.planar = s_c != 1
-        if self.planar:  # NCHW planes: tiles along S within a sample
-            self.block_r = min(1024, pow2(s))
-            self.block_c = max(1, min(pow2(c), 2048 // self.block_r))
-            self.tiles_per_sample = triton.cdiv(s, self.block_r)
-            self.tiles = n * self.tiles_per_sample
+        self.c = c
+        self.shape = (n * s, s)  # R, S
+        planar = s_c != 1
+        if planar:  # NCHW planes: tiles along S within a sample
+            block_r = min(1024, pow2(s))
+            block_c = max(1, min(pow2(c), 2048 // block_r))
+            tiles_per_sample = triton.cdiv(s, block_r)
+            self.tiles = n * tiles_per_sample
         else:  # channels innermost: rows of the flattened batch and spatial axes
-            self.block_c = min(128, pow2(c))
-            self.block_r = max(1, 2048 // self.block_c)
-            self.tiles_per_sample = 1
-            self.tiles = triton.cdiv(self.r, self.block_r)
-        self.row_stride = s_s if s > 1 else s_n
-        self.strides = (s_n, s_c)
-        self.channel_blocks = triton.cdiv(c, self.block_c)
+            block_c = min(128, pow2(c))
+            block_r = max(1, 2048 // block_c)
+            tiles_per_sample = 1
+            self.tiles = triton.cdiv(n * s, block_r)
+        # tiles_per_sample, sN, sC and the row stride: what _tile needs to address a tile
+        self.address = (tiles_per_sample, s_n, s_c, s_s if s > 1 else s_n)
+        self.channel_blocks = triton.cdiv(c, block_c)
         want = max(1, max_programs(x) // self.channel_blocks)
         self.tiles_per_split = triton.cdiv(self.tiles, want)
         self.splits = triton.cdiv(self.tiles, self.tiles_per_split)
-        self.warps = num_warps(self.block_c * self.block_r)
+        self.fused = self.splits == 1 or x.numel() <= self.FUSED_MAX
+        self._meta = {
+            "PLANAR": planar,
+            "BLOCK_C": block_c,
+            "BLOCK_R": block_r,
+            "num_warps": num_warps(block_c * block_r),
+        }
 
     def meta(self) -> dict:
         """Launch keywords shared by every kernel."""
-        return {
-            "PLANAR": self.planar,
-            "BLOCK_C": self.block_c,
-            "BLOCK_R": self.block_r,
-            "num_warps": self.warps,
-        }
+        return dict(self._meta)
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -237,34 +442,40 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
         x, sizes, strides = channel_view(x)
-        tiling = _Tiling(x, sizes, strides)
-        c, r, s = tiling.c, tiling.r, tiling.s
-        address = (tiling.tiles_per_sample, *tiling.strides, tiling.row_stride)
+        t = _Tiling(x, sizes, strides)
         y = torch.empty_like(x)
+        w = x if weight is None else weight
+        b = x if bias is None else bias
+        flags = {"HAS_W": weight is not None, "HAS_B": bias is not None, **t.meta()}
         if training:
-            mean = torch.empty(c, device=x.device, dtype=torch.float32)
+            mean = torch.empty(t.c, device=x.device, dtype=torch.float32)
             spread = torch.empty_like(mean)  # rstd
-            partial = torch.empty((3, tiling.splits, c), device=x.device, dtype=torch.float32)
-            _bn_partial_moments[(tiling.splits, tiling.channel_blocks)](
-                x, partial[0], partial[1], partial[2], c, r, s,
-                tiling.tiles, tiling.tiles_per_split, *address, **tiling.meta(),
-            )  # fmt: skip
             update = running_mean is not None
-            _bn_finalize[(triton.cdiv(c, 128),)](
-                partial[0], partial[1], partial[2], mean, spread,
-                running_mean if update else mean, running_var if update else mean,
-                c, tiling.splits, eps, momentum, UPDATE=update, BLOCK_C=128,
-            )  # fmt: skip
+            running = (running_mean, running_var) if update else (mean, mean)
+            if t.fused:
+                _bn_forward_fused[(1, t.channel_blocks)](
+                    x, y, mean, spread, *running, w, b, t.c, *t.shape, t.tiles, *t.address,
+                    eps, momentum, UPDATE=update, **flags,
+                )  # fmt: skip
+            else:
+                partial = torch.empty((3, t.splits, t.c), device=x.device, dtype=torch.float32)
+                _bn_partial_moments[(t.splits, t.channel_blocks)](
+                    x, *partial, t.c, *t.shape, t.tiles, t.tiles_per_split, *t.address,
+                    **t.meta(),
+                )  # fmt: skip
+                _bn_finalize[(triton.cdiv(t.c, 128),)](
+                    *partial, mean, spread, *running, t.c, t.splits, eps, momentum,
+                    UPDATE=update, BLOCK_C=128,
+                )  # fmt: skip
         else:
             mean, spread = running_mean, running_var  # spread: var
-        _bn_apply[(tiling.tiles, tiling.channel_blocks)](
-            x, y, mean, spread, x if weight is None else weight, x if bias is None else bias,
-            c, r, s, *address, eps,
-            FROM_VAR=not training, HAS_W=weight is not None, HAS_B=bias is not None,
-            **tiling.meta(),
-        )  # fmt: skip
+        if not (training and t.fused):
+            _bn_apply[(t.tiles, t.channel_blocks)](
+                x, y, mean, spread, w, b, t.c, *t.shape, *t.address, eps,
+                FROM_VAR=not training, **flags,
+            )  # fmt: skip
         ctx.save_for_backward(x, weight, mean, spread)
-        ctx.tiling, ctx.training, ctx.eps = tiling, training, eps
+        ctx.tiling, ctx.training, ctx.eps = t, training, eps
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y
 
@@ -272,33 +483,30 @@ class BatchNormFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, weight, mean, spread = ctx.saved_tensors
-        tiling = ctx.tiling
-        c, r, s = tiling.c, tiling.r, tiling.s
-        address = (tiling.tiles_per_sample, *tiling.strides, tiling.row_stride)
+        t = ctx.tiling
         dy = dense_like(dy, x)
-        from_var = not ctx.training
-        need_dw = weight is not None and ctx.needs_input_grad[1]
-        need_db = ctx.bias_dtype is not None and ctx.needs_input_grad[2]
-        sums = None
-        if ctx.training or need_dw or need_db:
-            partial = torch.empty((2, tiling.splits, c), device=x.device, dtype=torch.float32)
-            _bn_partial_grads[(tiling.splits, tiling.channel_blocks)](
-                x, dy, mean, spread, partial, c, r, s,
-                tiling.tiles, tiling.tiles_per_split, *address, ctx.eps,
-                FROM_VAR=from_var, **tiling.meta(),
+        dx = torch.empty_like(x)
+        w = x if weight is None else weight
+        flags = {"FROM_VAR": not ctx.training, "HAS_W": weight is not None, **t.meta()}
+        if t.fused:
+            sums = torch.empty((2, t.c), device=x.device, dtype=torch.float32)
+            _bn_backward_fused[(1, t.channel_blocks)](
+                x, dy, dx, mean, spread, w, sums[1], sums[0], t.c, *t.shape, t.tiles,
+                *t.address, ctx.eps, TRAINING=ctx.training, **flags,
+            )  # fmt: skip
+        else:
+            partial = torch.empty((2, t.splits, t.c), device=x.device, dtype=torch.float32)
+            _bn_partial_grads[(t.splits, t.channel_blocks)](
+                x, dy, mean, spread, partial, t.c, *t.shape, t.tiles, t.tiles_per_split,
+                *t.address, ctx.eps, FROM_VAR=not ctx.training, **t.meta(),
             )  # fmt: skip
             sums = partial.sum(1)  # (sum dy, sum dy * xhat) per channel
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            _bn_dx[(tiling.tiles, tiling.channel_blocks)](
-                x, dy, dx, mean, spread, x if weight is None else weight,
-                mean if sums is None else sums, c, r, s, *address, ctx.eps,
-                FROM_VAR=from_var, HAS_W=weight is not None, TRAINING=ctx.training,
-                **tiling.meta(),
+            _bn_dx[(t.tiles, t.channel_blocks)](
+                x, dy, dx, mean, spread, w, sums, t.c, *t.shape, *t.address, ctx.eps,
+                TRAINING=ctx.training, **flags,
             )  # fmt: skip
-        dweight = sums[1].to(weight.dtype) if need_dw else None
-        dbias = sums[0].to(ctx.bias_dtype) if need_db else None
+        dweight = sums[1].to(weight.dtype) if weight is not None else None
+        dbias = sums[0].to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
         return dx, dweight, dbias, None, None, None, None, None
 
 
