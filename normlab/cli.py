@@ -167,6 +167,11 @@ def _executor(name: str, jobs: int, address: str | None):
         if address is not None:
             raise typer.BadParameter("--address needs --executor ray", param_hint="--address")
         return experiments.LocalExecutor(jobs or None)
+    if jobs:
+        raise typer.BadParameter(
+            "--jobs is for --executor local; Ray runs as many at once as the cluster has CPUs",
+            param_hint="--jobs",
+        )
     return experiments.RayExecutor(address)
 
 

@@ -92,7 +92,7 @@ def test_cli_run_on_ray(tmp_path, local_ray):
     assert "init" in result.output and (tmp_path / "init" / "headline.csv").is_file()
 
 
-def test_cli_rejects_an_address_without_ray_and_an_unknown_executor(tmp_path):
+def test_cli_rejects_mismatched_executor_options(tmp_path):
     runner = CliRunner()
     result = runner.invoke(
         app, ["run", "init", "--quick", "--address", "auto", "--out", str(tmp_path)]
@@ -102,6 +102,9 @@ def test_cli_rejects_an_address_without_ray_and_an_unknown_executor(tmp_path):
         app, ["run", "init", "--quick", "--executor", "slurm", "--out", str(tmp_path)]
     )
     assert result.exit_code == 2 and "unknown executor 'slurm'" in result.output
+    args = ["run", "init", "--quick", "--executor", "ray", "--jobs", "2", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--jobs is for --executor local" in result.output
 
 
 def test_missing_ray_says_how_to_install(tmp_path, monkeypatch):
