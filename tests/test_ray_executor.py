@@ -85,11 +85,25 @@ def test_a_failing_run_raises_its_own_error_on_the_driver(tmp_path, local_ray):
     assert E.ResultsStore(tmp_path).ids() == []
 
 
-def test_cli_run_on_ray(tmp_path, local_ray):
-    args = ["run", "init", "--quick", "--executor", "ray", "--out", str(tmp_path)]
+def test_cli_run_and_compare_on_ray(tmp_path, local_ray):
+    args = ["run", "init", "--quick", "--executor", "ray", "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "init" in result.output and (tmp_path / "init" / "headline.csv").is_file()
+    assert (tmp_path / "run" / "init" / "headline.csv").is_file()
+    report = tmp_path / "report"
+    args = [
+        "compare",
+        "--quick",
+        "--experiments",
+        "init",
+        "--executor",
+        "ray",
+        "--out",
+        str(report),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (report / "index.html").is_file() and (report / "results" / "init" / "runs").is_dir()
 
 
 def test_cli_rejects_mismatched_executor_options(tmp_path):
