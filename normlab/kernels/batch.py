@@ -57,6 +57,20 @@ def _tile(t, ch, c_ok, R, S, tiles_per_sample, sN, sC, row_stride,
 
 
 @triton.jit
+def _channel_block(C, BLOCK_C: tl.constexpr):
+    """This program's channels (grid axis 1 runs over channel blocks) and their mask."""
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return ch, ch < C
+
+
+@triton.jit
+def _split_tiles(split, tiles_per_split, tiles):
+    """The tiles [first, last) of split ``split``."""
+    first = split * tiles_per_split
+    return first, tl.minimum(first + tiles_per_split, tiles)
+
+
+@triton.jit
 def _moments(X, ch, c_ok, first, last, R, S, tiles_per_sample, sN, sC, row_stride,
              PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):  # fmt: skip
     """(count, mean, sum of squared deviations) per channel over tiles [first, last):
@@ -176,8 +190,7 @@ def _bn_forward_fused(
     PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """Training forward in one launch, a program per channel block (small inputs)."""
-    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = ch < C
+    ch, c_ok = _channel_block(C, BLOCK_C)
     count, mean, m2 = _moments(
         X, ch, c_ok, 0, tiles, R, S, tiles_per_sample, sN, sC, row_stride, PLANAR, BLOCK_C, BLOCK_R
     )
@@ -213,10 +226,8 @@ def _bn_partial_moments(
     PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     split = tl.program_id(0)
-    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = ch < C
-    first = split * tiles_per_split
-    last = tl.minimum(first + tiles_per_split, tiles)
+    ch, c_ok = _channel_block(C, BLOCK_C)
+    first, last = _split_tiles(split, tiles_per_split, tiles)
     count, mean, m2 = _moments(
         X,
         ch,
@@ -270,8 +281,7 @@ def _bn_apply(
     PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """The elementwise pass, a tile per program: training (mean, rstd) or eval (running)."""
-    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = ch < C
+    ch, c_ok = _channel_block(C, BLOCK_C)
     mean, _rstd, scale = _channel_stats(Mean, Spread, W, ch, c_ok, eps, FROM_VAR, HAS_W)
     t = tl.program_id(0)
     _normalize(
@@ -304,8 +314,7 @@ def _bn_backward_fused(
     PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """Backward in one launch, a program per channel block (small inputs)."""
-    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = ch < C
+    ch, c_ok = _channel_block(C, BLOCK_C)
     mean, rstd, scale = _channel_stats(Mean, Spread, W, ch, c_ok, eps, FROM_VAR, HAS_W)
     sum_dy, sum_dy_xhat = _grad_sums(
         X,
@@ -341,11 +350,9 @@ def _bn_partial_grads(
     FROM_VAR: tl.constexpr, PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     split = tl.program_id(0)
-    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = ch < C
+    ch, c_ok = _channel_block(C, BLOCK_C)
     mean, rstd, _unit = _channel_stats(Mean, Spread, Mean, ch, c_ok, eps, FROM_VAR, False)
-    first = split * tiles_per_split
-    last = tl.minimum(first + tiles_per_split, tiles)
+    first, last = _split_tiles(split, tiles_per_split, tiles)
     sum_dy, sum_dy_xhat = _grad_sums(
         X,
         DY,
@@ -376,8 +383,7 @@ def _bn_dx(
     PLANAR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """The elementwise dx pass, a tile per program; Sums holds (sum dy, sum dy * xhat)."""
-    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = ch < C
+    ch, c_ok = _channel_block(C, BLOCK_C)
     mean, rstd, scale = _channel_stats(Mean, Spread, W, ch, c_ok, eps, FROM_VAR, HAS_W)
     sum_dy = tl.zeros([BLOCK_C], dtype=tl.float32)
     sum_dy_xhat = tl.zeros([BLOCK_C], dtype=tl.float32)
