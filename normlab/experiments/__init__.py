@@ -1,26 +1,36 @@
 """The comparison lab's engine: run configurations, sweeps over them, a results
-store that resumes, executors, and the catalog of experiments."""
+store that resumes, executors, and the experiments (one module each, in
+:mod:`normlab.experiments.suite`).
 
-from normlab.experiments.catalog import EXPERIMENTS, Experiment, get
-from normlab.experiments.config import ConfigError, RunConfig, Sweep
-from normlab.experiments.executors import Executor, LocalExecutor
-from normlab.experiments.ray_executor import RayExecutor
-from normlab.experiments.runner import RunResult, run
-from normlab.experiments.store import ResultsStore
-from normlab.experiments.sweep import run_sweep
+Names are imported on first use, so that reading results (the report) never
+loads the training side (runner, models, data)."""
 
-__all__ = [
-    "EXPERIMENTS",
-    "ConfigError",
-    "Executor",
-    "Experiment",
-    "LocalExecutor",
-    "RayExecutor",
-    "ResultsStore",
-    "RunConfig",
-    "RunResult",
-    "Sweep",
-    "get",
-    "run",
-    "run_sweep",
-]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "EXPERIMENTS": "catalog",
+    "Experiment": "experiment",
+    "get": "catalog",
+    "ConfigError": "config",
+    "RunConfig": "config",
+    "Sweep": "config",
+    "Executor": "executors",
+    "LocalExecutor": "executors",
+    "RayExecutor": "ray_executor",
+    "RunResult": "store",
+    "ResultsStore": "store",
+    "run": "runner",
+    "run_sweep": "sweep",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'normlab.experiments' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"normlab.experiments.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

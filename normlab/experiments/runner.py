@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -14,21 +13,10 @@ from torch import nn
 
 from normlab import data, models
 from normlab.experiments.config import RunConfig
+from normlab.experiments.store import RunResult
 from normlab.monitor import Monitor, internal_covariate_shift, loss_landscape, preserved_state
 from normlab.monitor.monitor import NORMS
 from normlab.norms import registry
-
-
-@dataclass
-class RunResult:
-    """What one run produced: a tidy metrics frame (step, metric, value), the
-    monitor's frame (or None) and a summary of headline numbers."""
-
-    config: RunConfig
-    metrics: pd.DataFrame
-    monitor: pd.DataFrame | None
-    summary: dict
-    sketches: pd.DataFrame | None = None  # the monitor's quantile sketches
 
 
 @functools.lru_cache(maxsize=8)

@@ -15,12 +15,24 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from normlab.experiments.config import RunConfig
-from normlab.experiments.runner import RunResult
+
+
+@dataclass
+class RunResult:
+    """What one run produced: a tidy metrics frame (step, metric, value), the
+    monitor's frame (or None) and a summary of headline numbers."""
+
+    config: RunConfig
+    metrics: pd.DataFrame
+    monitor: pd.DataFrame | None
+    summary: dict
+    sketches: pd.DataFrame | None = None  # the monitor's quantile sketches
 
 
 class ResultsStore:
