@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import normlab
+from normlab.norms import registry
 
 
 def test_available_starts_with_the_baseline_and_holds_every_technique():
@@ -143,6 +144,198 @@ def test_unknown_name_lists_close_matches():
         normlab.create("batchnrom", 8)
     with pytest.raises(KeyError, match="techniques: none, batchnorm"):
         normlab.spec("qqq")
+
+
+# ------------------------------------------------ facts as data, spec_of, factory
+
+BN, IN = nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm
+FACTS = {  # name: (inference, fused_activation, torch_classes)
+    "none": ("none", False, ()),
+    "batchnorm": ("running", False, (BN,)),
+    "layernorm": ("sample", False, (nn.LayerNorm,)),
+    "groupnorm": ("sample", False, (nn.GroupNorm,)),
+    "instancenorm": ("sample", False, (IN,)),
+    "rmsnorm": ("sample", False, (nn.RMSNorm,)),
+    "lrn": ("sample", False, (nn.LocalResponseNorm,)),
+    "batchrenorm": ("running", False, ()),
+    "ghostbatchnorm": ("running", False, ()),
+    "frozenbatchnorm": ("frozen", False, ()),
+    "frn": ("sample", True, ()),
+    "evonorm_b0": ("running", True, ()),
+    "evonorm_s0": ("sample", True, ()),
+    "switchable": ("running", False, ()),
+    "scalenorm": ("sample", False, ()),
+    "dyt": ("none", False, ()),
+}
+
+
+def test_every_technique_has_its_facts():
+    assert set(FACTS) == set(normlab.available())
+    for name, facts in FACTS.items():
+        s = normlab.spec(name)
+        assert (s.inference, s.fused_activation, s.torch_classes) == facts, name
+        assert s.torch_twin == bool(s.torch_classes)
+        # the facts agree with one another
+        assert s.train_eval_differ == (s.inference == "running"), name
+        assert (s.inference in ("batch", "running")) == s.batch_dependent, name
+        assert (s.stats == ()) == (s.inference in ("none", "frozen")), name
+
+
+@pytest.mark.parametrize("name", normlab.available())
+def test_inference_is_where_the_layer_takes_its_statistics_from(name):
+    s = normlab.spec(name)
+    m = registry.factory(name)(8)
+    x = torch.randn(4, 8, 3, 3)
+    x[0, 0, 0, 0] = 1.5  # positive: FRN's TLU (max with τ = 0) keeps it
+    running = {k: b.clone() for k, b in m.named_buffers() if k.startswith("running_")}
+    assert bool(running) == (s.inference in ("running", "frozen"))
+    with torch.no_grad():
+        m.train()(x)
+        moved = any(not torch.equal(b, running[k]) for k, b in m.named_buffers() if k in running)
+        assert moved == (s.inference == "running")
+        m.eval()
+        alone = m(x[:1])
+        torch.testing.assert_close(alone, m(x)[:1])  # no technique keeps batch stats in eval
+        assert s.inference != "batch"
+        # per-sample statistics: changing the rest of a sample changes one value
+        y = x.clone()
+        y[0] = 3 * y[0] + 1
+        y[0, 0, 0, 0] = x[0, 0, 0, 0]
+        same = torch.allclose(m(y)[0, 0, 0, 0], alone[0, 0, 0, 0])
+        if s.inference == "sample":
+            assert not same
+        if s.inference in ("none", "frozen"):
+            assert same
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        (nn.BatchNorm1d(4), "batchnorm"),
+        (nn.BatchNorm2d(4), "batchnorm"),
+        (nn.BatchNorm3d(4), "batchnorm"),
+        (nn.SyncBatchNorm(4), "batchnorm"),
+        (nn.InstanceNorm2d(4), "instancenorm"),
+        (nn.LayerNorm(4), "layernorm"),
+        (nn.GroupNorm(2, 4), "groupnorm"),
+        (nn.RMSNorm(4), "rmsnorm"),
+        (nn.LocalResponseNorm(3), "lrn"),
+        (normlab.create("sync_bn", 4), "batchnorm"),
+        (normlab.create("batchnorm2d", 4), "batchnorm"),
+        (normlab.create("layernorm2d", 4), "layernorm"),
+        (normlab.create("rmsnorm2d", 4), "rmsnorm"),
+        (normlab.create("batchrenorm1d", 4), "batchrenorm"),
+        (normlab.create("ghostbatchnorm2d", 4), "ghostbatchnorm"),
+        (normlab.create("instancenorm3d", 4), "instancenorm"),
+        (nn.Identity(), None),
+        (nn.Linear(4, 4), None),
+        (nn.ReLU(), None),
+    ],
+)
+def test_spec_of_names_the_technique_of_torch_and_normlab_layers(module, name):
+    s = registry.spec_of(module)
+    assert (s.name if s else None) == name
+
+
+def test_spec_of_every_technique_and_a_subclass():
+    for name in normlab.available():
+        s = registry.spec_of(normlab.create(name, 8))
+        assert (s.name if s else None) == (None if name == "none" else name)
+
+    class MyBatchNorm(nn.BatchNorm2d):
+        pass
+
+    assert registry.spec_of(MyBatchNorm(4)).name == "batchnorm"
+    wrapped = registry.factory("bn", "channels_last")(4)  # FeaturesLast: not itself a norm
+    assert registry.spec_of(wrapped) is None and registry.spec_of(wrapped.norm).name == "batchnorm"
+
+
+def test_norm_classes_hold_normlab_and_torch_layers_once():
+    classes = registry.norm_classes()
+    assert len(classes) == len(set(classes))
+    assert nn.Identity not in classes
+    for cls in (BN, IN, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm):
+        assert cls in classes
+    for name in normlab.available()[1:]:
+        assert type(normlab.create(name, 8)) in classes
+
+
+@pytest.mark.parametrize(
+    ("name", "layout", "cls", "wrapped"),
+    [
+        ("bn", "channels_first", normlab.BatchNormNd, False),
+        ("bn", "channels_last", normlab.BatchNormNd, True),
+        ("ln", "channels_first", normlab.LayerNorm2d, False),
+        ("ln", "channels_last", normlab.LayerNorm, False),
+        ("layernorm2d", "channels_first", normlab.LayerNorm2d, False),
+        ("layernorm2d", "channels_last", normlab.LayerNorm2d, True),
+        ("rms", "channels_first", normlab.RMSNorm2d, False),
+        ("scale", "channels_first", normlab.ScaleNorm, False),
+        ("dyt", "channels_last", normlab.DynamicTanh, False),
+        ("frn", "channels_last", normlab.FilterResponseNorm2d, True),
+        ("none", "channels_first", nn.Identity, False),
+        ("identity", "channels_last", nn.Identity, False),
+    ],
+)
+def test_factory_builds_the_technique_in_a_layout(name, layout, cls, wrapped):
+    from normlab.norms._layout import FeaturesLast
+
+    f = registry.factory(name, layout)
+    assert (f.spec, f.layout) == (normlab.spec(name), layout)
+    m = f(8)
+    assert isinstance(m, FeaturesLast) == wrapped
+    assert type(m.norm if wrapped else m) is cls
+    x = torch.randn(2, 8, 3, 3) if layout == "channels_first" else torch.randn(2, 5, 8)
+    assert m(x).shape == x.shape
+    if cls in (normlab.ScaleNorm, normlab.DynamicTanh):
+        assert m.channels_last == (layout == "channels_last")
+
+
+def test_factory_passes_kwargs_and_checks_names_and_layouts():
+    import pickle
+
+    f = registry.factory("gn", num_groups=2)
+    assert f(8).num_groups == 2 and f(8) is not f(8)
+    assert pickle.loads(pickle.dumps(f)) == f
+    assert f.with_layout("channels_last").layout == "channels_last"
+    assert "num_groups=2" in repr(f)
+    with pytest.raises(KeyError, match="did you mean 'batchnorm'"):
+        registry.factory("batchnrom")
+    with pytest.raises(ValueError, match="unknown layout 'nhwc'"):
+        registry.factory("bn", "nhwc")
+
+
+def test_monitor_convert_and_noise_keep_no_lists_of_their_own():
+    from normlab.experiments import runner
+    from normlab.monitor import monitor
+    from normlab.norms import convert
+
+    assert not hasattr(monitor, "NORMS")
+    assert not hasattr(convert, "_TORCH_NORMS") and not hasattr(convert, "_NORMLAB_NORMS")
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1),
+        nn.BatchNorm2d(4),
+        normlab.GroupNorm(2, 4),
+        nn.LocalResponseNorm(3),
+        nn.Identity(),
+        nn.ReLU(),
+    )
+    norms = {name for name, m in model.named_modules() if registry.spec_of(m)}
+    assert norms == {"1", "2", "3"}
+    assert {name for name, _, _ in normlab.Monitor(model)._selected} == norms | {"5"}
+    handles = runner.add_noise(model, 0.1)
+    assert len(handles) == 3
+    for h in handles:
+        h.remove()
+
+
+def test_convert_source_name_takes_torch_layers_of_the_technique_too():
+    model = nn.Sequential(nn.BatchNorm2d(4), normlab.BatchNorm2d(4), nn.GroupNorm(2, 4))
+    normlab.convert(model, "group", source="batchnorm")
+    assert [type(m) for m in model] == [normlab.GroupNorm, normlab.GroupNorm, nn.GroupNorm]
+    model = nn.Sequential(nn.LayerNorm(4), nn.LocalResponseNorm(3))
+    normlab.convert(model, "rms")  # every norm with a feature count: not LRN
+    assert [type(m) for m in model] == [normlab.RMSNorm, nn.LocalResponseNorm]
 
 
 # ---------------------------------------------------------------- convert

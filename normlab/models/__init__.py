@@ -1,11 +1,25 @@
-"""Model builders that take any normalization technique by name.
+"""Model builders that take any normalization technique, by name or as a factory.
 
-Every builder takes ``norm=`` (a registry name or alias; ``"none"`` for no
-normalization), ``norm_position`` (``"pre"``: between the linear map and the
-activation, as in the BatchNorm paper; ``"post"``: after the activation), an
-initialization scheme (``"small-gaussian"`` with ``init_std``, ``"kaiming"``,
-``"xavier"``) and ``init_scale``, a multiplier of every initial weight. Extra
-``norm_kwargs`` go to the normalization layers' constructors.
+Every builder takes ``norm=``, a norm factory (the timm convention): a
+registry name or alias (``"none"`` for no normalization), turned once into a
+:class:`~normlab.norms.registry.NormFactory` with the extra ``norm_kwargs``
+(which go to every normalization layer's constructor); or any callable from a
+feature count to a module (a ``NormFactory``, ``nn.BatchNorm2d``, a lambda),
+with no ``norm_kwargs``. A ``NormFactory`` is put in the layout the model
+needs (channels-first in mlp, cnn and resnet, channels-last in the
+transformer); another callable is used as is. The builders also take
+``norm_position`` (``"pre"``: between the linear map and the activation, as in
+the BatchNorm paper; ``"post"``: after the activation), an initialization
+scheme (``"small-gaussian"`` with ``init_std``, ``"kaiming"``, ``"xavier"``)
+and ``init_scale``, a multiplier of every initial weight.
+
+What a norm is, is decided from the built module (``registry.spec_of``), so
+names, aliases and user factories behave alike: an ``nn.Identity`` norm is left
+out and makes the convolutions of :func:`cnn` keep their bias; a technique that
+fuses its own activation (FRN with its TLU, EvoNorm-B0/S0: the registry's
+``fused_activation``) takes the place of the norm and the activation, in either
+``norm_position``, and in the ResNet block's residual branch (the activation
+after the addition stays).
 
 - :func:`mlp` — fully connected; the BatchNorm paper's network is
   ``mlp(784, 10, depth=3, width=100, activation="sigmoid")``.
@@ -13,16 +27,22 @@ initialization scheme (``"small-gaussian"`` with ``init_std``, ``"kaiming"``,
 - :func:`resnet` — a small ResNet (basic blocks) for 28x28 and 32x32 images.
 - :func:`transformer` — a tiny patch transformer (pre-norm blocks), where the
   channels-last techniques (LayerNorm, RMSNorm, ScaleNorm, DynamicTanh) compete.
+  It puts no activation after its norms, so ``fused_activation`` changes nothing
+  there: FRN or EvoNorm, wrapped channels-last, bring their nonlinearity with them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from normlab.norms import registry
+from normlab.norms._layout import FeaturesLast
+
+NormArg = str | Callable[[int], nn.Module]
 
 ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
@@ -36,40 +56,47 @@ INITS = ("small-gaussian", "kaiming", "xavier", "default")
 POSITIONS = ("pre", "post")
 
 
-class FeaturesLast(nn.Module):
-    """Apply a channels-first normalization to (..., features) tensors, by moving
-    the last axis to position 1 and back (BatchNorm over tokens, for example)."""
-
-    def __init__(self, norm: nn.Module) -> None:
-        super().__init__()
-        self.norm = norm
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.movedim(-1, 1)).movedim(1, -1)
-
-
 def _choice(kind: str, value: str, options) -> str:
     if value not in options:
         raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(options)}")
     return value
 
 
-def norm_layer(name: str, features: int, layout: str, **kwargs) -> nn.Module:
-    """The technique ``name`` for ``features`` features in ``layout``:
-    ``"channels_first"`` ((N, C, *) tensors) or ``"channels_last"`` ((..., C))."""
-    spec = registry.spec(name)
-    if layout == "channels_first":
-        if spec.channels_last and spec.channels_first is not None:
-            return spec.channels_first(features, **kwargs)
-        return registry.create(name, features, **kwargs)
-    if spec.channels_last or spec.cls is nn.Identity:
-        return registry.create(name, features, **kwargs)
-    return FeaturesLast(registry.create(name, features, **kwargs))
+def norm_factory(
+    norm: NormArg, layout: str = "channels_first", **norm_kwargs
+) -> Callable[[int], nn.Module]:
+    """The factory (features -> module) a builder's ``norm=`` stands for: a name
+    becomes ``registry.factory(norm, layout, **norm_kwargs)``; a NormFactory is put
+    in ``layout``; any other callable is returned as is. ``norm_kwargs`` only go
+    with a name: with a callable they raise TypeError (pass them to the factory)."""
+    if isinstance(norm, str):
+        return registry.factory(norm, layout, **norm_kwargs)
+    if not callable(norm):
+        raise TypeError(
+            f"norm must be a technique name or a callable from features to a module, got {norm!r}"
+        )
+    if norm_kwargs:
+        raise TypeError(
+            f"norm keyword arguments {', '.join(sorted(norm_kwargs))} only go with a norm "
+            f"given by name; {norm!r} is a factory: give them to it"
+        )
+    if isinstance(norm, registry.NormFactory) and norm.layout != layout:
+        return norm.with_layout(layout)
+    return norm
+
+
+def fuses_activation(norm: nn.Module) -> bool:
+    """Whether the built norm applies its own activation (registry ``fused_activation``),
+    looking through a :class:`FeaturesLast` wrapper."""
+    spec = registry.spec_of(norm.norm if isinstance(norm, FeaturesLast) else norm)
+    return spec is not None and spec.fused_activation
 
 
 def _block(linear: nn.Module, norm: nn.Module, activation: nn.Module, position: str) -> list:
     if isinstance(norm, nn.Identity):
         return [linear, activation]
+    if fuses_activation(norm):  # a normalization-activation layer: no second activation
+        return [linear, norm]
     return [linear, norm, activation] if position == "pre" else [linear, activation, norm]
 
 
@@ -99,7 +126,7 @@ def mlp(
     depth: int = 3,
     width: int = 100,
     activation: str = "sigmoid",
-    norm: str = "none",
+    norm: NormArg = "none",
     norm_position: str = "pre",
     init: str = "small-gaussian",
     init_std: float = 0.1,
@@ -112,10 +139,11 @@ def mlp(
         raise ValueError(f"mlp: depth and width must be >= 1, got {depth} and {width}")
     act = ACTIVATIONS[_choice("activation", activation, ACTIVATIONS)]
     _choice("norm_position", norm_position, POSITIONS)
+    make_norm = norm_factory(norm, "channels_first", **norm_kwargs)
     layers: list[nn.Module] = [nn.Flatten()]
     features = in_features
     for _ in range(depth):
-        norm_module = norm_layer(norm, width, "channels_first", **norm_kwargs)
+        norm_module = make_norm(width)
         layers += _block(nn.Linear(features, width), norm_module, act(), norm_position)
         features = width
     layers.append(nn.Linear(width, num_classes))
@@ -127,7 +155,7 @@ def cnn(
     num_classes: int,
     channels: tuple[int, ...] = (16, 32),
     activation: str = "relu",
-    norm: str = "batchnorm",
+    norm: NormArg = "batchnorm",
     norm_position: str = "pre",
     init: str = "kaiming",
     init_std: float = 0.1,
@@ -135,14 +163,16 @@ def cnn(
     **norm_kwargs,
 ) -> nn.Sequential:
     """Per stage: conv 3x3, norm, activation, 2x2 max-pool; then global average
-    pooling and a linear classifier. For (C, H, W) inputs."""
+    pooling and a linear classifier. For (C, H, W) inputs. The convolutions have
+    a bias only without normalization (an nn.Identity norm)."""
     act = ACTIVATIONS[_choice("activation", activation, ACTIVATIONS)]
     _choice("norm_position", norm_position, POSITIONS)
+    make_norm = norm_factory(norm, "channels_first", **norm_kwargs)
     layers: list[nn.Module] = []
     previous = in_channels
     for c in channels:
-        conv = nn.Conv2d(previous, c, 3, padding=1, bias=norm == "none")
-        norm_module = norm_layer(norm, c, "channels_first", **norm_kwargs)
+        norm_module = make_norm(c)
+        conv = nn.Conv2d(previous, c, 3, padding=1, bias=isinstance(norm_module, nn.Identity))
         layers += [*_block(conv, norm_module, act(), norm_position), nn.MaxPool2d(2)]
         previous = c
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(previous, num_classes)]
@@ -150,24 +180,31 @@ def cnn(
 
 
 class BasicBlock(nn.Module):
-    """ResNet's basic block: conv-norm-act-conv-norm plus a shortcut, then act."""
+    """ResNet's basic block: conv-norm-act-conv-norm plus a shortcut, then act.
+    A norm that fuses its activation (FRN, EvoNorm) replaces the first norm-act
+    pair; the activation after the addition stays."""
 
-    def __init__(self, cin: int, cout: int, stride: int, norm: str, activation: type, **kw):
+    def __init__(
+        self, cin: int, cout: int, stride: int, norm: NormArg, activation: type, **norm_kwargs
+    ) -> None:
         super().__init__()
+        make_norm = norm_factory(norm, "channels_first", **norm_kwargs)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.norm1 = norm_layer(norm, cout, "channels_first", **kw)
+        self.norm1 = make_norm(cout)
         self.act = activation()
+        self.fused = fuses_activation(self.norm1)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.norm2 = norm_layer(norm, cout, "channels_first", **kw)
+        self.norm2 = make_norm(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False),
-                norm_layer(norm, cout, "channels_first", **kw),
+                nn.Conv2d(cin, cout, 1, stride, bias=False), make_norm(cout)
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.act(self.norm1(self.conv1(x)))
+        out = self.norm1(self.conv1(x))
+        if not self.fused:
+            out = self.act(out)
         return self.act(self.norm2(self.conv2(out)) + self.shortcut(x))
 
 
@@ -177,7 +214,7 @@ def resnet(
     widths: tuple[int, ...] = (16, 32, 64),
     blocks_per_stage: int = 1,
     activation: str = "relu",
-    norm: str = "batchnorm",
+    norm: NormArg = "batchnorm",
     init: str = "kaiming",
     init_std: float = 0.1,
     init_scale: float = 1.0,
@@ -186,16 +223,18 @@ def resnet(
     """A small ResNet: a 3x3 stem, then per width ``blocks_per_stage`` basic
     blocks (the first of each later stage with stride 2), global pooling, linear."""
     act = ACTIVATIONS[_choice("activation", activation, ACTIVATIONS)]
+    make_norm = norm_factory(norm, "channels_first", **norm_kwargs)
+    stem_norm = make_norm(widths[0])
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
-        norm_layer(norm, widths[0], "channels_first", **norm_kwargs),
-        act(),
+        stem_norm,
+        *([] if fuses_activation(stem_norm) else [act()]),
     ]
     previous = widths[0]
     for stage, width in enumerate(widths):
         for block in range(blocks_per_stage):
             stride = 2 if stage > 0 and block == 0 else 1
-            layers.append(BasicBlock(previous, width, stride, norm, act, **norm_kwargs))
+            layers.append(BasicBlock(previous, width, stride, make_norm, act))
             previous = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(previous, num_classes)]
     return initialize(nn.Sequential(*layers), init, init_std, init_scale)
@@ -204,11 +243,12 @@ def resnet(
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attention(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, norm: str, **kw) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, norm: NormArg, **norm_kwargs) -> None:
         super().__init__()
-        self.norm1 = norm_layer(norm, dim, "channels_last", **kw)
+        make_norm = norm_factory(norm, "channels_last", **norm_kwargs)
+        self.norm1 = make_norm(dim)
         self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm2 = norm_layer(norm, dim, "channels_last", **kw)
+        self.norm2 = make_norm(dim)
         self.mlp = nn.Sequential(
             nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim)
         )
@@ -223,9 +263,20 @@ class PatchTransformer(nn.Module):
     """Patch embedding, learned positions, pre-norm blocks, final norm, mean pool."""
 
     def __init__(
-        self, in_channels, image_size, num_classes, patch, dim, depth, heads, mlp_ratio, norm, **kw
+        self,
+        in_channels,
+        image_size,
+        num_classes,
+        patch,
+        dim,
+        depth,
+        heads,
+        mlp_ratio,
+        norm: NormArg,
+        **norm_kwargs,
     ) -> None:
         super().__init__()
+        make_norm = norm_factory(norm, "channels_last", **norm_kwargs)
         if image_size % patch:
             raise ValueError(f"transformer: image size {image_size} not divisible by patch {patch}")
         if dim % heads:
@@ -234,9 +285,9 @@ class PatchTransformer(nn.Module):
         tokens = (image_size // patch) ** 2
         self.position = nn.Parameter(torch.randn(1, tokens, dim) / math.sqrt(dim))
         self.blocks = nn.Sequential(
-            *(TransformerBlock(dim, heads, mlp_ratio, norm, **kw) for _ in range(depth))
+            *(TransformerBlock(dim, heads, mlp_ratio, make_norm) for _ in range(depth))
         )
-        self.norm = norm_layer(norm, dim, "channels_last", **kw)
+        self.norm = make_norm(dim)
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -253,7 +304,7 @@ def transformer(
     depth: int = 2,
     heads: int = 4,
     mlp_ratio: int = 2,
-    norm: str = "layernorm",
+    norm: NormArg = "layernorm",
     init: str = "default",
     init_std: float = 0.02,
     init_scale: float = 1.0,
@@ -279,9 +330,10 @@ __all__ = [
     "ACTIVATIONS",
     "FeaturesLast",
     "cnn",
+    "fuses_activation",
     "initialize",
     "mlp",
-    "norm_layer",
+    "norm_factory",
     "resnet",
     "transformer",
 ]

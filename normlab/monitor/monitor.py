@@ -33,15 +33,6 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Hardsigmoid,
     nn.Hardswish,
 )
-NORMS: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.RMSNorm,
-    nn.LocalResponseNorm,
-    *registry.all_classes(),
-)
 # |x| beyond which an activation's derivative is under ~5-7% of its peak.
 SATURATION = {nn.Sigmoid: 4.0, nn.Tanh: 2.0, nn.Hardtanh: 1.0}
 DEAD = (nn.ReLU, nn.ReLU6)
@@ -180,7 +171,7 @@ class Monitor:
         for name, module in self.model.named_modules():
             name = self._clean(name)
             if selectors is None:
-                hit = isinstance(module, ACTIVATIONS + NORMS)
+                hit = isinstance(module, ACTIVATIONS) or registry.spec_of(module) is not None
             else:
                 hit = any(self._matches(s, name, module) for s in selectors)
             if hit and module is not self.model:

@@ -7,21 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from normlab.norms import batch, layer, registry, response
+from normlab.norms import batch, layer, registry
 from normlab.norms.batch import BatchNormNd, FrozenBatchNorm2d, SyncBatchNorm
 
-# torch.nn's normalization layers (SyncBatchNorm is a _BatchNorm).
-_TORCH_NORMS: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.RMSNorm,
-)
-# normlab's, every technique with a feature count (not Identity, not LRN).
-_NORMLAB_NORMS: tuple[type[nn.Module], ...] = tuple(
-    cls for cls in registry.all_classes() if cls is not response.LocalResponseNorm
-)
 _CHANNELS_LAST = (nn.LayerNorm, nn.RMSNorm, layer.LayerNorm, layer.RMSNorm)
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, batch._BatchNorm)
 _COPIED = ("weight", "bias", "running_mean", "running_var")
@@ -80,11 +68,11 @@ def _replace(
 
 
 def _source_types(source: Source) -> tuple[type[nn.Module], ...]:
-    if source is None:
-        return _TORCH_NORMS + _NORMLAB_NORMS
-    if isinstance(source, str):
-        s = registry.spec(source)
-        return s.classes or (s.cls,)
+    if source is None:  # every technique with a feature count (not LRN)
+        lrn = registry.spec("lrn").layer_classes
+        return tuple(cls for cls in registry.norm_classes() if cls not in lrn)
+    if isinstance(source, str):  # the technique's classes, normlab's and torch.nn's
+        return registry.spec(source).layer_classes
     return source if isinstance(source, tuple) else (source,)
 
 

@@ -1,12 +1,21 @@
-"""The registry: every technique's name, aliases, how to build it, and, as data,
-what its statistics are taken over.
+"""The registry: the one source of a technique's facts. Its name and aliases,
+how to build it, and, as data: what its statistics are taken over, where they
+come from at inference, whether it fuses its own activation, and which layer
+classes (normlab's and the torch.nn ones it twins) are that technique.
 
 For an activation of shape (N, C, H, W) a statistic is taken over a set of
 axes (a :class:`StatSet`): the batch (all of N, a virtual sub-batch, or none),
 the channels (one, a group, all, or a window of neighbours) and, or not, the
 spatial axes. Tables, diagrams and the docs are drawn from this data, never by
-hand per technique. :func:`create` builds any technique channels-first from
-its name or an alias.
+hand per technique.
+
+- :func:`create` builds any technique channels-first from its name or an alias;
+  :func:`factory` makes a :class:`NormFactory` (features -> layer, in a chosen
+  layout), what the model builders take.
+- :func:`spec_of` tells which technique a layer is (torch.nn's or normlab's);
+  :func:`norm_classes` lists every normalization layer class. The Monitor,
+  :func:`~normlab.norms.convert.convert` and the runner's noise injection ask
+  these two instead of keeping lists of their own.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from functools import cached_property
 from torch import nn
 
 from normlab._names import did_you_mean
+from normlab.norms._layout import FeaturesLast
 from normlab.norms.batch import (
     BatchNorm1d,
     BatchNorm2d,
@@ -46,6 +56,10 @@ from normlab.norms.response import EvoNorm2dB0, FilterResponseNorm2d, LocalRespo
 from normlab.norms.switchable import SwitchableNorm2d
 
 Builder = Callable[..., nn.Module]
+
+# Where a technique's statistics come from at inference (eval mode), see NormSpec.
+INFERENCE = ("batch", "running", "sample", "frozen", "none")
+LAYOUTS = ("channels_first", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -77,7 +91,21 @@ def largest_divisor(num_channels: int, at_most: int) -> int:
 
 @dataclass(frozen=True)
 class NormSpec:
-    """What the registry knows of one technique."""
+    """What the registry knows of one technique.
+
+    ``inference`` is where its statistics come from in eval mode, as built by
+    default: ``"batch"`` (the batch's, even in eval), ``"running"`` (running
+    averages kept in training), ``"sample"`` (each sample's own), ``"frozen"``
+    (fixed buffers, never updated) or ``"none"`` (no statistics: identity, DyT).
+    A technique that mixes batch and per-sample statistics (EvoNorm-B0,
+    Switchable) takes the value of its batch part, ``"running"``: that part
+    is what makes it batch-dependent and its eval output differ from training.
+
+    ``fused_activation``: the layer applies its own nonlinearity (FRN's TLU,
+    EvoNorm's), so no activation follows it in a model. ``torch_classes``: the
+    torch.nn classes that are this technique (base classes: ``_BatchNorm``
+    covers BatchNorm1d/2d/3d, SyncBatchNorm and the lazy ones).
+    """
 
     name: str
     cls: type[nn.Module]
@@ -87,10 +115,27 @@ class NormSpec:
     formula: str
     train_eval_differ: bool
     paper: str  # authors, year, title
+    inference: str  # one of INFERENCE
     aliases: dict[str, Builder | None] = field(default_factory=dict)  # None: the default build
     channels_last: bool = False  # normalizes the last axis, as torch's LayerNorm
     channels_first: Builder | None = None  # its (N, C, *) form, for channels_last techniques
-    classes: tuple[type[nn.Module], ...] = ()  # all classes of the technique (for convert)
+    classes: tuple[type[nn.Module], ...] = ()  # normlab's classes of it (default: (cls,))
+    fused_activation: bool = False
+    torch_classes: tuple[type[nn.Module], ...] = ()  # the torch.nn classes it twins
+
+    def __post_init__(self) -> None:
+        if self.inference not in INFERENCE:
+            raise ValueError(f"{self.name}: inference {self.inference!r} not in {INFERENCE}")
+
+    @property
+    def torch_twin(self) -> bool:
+        """Whether torch.nn has this technique too (``torch_classes``)."""
+        return bool(self.torch_classes)
+
+    @property
+    def layer_classes(self) -> tuple[type[nn.Module], ...]:
+        """Every class whose instances are this technique: normlab's, then torch.nn's."""
+        return (*(self.classes or (self.cls,)), *self.torch_classes)
 
     @property
     def batch_dependent(self) -> bool:
@@ -141,6 +186,7 @@ _SPECS: tuple[NormSpec, ...] = (
         formula="y = x",
         train_eval_differ=False,
         paper="—",
+        inference="none",
         aliases={"identity": None},
     ),
     NormSpec(
@@ -153,6 +199,8 @@ _SPECS: tuple[NormSpec, ...] = (
         train_eval_differ=True,
         paper="Ioffe & Szegedy, 2015, Batch Normalization: Accelerating Deep Network "
         "Training by Reducing Internal Covariate Shift",
+        inference="running",
+        torch_classes=(nn.modules.batchnorm._BatchNorm,),
         aliases={
             "batch": None,
             "bn": None,
@@ -174,6 +222,8 @@ _SPECS: tuple[NormSpec, ...] = (
         formula="y = γ (x − μ) / √(σ² + ε) + β, over the features",
         train_eval_differ=False,
         paper="Ba, Kiros & Hinton, 2016, Layer Normalization",
+        inference="sample",
+        torch_classes=(nn.LayerNorm,),
         aliases={
             "layer": None,
             "ln": None,
@@ -194,6 +244,8 @@ _SPECS: tuple[NormSpec, ...] = (
         formula="y = γ (x − μ_G) / √(σ²_G + ε) + β, per sample and channel group",
         train_eval_differ=False,
         paper="Wu & He, 2018, Group Normalization",
+        inference="sample",
+        torch_classes=(nn.GroupNorm,),
         aliases={"group": None, "gn": None, "group_norm": None},
     ),
     NormSpec(
@@ -206,6 +258,8 @@ _SPECS: tuple[NormSpec, ...] = (
         train_eval_differ=False,
         paper="Ulyanov, Vedaldi & Lempitsky, 2016, Instance Normalization: The Missing "
         "Ingredient for Fast Stylization",
+        inference="sample",
+        torch_classes=(nn.modules.instancenorm._InstanceNorm,),
         aliases={
             "instance": None,
             "in": None,
@@ -225,6 +279,8 @@ _SPECS: tuple[NormSpec, ...] = (
         formula="y = γ x / √(mean(x²) + ε)",
         train_eval_differ=False,
         paper="Zhang & Sennrich, 2019, Root Mean Square Layer Normalization",
+        inference="sample",
+        torch_classes=(nn.RMSNorm,),
         aliases={"rms": None, "rms_norm": None, "rmsnorm2d": RMSNorm2d},
         channels_last=True,
         channels_first=RMSNorm2d,
@@ -240,6 +296,8 @@ _SPECS: tuple[NormSpec, ...] = (
         train_eval_differ=False,
         paper="Krizhevsky, Sutskever & Hinton, 2012, ImageNet Classification with Deep "
         "Convolutional Neural Networks",
+        inference="sample",
+        torch_classes=(nn.LocalResponseNorm,),
         aliases={"local_response": None, "localresponsenorm": None},
     ),
     NormSpec(
@@ -253,6 +311,7 @@ _SPECS: tuple[NormSpec, ...] = (
         train_eval_differ=True,
         paper="Ioffe, 2017, Batch Renormalization: Towards Reducing Minibatch Dependence "
         "in Batch-Normalized Models",
+        inference="running",
         aliases={
             "batch_renorm": None,
             "brn": None,
@@ -271,6 +330,7 @@ _SPECS: tuple[NormSpec, ...] = (
         train_eval_differ=True,
         paper="Hoffer, Hubara & Soudry, 2017, Train longer, generalize better: closing the "
         "generalization gap in large batch training of neural networks",
+        inference="running",
         aliases={
             "ghost_batch": None,
             "ghost": None,
@@ -289,6 +349,7 @@ _SPECS: tuple[NormSpec, ...] = (
         formula="y = γ (x − μ_run) / √(σ²_run + ε) + β, all fixed buffers",
         train_eval_differ=False,
         paper="torchvision's FrozenBatchNorm2d (detection fine-tuning practice)",
+        inference="frozen",
         aliases={"frozen_batch": None, "frozenbn": None, "frozen_bn": None},
     ),
     NormSpec(
@@ -301,6 +362,8 @@ _SPECS: tuple[NormSpec, ...] = (
         train_eval_differ=False,
         paper="Singh & Krishnan, 2019, Filter Response Normalization Layer: Eliminating "
         "Batch Dependence in the Training of Deep Neural Networks",
+        inference="sample",
+        fused_activation=True,
         aliases={"filter_response": None, "filterresponsenorm": None},
     ),
     NormSpec(
@@ -312,6 +375,8 @@ _SPECS: tuple[NormSpec, ...] = (
         formula="y = γ x / max(√(σ²_B + ε), v x + √(σ²_I + ε)) + β",
         train_eval_differ=True,
         paper="Liu, Brock, Simonyan & Le, 2020, Evolving Normalization-Activation Layers",
+        inference="running",
+        fused_activation=True,
         aliases={"evonormb0": None, "evonorm2db0": None},
     ),
     NormSpec(
@@ -323,6 +388,8 @@ _SPECS: tuple[NormSpec, ...] = (
         formula="y = γ x · sigmoid(v x) / √(σ²_G + ε) + β",
         train_eval_differ=False,
         paper="Liu, Brock, Simonyan & Le, 2020, Evolving Normalization-Activation Layers",
+        inference="sample",
+        fused_activation=True,
         aliases={"evonorms0": None, "evonorm2ds0": None},
     ),
     NormSpec(
@@ -335,6 +402,7 @@ _SPECS: tuple[NormSpec, ...] = (
         train_eval_differ=True,
         paper="Luo, Ren, Peng, Zhang & Li, 2018, Differentiable Learning-to-Normalize via "
         "Switchable Normalization",
+        inference="running",
         aliases={"sn": None, "switchable_norm": None, "switchablenorm": None},
     ),
     NormSpec(
@@ -347,6 +415,7 @@ _SPECS: tuple[NormSpec, ...] = (
         train_eval_differ=False,
         paper="Nguyen & Salazar, 2019, Transformers without Tears: Improving the "
         "Normalization of Self-Attention",
+        inference="sample",
         aliases={"scale": None, "scale_norm": None},
         channels_last=True,
         channels_first=lambda c, **kw: ScaleNorm(c, channels_last=False, **kw),
@@ -360,6 +429,7 @@ _SPECS: tuple[NormSpec, ...] = (
         formula="y = γ tanh(α x) + β",
         train_eval_differ=False,
         paper="Zhu, Chen, He, LeCun & Liu, 2025, Transformers without Normalization",
+        inference="none",
         aliases={"dynamic_tanh": None, "dynamictanh": None},
         channels_last=True,
         channels_first=lambda c, **kw: DynamicTanh(c, channels_last=False, **kw),
@@ -396,9 +466,37 @@ def _lookup(name: str) -> tuple[NormSpec, Builder]:
     raise KeyError(f"unknown normalization {name!r}{hint} (techniques: {', '.join(available())})")
 
 
-def all_classes() -> tuple[type[nn.Module], ...]:
-    """Every layer class the registry builds (not nn.Identity), in registry order."""
-    return tuple(cls for s in _SPECS for cls in (s.classes or (s.cls,)) if cls is not nn.Identity)
+def _normalizes(s: NormSpec) -> bool:
+    return s.cls is not nn.Identity  # 'none' is the baseline, not a layer to find
+
+
+def norm_classes() -> tuple[type[nn.Module], ...]:
+    """Every normalization layer class normlab knows, in registry order: each
+    technique's own classes, then the torch.nn classes it twins (not nn.Identity)."""
+    return tuple(cls for s in _SPECS if _normalizes(s) for cls in s.layer_classes)
+
+
+_BY_CLASS: dict[type, NormSpec] = {
+    cls: s for s in _SPECS if _normalizes(s) for cls in s.layer_classes
+}
+
+
+def spec_of(module: nn.Module) -> NormSpec | None:
+    """The technique ``module`` is (a torch.nn or normlab layer, or a subclass of
+    one: the most derived registered class decides), or None for any other
+    module, nn.Identity and wrappers such as FeaturesLast included."""
+    for cls in type(module).__mro__:
+        if cls in _BY_CLASS:
+            return _BY_CLASS[cls]
+    return None
+
+
+def canonical(name: str) -> str:
+    """The one spelling of ``name``: the technique's registry name for itself and its
+    plain aliases ('bn' -> 'batchnorm'), the normalized alias for an alias that builds
+    a layer of its own ('sync_bn', 'layernorm2d'). Unknown names raise KeyError."""
+    spec_, build = _lookup(name)
+    return spec_.name if build is spec_.build else _key(name)
 
 
 def spec(name: str) -> NormSpec:
@@ -416,3 +514,63 @@ def create(name: str, num_features: int, **kwargs) -> nn.Module:
     """
     _, build = _lookup(name)
     return build(num_features, **kwargs)
+
+
+class NormFactory:
+    """A callable ``features -> nn.Module`` building one technique in one layout
+    (what :func:`factory` returns and the model builders take).
+
+    ``layout`` is ``"channels_first"`` for (N, C, *) tensors: techniques that
+    normalize the last axis take their channels-first form (LayerNorm2d,
+    RMSNorm2d, ScaleNorm and DynamicTanh with ``channels_last=False``); or
+    ``"channels_last"`` for (..., C) tensors: channels-first techniques come
+    wrapped in :class:`FeaturesLast`. ``kwargs`` go to every layer's constructor.
+    """
+
+    def __init__(self, name: str, layout: str = "channels_first", **kwargs) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        spec_, build = _lookup(name)
+        self.name = canonical(name)
+        self.spec = spec_
+        self.layout = layout
+        self.kwargs = dict(kwargs)
+        native_last = spec_.channels_last and build is not spec_.channels_first
+        if spec_.cls is nn.Identity:
+            self._build, self._wrap = build, False
+        elif layout == "channels_first":
+            to_first = native_last and build is spec_.build and spec_.channels_first is not None
+            self._build, self._wrap = (spec_.channels_first if to_first else build), False
+        else:
+            self._build, self._wrap = build, not native_last
+
+    def __call__(self, features: int) -> nn.Module:
+        layer = self._build(features, **self.kwargs)
+        return FeaturesLast(layer) if self._wrap else layer
+
+    def with_layout(self, layout: str) -> NormFactory:
+        """The same technique and arguments in ``layout``."""
+        return NormFactory(self.name, layout, **self.kwargs)
+
+    def __reduce__(self):
+        return _factory_from, (self.name, self.layout, self.kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NormFactory):
+            return NotImplemented
+        return (self.name, self.layout, self.kwargs) == (other.name, other.layout, other.kwargs)
+
+    def __repr__(self) -> str:
+        args = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
+        return f"NormFactory({self.name!r}, layout={self.layout!r}{args})"
+
+
+def _factory_from(name: str, layout: str, kwargs: dict) -> NormFactory:
+    return NormFactory(name, layout, **kwargs)
+
+
+def factory(name: str, layout: str = "channels_first", **kwargs) -> NormFactory:
+    """A :class:`NormFactory` for technique ``name`` (a registry name or an alias)
+    in ``layout`` (``"channels_first"`` or ``"channels_last"``); ``kwargs`` go to
+    each layer's constructor. Unknown names raise KeyError here, not at first use."""
+    return NormFactory(name, layout, **kwargs)
