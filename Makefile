@@ -4,16 +4,24 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.normlab-installed
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+# The main job needs normlab alone; the tests add the dev extra (pytest, ruff, Triton, Ray).
+BASE := $(VENV)/.normlab-base
+DEV := $(VENV)/.normlab-dev
 
-.PHONY: setup compare check test lint clean
+.PHONY: setup setup-dev compare check test lint clean
 
-setup: $(STAMP)
+setup: $(BASE)
+setup-dev: $(DEV)
 
-$(STAMP): pyproject.toml constraints.txt
+$(BASE): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	$(PIP) -e .
+	touch $(BASE)
+
+$(DEV): $(BASE)
+	$(PIP) -e '.[dev]'
+	touch $(DEV)
 
 compare: setup
 	$(BIN)/normlab compare
@@ -22,7 +30,7 @@ check: setup
 	$(BIN)/normlab list
 	$(BIN)/normlab check
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check normlab tests benchmarks
 	$(BIN)/ruff format --check normlab tests benchmarks
 

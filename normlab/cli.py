@@ -2,29 +2,59 @@
 
 from __future__ import annotations
 
+import enum
 import json
-import re
 import sys
+import time
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from normlab.experiments import catalog
 from normlab.norms.registry import available, spec
-from normlab.parity import run_parity
 
 app = typer.Typer(
     help="normlab: activation normalization for PyTorch — the techniques, and why they help.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # help text is shown as written: 'normlab[ray]', [default: ...]
 )
 # Wide enough for the tables when the output is piped (Rich assumes 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 140)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+Dtype = enum.Enum("Dtype", {n: n for n in ("float32", "float64", "bfloat16")}, type=str)
+Executor = enum.Enum("Executor", {"local": "local", "ray": "ray"}, type=str)
+ExperimentName = enum.Enum("ExperimentName", {n: n for n in catalog.EXPERIMENTS}, type=str)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one error line (no traceback) and return the Exit to raise."""
+    errors.print(f"normlab: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"normlab {package_version('normlab')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """normlab: activation normalization for PyTorch — the techniques, and why they help."""
+
+
+# ---------------------------------------------------------------- techniques
 
 
 def technique_rows(costs: dict[str, float] | None = None) -> list[dict[str, str]]:
@@ -41,6 +71,7 @@ def technique_rows(costs: dict[str, float] | None = None) -> list[dict[str, str]
             "(N, F) over": s.axes_features,
             "batch-dep.": "yes" if s.batch_dependent else "no",
             "train≠eval": "yes" if s.train_eval_differ else "no",
+            "inference stats": s.inference,
             "parameters": ", ".join(s.parameters) or "-",
         }
         if costs is not None:
@@ -67,6 +98,10 @@ def read_costs(path: Path) -> dict[str, float]:
         raise typer.BadParameter(f"cannot read costs from {path}: {e}") from e
 
 
+# What `normlab list` shows without --wide: fits 80 columns (the paper wraps).
+NARROW = ("name", "(N, C, H, W) over", "inference stats", "paper")
+
+
 @app.command("list")
 def list_techniques(
     markdown: Annotated[bool, typer.Option(help="print a Markdown table instead")] = False,
@@ -74,41 +109,40 @@ def list_techniques(
         Path | None,
         typer.Option(help="JSON from benchmarks/cpu_norms.py: adds a cost column"),
     ] = None,
+    wide: Annotated[bool, typer.Option(help="every column (needs a wide terminal)")] = False,
 ) -> None:
-    """Table of the techniques: formula, axes of the statistics, parameters, paper."""
+    """Table of the techniques: axes of the statistics, where inference statistics come
+    from, paper (--wide: class, formula, parameters too)."""
     cost_map = read_costs(costs) if costs is not None else None
     if markdown:
         typer.echo(technique_markdown(cost_map), nl=False)
         return
     rows = technique_rows(cost_map)
-    for row in rows:  # formulas and titles are in `--markdown` (docs/techniques.md)
-        del row["formula"]
-        row["paper"] = re.sub(r"^(.*?\d{4}).*", r"\1", row["paper"])
+    columns = list(rows[0]) if wide else [c for c in rows[0] if c in NARROW or c.startswith("cost")]
     table = Table(title="normlab techniques: the axes one statistic is taken over")
-    min_width = {"parameters": 18, "paper": 24, "(N, C, H, W) over": 12, "(N, F) over": 10}
-    for column in rows[0]:
-        table.add_column(column, min_width=min_width.get(column), no_wrap=column not in min_width)
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=wide or column != "paper")
     for row in rows:
-        table.add_row(*row.values())
-    console.print(table)
+        table.add_row(*(row[c] for c in columns))
+    # --wide: one line per technique, however wide that is (the terminal may scroll).
+    (Console(width=100_000) if wide else console).print(table)
 
 
 @app.command("check")
 def check(
     dtype: Annotated[
-        list[str] | None,
-        typer.Option(
-            help=f"dtype to check, repeatable: {', '.join(_DTYPES)} [default: float32, float64]"
-        ),
+        list[Dtype] | None,
+        typer.Option(help="dtype to check, repeatable [default: float32, float64]"),
     ] = None,
 ) -> None:
     """Check every layer against its torch.nn twin on every backend (train steps, then eval)."""
-    dtype = dtype or ["float32", "float64"]
-    unknown = [d for d in dtype if d not in _DTYPES]
-    if unknown:
-        raise typer.BadParameter(f"unknown dtype {unknown[0]!r}; choose from {', '.join(_DTYPES)}")
+    import torch
+
+    from normlab.parity import run_parity
+
+    names = [d.value for d in dtype] if dtype else ["float32", "float64"]
     with console.status("training normlab and torch.nn layers side by side..."):
-        results = run_parity(dtypes=tuple(_DTYPES[d] for d in dtype))
+        results = run_parity(dtypes=tuple(getattr(torch, n) for n in names))
     table = Table(title="parity with torch.nn: largest relative difference")
     for column in ("layer", "backend", "dtype"):
         table.add_column(column)
@@ -131,146 +165,209 @@ def check(
     console.print(f"[green]all {len(results)} checks within tolerance[/green]")
 
 
-def _sweep_progress(description_width: int | None = None):
-    """The progress bar of a sweep: what finished last, bar, runs done, ETA."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    width = f":<{description_width}" if description_width else ""
-    return Progress(
-        TextColumn("{task.description" + width + "}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
-EXECUTORS = ("local", "ray")
-
-
-def _executor(name: str, jobs: int, address: str | None):
-    """The sweep executor the options ask for."""
-    from normlab import experiments
-
-    if name not in EXECUTORS:
-        raise typer.BadParameter(
-            f"unknown executor {name!r}; choose {' or '.join(EXECUTORS)}", param_hint="--executor"
-        )
-    if name == "local":
-        if address is not None:
-            raise typer.BadParameter("--address needs --executor ray", param_hint="--address")
-        return experiments.LocalExecutor(jobs or None)
-    if jobs:
-        raise typer.BadParameter(
-            "--jobs is for --executor local; Ray runs as many at once as the cluster has CPUs",
-            param_hint="--jobs",
-        )
-    return experiments.RayExecutor(address)
-
+# ---------------------------------------------------------------- the lab
 
 _EXECUTOR_HELP = "local (worker processes here) or ray (a Ray cluster; pip install 'normlab[ray]')"
 _ADDRESS_HELP = (
     "Ray cluster address: auto (the cluster this machine is in), ray://HEAD:10001 "
     "(Ray Client); default: $RAY_ADDRESS, else a new local Ray instance"
 )
+_NORMS_HELP = "norms, comma-separated or repeated (default: the experiment's)"
+_MODEL_HELP = "model: mlp, cnn, resnet, transformer, or your builder as package.module:function"
+_DATASET_HELP = (
+    "data set: a normlab.data name (mnist, fashion-mnist, ...) or your loader as "
+    "package.module:function (default: the experiment's)"
+)
+_SET_HELP = "override a run field, e.g. --set steps=500 (repeatable)"
+
+Norms = Annotated[list[str] | None, typer.Option("--norms", help=_NORMS_HELP)]
+Model = Annotated[str | None, typer.Option(help=_MODEL_HELP)]
+Dataset = Annotated[str | None, typer.Option(help=_DATASET_HELP)]
+Seeds = Annotated[int, typer.Option(min=1, help="seeds per configuration")]
+Jobs = Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)")]
+ExecutorOption = Annotated[Executor, typer.Option(help=_EXECUTOR_HELP)]
+Address = Annotated[str | None, typer.Option(help=_ADDRESS_HELP)]
+Sets = Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)]
 
 
-def _parse_overrides(items: list[str]) -> dict:
-    """``field=value`` strings as a dict; values read as Python literals when they parse."""
-    import ast
+def _split_norms(norms: list[str] | None) -> list[str] | None:
+    """--norms a,b --norms c -> [a, b, c] (canonicalized later, by the sweep)."""
+    if not norms:
+        return None
+    return [n.strip() for item in norms for n in item.split(",") if n.strip()] or None
 
-    from normlab.experiments.config import RUN_FIELDS, ConfigError
 
-    overrides = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or name not in RUN_FIELDS:
-            raise ConfigError(
-                f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(RUN_FIELDS)}"
+def _executor(name: Executor, jobs: int, address: str | None):
+    """The sweep executor the options ask for."""
+    from normlab.experiments.executors import LocalExecutor
+
+    if name is Executor.local:
+        if address is not None:
+            raise typer.BadParameter("--address needs --executor ray", param_hint="--address")
+        return LocalExecutor(jobs or None)
+    if jobs:
+        raise typer.BadParameter(
+            "--jobs is for --executor local; Ray runs as many at once as the cluster has CPUs",
+            param_hint="--jobs",
+        )
+    from normlab.experiments.ray_executor import RayExecutor
+
+    return RayExecutor(address)
+
+
+def _plan(names, norms, seeds, quick, model, dataset, sets, nproc=0) -> list:
+    """(experiment, sweep) per name; every configuration validated before anything runs."""
+    from normlab.experiments.config import ConfigError, parse_overrides
+
+    try:
+        overrides = parse_overrides(sets or [])
+        for field, value in (("model", model), ("dataset", dataset), ("nproc", nproc or None)):
+            if value is not None:
+                overrides[field] = value
+        plans = []
+        for name in names:
+            experiment = catalog.get(name)
+            plans.append(
+                (experiment, experiment.sweep(_split_norms(norms), seeds, quick, overrides))
             )
-        try:
-            overrides[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            overrides[name] = text
-    return overrides
+        return plans
+    except (KeyError, ConfigError) as e:
+        raise _fail(str(e.args[0] if isinstance(e, KeyError) else e)) from None
+
+
+class _Progress:
+    """A Rich progress bar on a terminal; elsewhere (a log file, a pipe) one plain
+    line per finished run: experiment, run, seconds, its final test accuracy."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.bar = None
+        if console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description:<28}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self.task = self.bar.add_task("starting", total=total)
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def callback(self, experiment, sweep):
+        varying = [f for f in sweep.grid if f != "norm"]
+
+        def finished(config, summary) -> None:
+            self.done += 1
+            if self.bar is not None:
+                self.bar.update(
+                    self.task, advance=1, description=f"{experiment.name}: {config.norm}"
+                )
+                return
+            fields = " ".join(f"{f}={getattr(config, f)}" for f in varying)
+            accuracy = summary.get("final_test_acc", float("nan"))
+            print(
+                f"[{self.done}/{self.total}] {experiment.name} {config.norm} {fields} "
+                f"seed={config.seed}: {summary.get('wall_seconds', float('nan')):.1f} s, "
+                f"test acc {accuracy:.3f}",
+                flush=True,
+            )
+
+        return finished
+
+
+def _sweep_all(plans, out_root: Path, pool, quick: bool = False) -> None:
+    """Run every plan's sweep into out_root/<experiment>, with progress."""
+    from normlab.experiments.store import ResultsStore, ResultsStoreError, StoreBusyError
+    from normlab.experiments.sweep import run_sweep
+
+    try:
+        stores = [ResultsStore(out_root / e.name) for e, _ in plans]
+    except ResultsStoreError as e:
+        raise _fail(str(e)) from None
+    counts = [
+        (len(s.configs()), sum(not st.has(c) for c in s.configs()))
+        for (_, s), st in zip(plans, stores, strict=True)
+    ]
+    total, todo = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    names = ", ".join(e.name for e, _ in plans)
+    console.print(
+        f"{names}: {total} runs, {total - todo} already done, results in {out_root}"
+        + (" [quick]" if quick else ""),
+        markup=False,
+    )
+    with _Progress(todo) as progress:
+        for (experiment, sweep), store in zip(plans, stores, strict=True):
+            try:
+                run_sweep(sweep, store.root, pool, progress.callback(experiment, sweep))
+            except StoreBusyError as e:
+                raise _fail(str(e), 1) from None
+
+
+def _print_frame(frame, title: str) -> None:
+    import pandas as pd
+
+    table = Table(title=title)
+    for column in frame.columns:
+        numeric = pd.api.types.is_numeric_dtype(frame[column])
+        table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(
+            *("—" if pd.isna(v) else f"{v:.3g}" if isinstance(v, float) else str(v) for v in row)
+        )
+    console.print(table)
 
 
 @app.command("run")
 def run_experiment(
     experiment: Annotated[
-        str, typer.Argument(help="ics, batch-size, lr, init, depth, cost, train-eval")
+        ExperimentName, typer.Argument(help="the experiment: " + ", ".join(catalog.EXPERIMENTS))
     ],
-    norms: Annotated[
-        list[str] | None,
-        typer.Option("--norms", help="norm names (repeatable; default: the experiment's)"),
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="data set (default: the experiment's)")
-    ] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="seeds per configuration")] = 1,
-    jobs: Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)")] = 0,
-    executor: Annotated[str, typer.Option(help=_EXECUTOR_HELP)] = "local",
-    address: Annotated[str | None, typer.Option(help=_ADDRESS_HELP)] = None,
+    norms: Norms = None,
+    model: Model = None,
+    dataset: Dataset = None,
+    seeds: Seeds = 1,
+    jobs: Jobs = 0,
+    executor: ExecutorOption = Executor.local,
+    address: Address = None,
     out: Annotated[Path, typer.Option(help="results directory")] = Path("normlab-results"),
     quick: Annotated[bool, typer.Option(help="tiny sizes: a smoke test")] = False,
     nproc: Annotated[
         int, typer.Option(min=0, help="data-parallel processes per run (0: the experiment's)")
     ] = 0,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="override a run field, e.g. --set steps=500 (repeatable)"),
-    ] = None,
+    set_: Sets = None,
 ) -> None:
-    """Run an experiment's sweep (resuming a finished part) and print its headline table."""
-    from normlab import experiments
-    from normlab.experiments.config import ConfigError
+    """Run an experiment's sweep (resuming a finished part) and print its headline table.
 
-    try:
-        exp = experiments.get(experiment)
-        overrides = {"dataset": dataset} if dataset else {}
-        if nproc:
-            overrides["nproc"] = nproc
-        overrides.update(_parse_overrides(set_ or []))
-        sweep = exp.sweep(tuple(norms) if norms else None, seeds, quick, **overrides)
-        configs = sweep.configs()
-    except (KeyError, ConfigError, TypeError) as e:
-        raise typer.BadParameter(str(e.args[0] if isinstance(e, KeyError) else e)) from e
+    An override (--set, --norms, --model, --dataset) of a field the experiment sweeps
+    over narrows the sweep to that value."""
+    plans = _plan([experiment.value], norms, seeds, quick, model, dataset, set_, nproc)
     pool = _executor(executor, jobs, address)
-    root = out / experiment
-    store = experiments.ResultsStore(root)
-    todo = sum(not store.has(c) for c in configs)
-    console.print(
-        f"[bold]{experiment}[/bold]: {len(configs)} runs, {len(configs) - todo} already done, "
-        f"results in {root}"
-    )
-    with _sweep_progress() as progress:
-        task = progress.add_task("runs", total=todo)
+    _sweep_all(plans, out, pool, quick)
+    exp = plans[0][0]
+    from normlab.experiments.store import ResultsStore
 
-        def advance(config, summary) -> None:
-            progress.update(task, advance=1, description=f"{config.norm} done")
-
-        experiments.run_sweep(sweep, root, pool, advance)
+    store = ResultsStore(out / exp.name)
     headline = exp.headline(store)
-    table = Table(title=f"{experiment}: {exp.description}")
-    for column in headline.columns:
-        table.add_column(
-            str(column), justify="left" if headline[column].dtype == object else "right"
-        )
-    for row in headline.itertuples(index=False):
-        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row))
-    console.print(table)
-    headline.to_csv(root / "headline.csv", index=False)
-    console.print(f"headline written to {root / 'headline.csv'}")
-
-
-SUITE = ("ics", "batch-size", "lr", "init", "depth", "cost")
+    _print_frame(headline, f"{exp.name}: {exp.description}")
+    headline.to_csv(store.root / "headline.csv", index=False)
+    console.print(f"headline written to {store.root / 'headline.csv'}", markup=False)
 
 
 @app.command("compare")
@@ -279,95 +376,69 @@ def compare(
         "normlab-report"
     ),
     quick: Annotated[bool, typer.Option(help="CI-sized: every experiment tiny")] = False,
-    norms: Annotated[
-        list[str] | None,
-        typer.Option("--norms", help="norms (repeatable; default: each experiment's)"),
-    ] = None,
-    dataset: Annotated[str | None, typer.Option(help="data set (default: mnist)")] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="seeds per configuration")] = 1,
-    jobs: Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)")] = 0,
-    executor: Annotated[str, typer.Option(help=_EXECUTOR_HELP)] = "local",
-    address: Annotated[str | None, typer.Option(help=_ADDRESS_HELP)] = None,
+    norms: Norms = None,
+    model: Model = None,
+    dataset: Dataset = None,
+    seeds: Seeds = 1,
+    jobs: Jobs = 0,
+    executor: ExecutorOption = Executor.local,
+    address: Address = None,
     experiments_: Annotated[
-        list[str] | None,
-        typer.Option("--experiments", help=f"experiments to run (default: {', '.join(SUITE)})"),
+        list[ExperimentName] | None,
+        typer.Option(
+            "--experiments", help=f"experiments to run (default: {', '.join(catalog.SUITE)})"
+        ),
     ] = None,
+    set_: Sets = None,
 ) -> None:
     """Train and measure the techniques on the embedded MNIST and write an HTML report.
 
     Runs the suite (resuming whatever an earlier, interrupted run finished),
     then writes OUT/index.html with the pictures embedded, and the tables as CSV.
     """
-    import time
-
-    from normlab import experiments
-    from normlab.experiments.config import ConfigError
     from normlab.report import html
 
-    names = list(experiments_ or SUITE)
-    root = out / "results"
-    try:
-        plans = []
-        for name in names:
-            exp = experiments.get(name)
-            overrides = {"dataset": dataset} if dataset else {}
-            sweep = exp.sweep(tuple(norms) if norms else None, seeds, quick, **overrides)
-            configs = sweep.configs()
-            store = experiments.ResultsStore(root / name)
-            plans.append((name, sweep, sum(not store.has(c) for c in configs), len(configs)))
-    except (KeyError, ConfigError) as e:
-        raise typer.BadParameter(str(e.args[0] if isinstance(e, KeyError) else e)) from e
+    names = [e.value for e in experiments_] if experiments_ else list(catalog.SUITE)
+    plans = _plan(names, norms, seeds, quick, model, dataset, set_)
     pool = _executor(executor, jobs, address)
-    todo = sum(p[2] for p in plans)
-    console.print(
-        f"[bold]normlab compare[/bold]: {len(names)} experiments, {sum(p[3] for p in plans)} runs "
-        f"({sum(p[3] for p in plans) - todo} already done){' [quick]' if quick else ''}"
-    )
     start = time.perf_counter()
-    with _sweep_progress(description_width=28) as progress:
-        task = progress.add_task("starting", total=todo)
-        for name, sweep, _, _ in plans:
-
-            def advance(config, summary, name=name) -> None:
-                progress.update(task, advance=1, description=f"{name}: {config.norm}")
-
-            progress.update(task, description=f"{name}")
-            experiments.run_sweep(sweep, root / name, pool, advance)
+    _sweep_all(plans, out / "results", pool, quick)
     with console.status("writing the report..."):
-        path = html.build(root, out)
-    summary = Table(title="summary (from the runs; details in the report)")
+        path = html.build(out / "results", out)
     import pandas as pd
 
-    frame = pd.read_csv(out / "summary.csv")
-    for column in frame.columns:
-        summary.add_column(str(column), overflow="fold")
-    for row in frame.itertuples(index=False):
-        summary.add_row(
-            *("—" if pd.isna(v) else f"{v:.3g}" if isinstance(v, float) else str(v) for v in row)
-        )
-    console.print(summary)
-    console.print(f"report: {path}  ({time.perf_counter() - start:.0f} s)")
+    _print_frame(pd.read_csv(out / "summary.csv"), "summary (from the runs; details in the report)")
+    console.print(f"report: {path}  ({time.perf_counter() - start:.0f} s)", markup=False)
 
 
 @app.command("report")
 def report(
-    results: Annotated[
-        Path, typer.Argument(help="results directory (a compare run's OUT/results)")
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            help="a compare directory (holding results/) or a results directory "
+            "(holding one folder per experiment)"
+        ),
     ],
     out: Annotated[
-        Path | None, typer.Option(help="report directory (default: results' parent)")
+        Path | None,
+        typer.Option(help="report directory (default: the compare directory, or DIRECTORY/report)"),
     ] = None,
 ) -> None:
     """Rebuild the HTML report from stored results, without training."""
     from normlab.report import html
 
-    if not results.is_dir():
-        raise typer.BadParameter(f"results directory {results} does not exist")
-    path = html.build(results, out or results.parent)
-    console.print(f"report: {path}")
+    if not directory.is_dir():
+        raise _fail(f"{directory} is not a directory")
+    results, default_out = html.locate(directory)
+    try:
+        path = html.build(results, out or default_out)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    console.print(f"report: {path}", markup=False)
 
 
-viz = typer.Typer(help="Pictures on their own.", no_args_is_help=True)
+viz = typer.Typer(help="Pictures on their own.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(viz, name="viz")
 
 
@@ -382,10 +453,13 @@ def viz_axes(
     """Draw what each technique normalizes over (the GroupNorm paper's Figure 2)."""
     from normlab.report import axes
 
-    names = [spec(n).name for n in norms] if norms else [n for n in available() if n != "none"]
-    fig = axes.figure(names, features=features)
+    try:
+        names = [spec(n).name for n in _split_norms(norms) or []]
+    except KeyError as e:
+        raise _fail(e.args[0]) from None
+    fig = axes.figure(names or [n for n in available() if n != "none"], features=features)
     fig.savefig(out, dpi=100)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out}", markup=False)
 
 
 @viz.command("drift")
@@ -397,5 +471,10 @@ def viz_drift(
     """Animate each norm's last-layer sigmoid-input distribution over training."""
     from normlab.report import animation
 
-    animation.drift_gif(results, out, frames)
-    console.print(f"wrote {out}")
+    if not (results / "runs").is_dir():
+        raise _fail(f"{results} holds no runs/ directory (an ics results directory does)")
+    try:
+        animation.drift_gif(results, out, frames)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    console.print(f"wrote {out}", markup=False)

@@ -5,7 +5,9 @@ with errors that name them."""
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+import shlex
 import struct
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from normlab import data
-from normlab.data.files import DataFileError, read_idx
+from normlab.data.files import DataFileError, read_cifar10, read_idx
 
 
 def _write_idx(path, array: np.ndarray, gz: bool) -> None:
@@ -185,3 +187,48 @@ def test_full_mnist_from_an_idx_directory_and_offline_download(tmp_path, monkeyp
     monkeypatch.setattr(data.urllib.request, "urlretrieve", offline)
     with pytest.raises(DataFileError, match="cannot download https://ossci-datasets"):
         data.load("mnist", data_dir=tmp_path / "absent", download=True)
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+@pytest.mark.parametrize("as_list", [False, True], ids=["array", "list"])
+def test_cifar10_batches_load_whatever_the_pickle_protocol(tmp_path, protocol, as_list):
+    rng = np.random.default_rng(2)
+    pixels = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        pixels[name] = rng.integers(0, 256, (2, 3072), dtype=np.uint8)
+        batch = {
+            b"batch_label": b"a batch",
+            b"data": pixels[name].tolist() if as_list else pixels[name],
+            b"labels": [3, 7],
+            b"filenames": [b"a.png", b"b.png"],
+        }
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(batch, f, protocol=protocol)
+    train_x, train_y, test_x, test_y = read_cifar10(tmp_path)
+    expected = np.concatenate([pixels[f"data_batch_{i}"] for i in range(1, 6)])
+    assert (train_x == expected.reshape(-1, 3, 32, 32)).all()
+    assert (test_x == pixels["test_batch"].reshape(-1, 3, 32, 32)).all()
+    assert list(train_y) == [3, 7] * 5 and list(test_y) == [3, 7]
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_cifar10_pickles_that_would_run_code_are_refused(tmp_path):
+    directory = _cifar_dir(tmp_path)
+    marker = tmp_path / "code-ran"
+    with open(directory / "data_batch_2", "wb") as f:
+        pickle.dump({b"data": _RunsCode(f"touch {shlex.quote(str(marker))}"), b"labels": [0]}, f)
+    with pytest.raises(
+        DataFileError,
+        match=rf"data_batch_2 is not a CIFAR-10 python batch .*the global {os.system.__module__}\.system, .*\(refused, not run\)",
+    ):
+        data.load("cifar10", data_dir=directory)
+    assert not marker.exists()

@@ -3,7 +3,6 @@ results store under Ctrl-C and SIGKILL, executors, and the CLI."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import signal
 import subprocess
@@ -25,13 +24,15 @@ def test_config_validation_names_the_field():
     with pytest.raises(
         ConfigError, match=r"norm: unknown normalization 'batchnrom'; did you mean 'batchnorm'"
     ):
-        dataclasses.replace(TINY, norm="batchnrom").validate()
+        TINY.replace(norm="batchnrom")
     with pytest.raises(ConfigError, match=r"dataset: unknown value 'mnsit'; did you mean 'mnist'"):
-        dataclasses.replace(TINY, dataset="mnsit").validate()
-    with pytest.raises(ConfigError, match="steps must be a positive integer, got -3"):
-        dataclasses.replace(TINY, steps=-3).validate()
-    with pytest.raises(ConfigError, match="lr must be a positive number"):
-        dataclasses.replace(TINY, lr=0).validate()
+        TINY.replace(dataset="mnsit")
+    with pytest.raises(
+        ConfigError, match="steps: Input should be greater than or equal to 1, got -3"
+    ):
+        TINY.replace(steps=-3)
+    with pytest.raises(ConfigError, match="lr: Input should be greater than 0, got 0"):
+        TINY.replace(lr=0)
     with pytest.raises(ConfigError, match=r"grid: unknown field 'nrom'; did you mean norm"):
         Sweep(TINY, {"nrom": ("batchnorm",)}).configs()
     with pytest.raises(ConfigError, match="unknown run config field"):
@@ -40,14 +41,14 @@ def test_config_validation_names_the_field():
 
 def test_run_id_is_a_hash_of_the_full_config():
     assert TINY.run_id == RunConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))).run_id
-    assert TINY.run_id != dataclasses.replace(TINY, seed=1).run_id
+    assert TINY.run_id != TINY.replace(seed=1).run_id
     assert (
         len({c.run_id for c in Sweep(TINY, {"norm": ("none", "batchnorm")}, (0, 1)).configs()}) == 4
     )
 
 
 def test_run_trains_evaluates_and_summarizes():
-    result = E.run(dataclasses.replace(TINY, norm="batchnorm"))
+    result = E.run(TINY.replace(norm="batchnorm"))
     acc = result.metrics[result.metrics.metric == "test_acc"]
     assert list(acc.step) == [10, 20] and acc.value.between(0, 1).all()
     assert result.summary["final_test_acc"] > 0.5  # a separable mixture
@@ -57,22 +58,18 @@ def test_run_trains_evaluates_and_summarizes():
 
 
 def test_divergence_is_detected_not_crashed():
-    result = E.run(dataclasses.replace(TINY, lr=1e6, steps=50, init_scale=10.0, monitor=False))
+    result = E.run(TINY.replace(lr=1e6, steps=50, init_scale=10.0, monitor=False))
     assert result.summary["diverged"] and result.summary["steps_done"] < 50
     assert pd.isna(result.summary["final_test_acc"])
 
 
 def test_epochs_set_the_number_of_steps():
-    result = E.run(
-        dataclasses.replace(TINY, epochs=2, batch_size=100, eval_every=1000, monitor=False)
-    )
+    result = E.run(TINY.replace(epochs=2, batch_size=100, eval_every=1000, monitor=False))
     assert result.summary["steps_done"] == 2 * 1600 // 100
 
 
 def test_sweep_resumes_and_reruns_only_missing_runs(tmp_path):
-    sweep = Sweep(
-        dataclasses.replace(TINY, monitor=False), {"norm": ("none", "batchnorm", "layernorm")}
-    )
+    sweep = Sweep(TINY.replace(monitor=False), {"norm": ("none", "batchnorm", "layernorm")})
     done = []
     store = E.run_sweep(sweep, tmp_path, E.LocalExecutor(1), lambda c, s: done.append(c.norm))
     assert sorted(done) == ["batchnorm", "layernorm", "none"] and len(store.ids()) == 3
@@ -90,7 +87,7 @@ def test_sweep_resumes_and_reruns_only_missing_runs(tmp_path):
 
 
 def test_a_failing_write_leaves_no_half_record(tmp_path, monkeypatch):
-    result = E.run(dataclasses.replace(TINY, monitor=False))
+    result = E.run(TINY.replace(monitor=False))
     store = E.ResultsStore(tmp_path)
 
     def broken(*args, **kwargs):
@@ -103,7 +100,7 @@ def test_a_failing_write_leaves_no_half_record(tmp_path, monkeypatch):
 
 
 def test_parallel_executor_matches_in_process(tmp_path):
-    sweep = Sweep(dataclasses.replace(TINY, monitor=False), {"norm": ("none", "batchnorm")}, (0, 1))
+    sweep = Sweep(TINY.replace(monitor=False), {"norm": ("none", "batchnorm")}, (0, 1))
     one = E.run_sweep(sweep, tmp_path / "one", E.LocalExecutor(1)).summaries()
     two = E.run_sweep(sweep, tmp_path / "two", E.LocalExecutor(2)).summaries()
     merged = one.merge(two, on="run_id", suffixes=("_1", "_2"))
@@ -175,7 +172,7 @@ def _flat(output: str) -> str:
 
 def test_cli_run_rejects_unknown_names(tmp_path):
     result = CliRunner().invoke(app, ["run", "icss", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "did you mean ics" in _flat(result.output)
+    assert result.exit_code == 2 and "'icss' is not one of 'ics'" in _flat(result.output)
     result = CliRunner().invoke(app, ["run", "ics", "--norms", "batchnrom", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "did you mean 'batchnorm'" in _flat(result.output)
 
@@ -184,7 +181,6 @@ def test_every_experiment_builds_a_valid_quick_sweep():
     for name, experiment in E.EXPERIMENTS.items():
         configs = experiment.sweep(quick=True).configs()
         assert configs, name
-        assert all(c.validate() for c in configs)
 
 
 def test_cli_set_overrides_run_fields(tmp_path):
@@ -212,13 +208,13 @@ def test_cli_set_overrides_run_fields(tmp_path):
 
 
 def test_noisy_batchnorm_and_probes_in_the_runner():
-    config = dataclasses.replace(TINY, norm="batchnorm", noise=1.0, probe_every=10, monitor=False)
+    config = TINY.replace(norm="batchnorm", noise=1.0, probe_every=10, monitor=False)
     result = E.run(config)
     names = set(result.metrics.metric)
     assert {"loss_variation", "gradient_predictiveness", "beta_smoothness"} <= names
     assert any(n.startswith("ics_l2/") for n in names)
     assert sorted(result.metrics[result.metrics.metric == "beta_smoothness"].step) == [0, 10]
-    plain = E.run(dataclasses.replace(config, noise=0.0))
+    plain = E.run(config.replace(noise=0.0))
     assert result.summary["final_train_loss"] != plain.summary["final_train_loss"]
 
 
@@ -226,37 +222,35 @@ def test_norm_specific_kwargs_reach_only_their_norm():
     from normlab.experiments.runner import norm_kwargs_for
 
     kwargs = (("eps", 1e-3), ("batchrenorm:warmup_steps", 0), ("gn:num_groups", 4))
-    assert norm_kwargs_for(dataclasses.replace(TINY, norm="brn", norm_kwargs=kwargs)) == {
+    assert norm_kwargs_for(TINY.replace(norm="brn", norm_kwargs=kwargs)) == {
         "eps": 1e-3,
         "warmup_steps": 0,
     }
-    assert norm_kwargs_for(dataclasses.replace(TINY, norm="groupnorm", norm_kwargs=kwargs)) == {
+    assert norm_kwargs_for(TINY.replace(norm="groupnorm", norm_kwargs=kwargs)) == {
         "eps": 1e-3,
         "num_groups": 4,
     }
-    assert norm_kwargs_for(dataclasses.replace(TINY, norm="layer", norm_kwargs=kwargs)) == {
-        "eps": 1e-3
-    }
+    assert norm_kwargs_for(TINY.replace(norm="layer", norm_kwargs=kwargs)) == {"eps": 1e-3}
 
 
 def test_data_parallel_sync_batchnorm_equals_one_process_on_the_global_batch():
     """2 processes x batch 16 with SyncBatchNorm train exactly as 1 process x 32
     with BatchNorm (DDP averages the gradients, the statistics span both)."""
-    base = dataclasses.replace(TINY, steps=12, eval_every=6, monitor=False, lr=0.05)
-    one = E.run(dataclasses.replace(base, norm="batchnorm", batch_size=32))
-    two = E.run(dataclasses.replace(base, norm="sync_bn", batch_size=16, nproc=2))
+    base = TINY.replace(steps=12, eval_every=6, monitor=False, lr=0.05)
+    one = E.run(base.replace(norm="batchnorm", batch_size=32))
+    two = E.run(base.replace(norm="sync_bn", batch_size=16, nproc=2))
     a, b = one.metrics, two.metrics
     for metric in ("test_acc", "test_loss"):
         x = a[a.metric == metric].value.to_numpy()
         y = b[b.metric == metric].value.to_numpy()
         assert len(x) == len(y) == 2
         assert abs(x - y).max() < 1e-4, (metric, x, y)
-    local = E.run(dataclasses.replace(base, norm="batchnorm", batch_size=16, nproc=2))
+    local = E.run(base.replace(norm="batchnorm", batch_size=16, nproc=2))
     assert local.summary["steps_done"] == 12  # per-process BatchNorm runs too
 
 
 def test_data_parallel_config_errors():
     with pytest.raises(ConfigError, match="need nproc=1"):
-        dataclasses.replace(TINY, nproc=2, probe_every=5).validate()
-    with pytest.raises(ConfigError, match="nproc must be a positive integer"):
-        dataclasses.replace(TINY, nproc=0).validate()
+        TINY.replace(nproc=2, probe_every=5)
+    with pytest.raises(ConfigError, match="nproc: Input should be greater than or equal to 1"):
+        TINY.replace(nproc=0)

@@ -7,6 +7,8 @@ import base64
 import re
 import shutil
 import subprocess
+import sys
+from html import escape as html_escape
 
 import pytest
 from typer.testing import CliRunner
@@ -15,12 +17,13 @@ from normlab import experiments as E
 from normlab.cli import app
 from normlab.report import axes, html
 
-EXPERIMENTS = ("ics", "batch-size", "lr", "cost")
+EXPERIMENTS = ("ics", "batch-size", "lr", "cost", "smoothness", "train-eval")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """A tiny run of four experiments (quick sizes, two norms)."""
+    """A tiny run of six experiments (quick sizes, two norms), two of them outside
+    `normlab compare`'s suite."""
     root = tmp_path_factory.mktemp("results")
     for name in EXPERIMENTS:
         sweep = E.get(name).sweep(("none", "batchnorm"), quick=True)
@@ -30,23 +33,17 @@ def results(tmp_path_factory):
 
 def test_report_is_self_contained_with_every_section(results, tmp_path):
     page = html.build(results, tmp_path).read_text()
-    for title in (
-        "What is normalized",
-        "Why: internal covariate shift",
-        "Training",
-        "Batch size",
-        "Learning rate",
-        "Initialization",
-        "Depth",
-        "Cost",
-        "Summary",
-    ):
-        assert f">{title}<" in page, title
+    for title in ("What is normalized", "Summary", *(e.title for e in E.EXPERIMENTS.values())):
+        assert f">{html_escape(title)}<" in page, title
+    for name in EXPERIMENTS:  # every experiment with results has its finding and figures
+        section = page.split(f">{html_escape(E.get(name).title)}<")[1].split("<h2>")[0]
+        assert 'class="finding"' in section and "<figure><img" in section, name
     images = re.findall(r'<img src="([^"]+)"', page)
     assert len(images) >= 7 and all(src.startswith("data:image/png;base64,") for src in images)
     for src in images:  # every picture is a real PNG
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "not run (normlab run init)" in page  # a missing experiment is said, not hidden
+    assert "not run (normlab run batch-size-ddp)" in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from outside
     summary = (tmp_path / "summary.csv").read_text()
     assert (
@@ -115,3 +112,44 @@ def test_axes_drawing_follows_the_registry():
         == axes.C_CELLS // axes.GROUPS * axes.HW_CELLS
     )
     assert len(axes.shaded_cells(StatSet(channels="all", spatial=False))) == axes.C_CELLS
+
+
+def test_report_goes_to_the_results_report_location_never_the_cwd(results, tmp_path, monkeypatch):
+    """`normlab report DIR` writes into DIR's report location, whatever the cwd."""
+    monkeypatch.chdir(tmp_path)
+    compare_dir = tmp_path / "cmp"
+    shutil.copytree(results, compare_dir / "results")
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", "cmp"])  # a compare directory
+    assert result.exit_code == 0, result.output
+    assert (compare_dir / "index.html").is_file()
+    result = runner.invoke(app, ["report", "cmp/results"])  # a results directory
+    assert result.exit_code == 0, result.output
+    assert (compare_dir / "results" / "report" / "index.html").is_file()
+    assert not (tmp_path / "index.html").exists() and not (tmp_path / "summary.csv").exists()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "lr" / "runs").mkdir(parents=True)
+    empty = runner.invoke(app, ["report", "empty"])
+    assert empty.exit_code == 2 and "no finished runs under empty" in empty.output
+    assert not (tmp_path / "empty" / "report").exists()
+
+
+def test_a_failing_analysis_raises_instead_of_hiding(results, tmp_path, monkeypatch):
+    def broken(headline):
+        raise KeyError("test_acc")
+
+    monkeypatch.setattr(E.get("lr"), "finding", broken)
+    with pytest.raises(KeyError, match="test_acc"):
+        html.build(results, tmp_path)
+
+
+def test_the_report_never_loads_the_training_side():
+    """Reading results imports neither the runner nor the model builders."""
+    code = (
+        "import sys; import normlab.report.html, normlab.report.animation; "
+        "from normlab.experiments import catalog; "
+        "bad = [m for m in ('normlab.experiments.runner', 'normlab.models') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

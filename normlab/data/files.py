@@ -1,5 +1,9 @@
 """Readers for the standard on-disk formats: IDX (MNIST, Fashion-MNIST) and the
-CIFAR-10 python batches. Every failure names the file and what was expected."""
+CIFAR-10 python batches. Every failure names the file and what was expected.
+
+The CIFAR-10 batches are pickles, read by an unpickler that admits only what a
+batch holds (dicts, bytes, lists, ints and NumPy arrays): a pickle naming any
+other global is refused before it can run code."""
 
 from __future__ import annotations
 
@@ -8,6 +12,13 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+
+try:
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:  # NumPy 1
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
 
 # IDX element types (the third byte of the magic number).
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -65,6 +76,28 @@ def read_idx_split(directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray
     return images, labels
 
 
+# Every global a CIFAR-10 python batch names: those that rebuild a NumPy array,
+# pickled under NumPy 1 or 2 (``_frombuffer``: by pickle protocol 5).
+_BATCH_GLOBALS = {
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _reconstruct for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _frombuffer for core in ("core", "_core")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Refuses every global but those in ``_BATCH_GLOBALS``."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _BATCH_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it names the global {module}.{name}, which a CIFAR-10 batch never holds "
+                "(refused, not run)"
+            )
+        return _BATCH_GLOBALS[module, name]
+
+
 def read_cifar10(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """CIFAR-10's python batches (data_batch_1..5, test_batch) as (N, 3, 32, 32) uint8."""
 
@@ -74,7 +107,7 @@ def read_cifar10(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
             raise DataFileError(f"missing data file: expected CIFAR-10 batch {path}")
         try:
             with open(path, "rb") as f:
-                content = pickle.load(f, encoding="bytes")
+                content = _BatchUnpickler(f, encoding="bytes").load()
             data = np.asarray(content[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels = np.asarray(content[b"labels"], dtype=np.int64)
         except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:

@@ -1,111 +1,148 @@
-"""One training run, fully described by a validated, hashable configuration."""
+"""One training run, fully described by a frozen, validated configuration.
+
+:class:`RunConfig` is a pydantic model: every field is typed and checked when a
+configuration is made (in code, from ``--set field=value`` on the command
+line, or read back from a results store), and a bad value is refused with the
+field's name and the reason, before anything trains. Its :attr:`~RunConfig.run_id`
+is a hash of every field, so the same configuration is the same run.
+
+``model`` and ``dataset`` also take ``"package.module:attribute"``: a user's
+model builder or data loader (see :mod:`normlab.experiments.plugins`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import ast
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-from normlab import data, models
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from normlab import data
 from normlab._names import did_you_mean
 from normlab.norms import registry
 
 MODELS = ("mlp", "cnn", "resnet", "transformer")
-OPTIMIZERS = ("sgd", "momentum", "adam")
+# The choices the model builders (normlab.models) accept; a test holds them equal.
+Activation = Literal["sigmoid", "tanh", "relu", "gelu", "silu", "leaky_relu"]
+Init = Literal["small-gaussian", "kaiming", "xavier", "default"]
+NormPosition = Literal["pre", "post"]
+Optimizer = Literal["sgd", "momentum", "adam"]
+
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class ConfigError(ValueError):
     """A bad field in an experiment or run configuration."""
 
 
-@dataclass(frozen=True)
-class RunConfig:
+def _is_plugin(value: str) -> bool:
+    return ":" in value
+
+
+class RunConfig(BaseModel):
     """Everything that determines one training run (its id is a hash of it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     dataset: str = "mnist"
     model: str = "mlp"
     norm: str = "none"
-    norm_position: str = "pre"
-    activation: str = "sigmoid"
-    depth: int = 3
-    width: int = 100
-    channels: tuple[int, ...] = (16, 32)
-    init: str = "small-gaussian"
-    init_std: float = 0.1
-    init_scale: float = 1.0
-    optimizer: str = "sgd"
-    lr: float = 0.5
-    lr_scaling: bool = False  # lr * batch_size / 32 (the linear scaling rule)
-    batch_size: int = 60
-    steps: int = 1000
-    epochs: int | None = None  # if set, steps = epochs * training examples // batch_size
-    eval_every: int = 100
-    train_size: int | None = None
-    test_size: int | None = None
-    seed: int = 0
-    monitor: bool = True
-    train_mode_eval: bool = False  # also evaluate with batch statistics (train mode)
-    probe_every: int = 0  # run the ICS and smoothness probes every k steps (0: never)
-    noise: float = 0.0  # "noisy BatchNorm": random per-channel scale and shift after norms
-    nproc: int = (
-        1  # data-parallel processes (gloo, DistributedDataParallel); batch_size is per process
-    )
+    norm_position: NormPosition = "pre"
+    activation: Activation = "sigmoid"
+    depth: PositiveInt = 3
+    width: PositiveInt = 100
+    channels: tuple[PositiveInt, ...] = Field((16, 32), min_length=1)
+    init: Init = "small-gaussian"
+    init_std: PositiveFloat = 0.1
+    init_scale: PositiveFloat = 1.0
+    optimizer: Optimizer = "sgd"
+    lr: PositiveFloat = 0.5
+    lr_scaling: Annotated[bool, Field(strict=True)] = False  # lr * batch_size / 32
+    batch_size: PositiveInt = 60
+    steps: PositiveInt = 1000
+    epochs: PositiveInt | None = None  # if set, steps = epochs * train examples // batch
+    eval_every: PositiveInt | None = 100  # None: evaluate once, at the end
+    train_size: PositiveInt | None = None
+    test_size: PositiveInt | None = None
+    seed: NonNegativeInt = 0
+    monitor: Annotated[bool, Field(strict=True)] = True
+    train_mode_eval: Annotated[bool, Field(strict=True)] = False  # also eval on batch stats
+    probe_every: NonNegativeInt = 0  # ICS and smoothness probes every k steps (0: never)
+    noise: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0  # "noisy BatchNorm"
+    nproc: PositiveInt = 1  # data-parallel processes (gloo, DDP); batch_size is per process
     watch: tuple[str, ...] = ()  # Monitor modules= patterns; () = the defaults
-    norm_kwargs: tuple[tuple[str, object], ...] = ()
+    norm_kwargs: tuple[tuple[str, Any], ...] = ()
 
-    def validate(self) -> RunConfig:
-        """Check every field; raise :class:`ConfigError` naming the bad one."""
-        _known("dataset", self.dataset, data.available())
-        _known("model", self.model, MODELS)
-        _known("optimizer", self.optimizer, OPTIMIZERS)
-        _known("activation", self.activation, tuple(models.ACTIVATIONS))
-        _known("init", self.init, models.INITS)
-        _known("norm_position", self.norm_position, models.POSITIONS)
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        if _is_plugin(value):
+            from normlab.experiments.plugins import resolve
+
+            resolve(value, "dataset")
+            return value
+        key = value.strip().lower().replace("_", "-")
+        return _known(key, data.available())
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if _is_plugin(value):
+            from normlab.experiments.plugins import resolve
+
+            resolve(value, "model")
+            return value
+        return _known(value, MODELS)
+
+    @field_validator("norm")
+    @classmethod
+    def _norm(cls, value: str) -> str:
         try:
-            registry.spec(self.norm)
+            return registry.canonical(value)
         except KeyError as e:
-            raise ConfigError(f"norm: {e.args[0]}") from None
-        for name in ("depth", "width", "batch_size", "steps", "eval_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.nproc, int) or self.nproc < 1:
-            raise ConfigError(f"nproc must be a positive integer, got {self.nproc!r}")
+            raise ValueError(e.args[0]) from None
+
+    @field_validator("norm_kwargs")
+    @classmethod
+    def _norm_kwargs(cls, value: tuple) -> tuple:
+        for key, _ in value:
+            target, sep, _arg = key.partition(":")
+            if sep:
+                try:
+                    registry.spec(target)
+                except KeyError as e:
+                    raise ValueError(f"{key!r}: {e.args[0]}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _together(self) -> RunConfig:
         if self.nproc > 1 and (self.probe_every or self.train_mode_eval):
-            raise ConfigError(
+            raise ValueError(
                 "probe_every and train_mode_eval need nproc=1: they run on one process"
             )
-        for name in ("probe_every",):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-        if not isinstance(self.noise, int | float) or self.noise < 0:
-            raise ConfigError(f"noise must be a non-negative number, got {self.noise!r}")
-        for name in ("lr", "init_std", "init_scale"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not value > 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
-            raise ConfigError(f"epochs must be a positive integer or None, got {self.epochs!r}")
-        if not self.channels or any(not isinstance(c, int) or c < 1 for c in self.channels):
-            raise ConfigError(f"channels must be positive integers, got {self.channels!r}")
         return self
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise ConfigError(_describe(e)) from None
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` applied, validated."""
+        return RunConfig(**{**self.model_dump(), **changes})
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown run config field(s) {sorted(unknown)}")
-        tuples = {"channels", "watch", "norm_kwargs"}
-        converted = {
-            k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if k in tuples else v)
-            for k, v in values.items()
-        }
-        return cls(**converted)
+        return cls(**values)
 
     @property
     def effective_lr(self) -> float:
@@ -118,15 +155,50 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _known(field_name: str, value: str, options) -> None:
+RUN_FIELDS = tuple(RunConfig.model_fields)
+
+
+def _known(value: str, options) -> str:
     if value not in options:
         hint = did_you_mean(value, options, quote=True)
-        raise ConfigError(
-            f"{field_name}: unknown value {value!r}{hint} (choose from {', '.join(options)})"
-        )
+        raise ValueError(f"unknown value {value!r}{hint} (choose from {', '.join(options)})")
+    return value
 
 
-RUN_FIELDS = tuple(f.name for f in fields(RunConfig))
+def _describe(error: ValidationError) -> str:
+    """Pydantic's errors as 'field: reason (got value)', one per line."""
+    lines = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"]) or "config"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            hint = did_you_mean(str(item["loc"][0]), RUN_FIELDS)
+            message = f"unknown run config field{hint}"
+        elif item["type"] != "value_error":
+            message += f", got {item['input']!r}"
+        lines.append(f"{where}: {message}")
+    return "; ".join(lines)
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``field=value`` strings as a dict, each value read as a Python literal when it
+    parses (``steps=500``, ``channels=(8,16)``, ``eval_every=None``), else as text;
+    unknown fields are refused here, values by :class:`RunConfig`."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or name not in RUN_FIELDS:
+            hint = did_you_mean(name, RUN_FIELDS) if sep else ""
+            raise ConfigError(
+                f"--set {item!r}: expected FIELD=VALUE with FIELD a run field{hint} "
+                f"({', '.join(RUN_FIELDS)})"
+            )
+        try:
+            overrides[name] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            overrides[name] = text.strip()
+    return overrides
 
 
 @dataclass(frozen=True)
@@ -138,7 +210,7 @@ class Sweep:
     seeds: tuple[int, ...] = (0,)
 
     def configs(self) -> list[RunConfig]:
-        """Every combination, validated, in a stable order."""
+        """Every combination, validated, in a stable order, without duplicates."""
         for name in self.grid:
             if name not in RUN_FIELDS:
                 hint = did_you_mean(name, RUN_FIELDS)
@@ -148,8 +220,5 @@ class Sweep:
             if not values:
                 raise ConfigError(f"grid: no values for {name!r}")
             combos = [{**c, name: v} for c in combos for v in values]
-        return [
-            dataclasses.replace(self.base, **combo, seed=seed).validate()
-            for combo in combos
-            for seed in self.seeds
-        ]
+        configs = [self.base.replace(**combo, seed=seed) for combo in combos for seed in self.seeds]
+        return list({c.run_id: c for c in configs}.values())

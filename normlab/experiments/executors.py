@@ -4,12 +4,17 @@
 by default; ``jobs=1`` runs in-process). A cluster executor implements the
 same ``map`` (see :class:`Executor`); :class:`~normlab.experiments.ray_executor.RayExecutor`
 runs on Ray.
+
+Worker processes exit on their own when the process that started them dies
+(:func:`exit_with_parent`): killing a sweep leaves nothing running.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Protocol
@@ -32,7 +37,24 @@ class Executor(Protocol):
     def map(self, fn: Callable[[RunConfig], object], configs: list[RunConfig]) -> Iterator: ...
 
 
-def _init_worker(threads: int) -> None:
+def exit_with_parent(parent: int) -> None:
+    """Exit this process (``os._exit``) soon after its parent, pid ``parent``, dies.
+
+    A daemon thread polls ``os.getppid()``: once it is no longer ``parent`` (the
+    orphan was adopted by init), nothing is left to take this process's result.
+    Without it a pool worker whose parent was SIGKILLed waits for work forever.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    exit_with_parent(parent)
     torch.set_num_threads(threads)
 
 
@@ -58,7 +80,10 @@ class LocalExecutor:
         # (torch, gloo) can deadlock.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            self.jobs, mp_context=context, initializer=_init_worker, initargs=(self.threads,)
+            self.jobs,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(self.threads, os.getpid()),
         ) as pool:
             pending = {pool.submit(fn, c) for c in configs}
             try:

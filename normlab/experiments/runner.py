@@ -12,15 +12,17 @@ import torch
 from torch import nn
 
 from normlab import data, models
+from normlab.experiments import plugins
 from normlab.experiments.config import RunConfig
 from normlab.experiments.store import RunResult
 from normlab.monitor import Monitor, internal_covariate_shift, loss_landscape, preserved_state
-from normlab.monitor.monitor import NORMS
 from normlab.norms import registry
 
 
 @functools.lru_cache(maxsize=8)
 def _dataset(name: str, seed: int, train_size: int | None, test_size: int | None):
+    if ":" in name:
+        return plugins.load_dataset(name, seed, train_size, test_size)
     return data.load(name, seed=seed, train_size=train_size, test_size=test_size)
 
 
@@ -39,15 +41,19 @@ def norm_kwargs_for(config: RunConfig) -> dict:
 
 
 def build_model(config: RunConfig, dataset: data.Dataset) -> nn.Module:
-    """The model a config names, sized for the data set."""
+    """The model a config names (a builder here, or the user's), sized for the data
+    set. Its norm is one factory,
+    ``registry.factory(config.norm, **norm_kwargs_for(config))``; the builder puts
+    it in the layout it needs (channels-last in the transformer)."""
     shape, classes = dataset.input_shape, dataset.num_classes
-    norm_kwargs = norm_kwargs_for(config)
+    norm = registry.factory(config.norm, **norm_kwargs_for(config))
+    if ":" in config.model:  # the user's builder (normlab.experiments.plugins)
+        return plugins.build_model(config.model, norm, shape, classes)
     common = {
-        "norm": config.norm,
+        "norm": norm,
         "init": config.init,
         "init_std": config.init_std,
         "init_scale": config.init_scale,
-        **norm_kwargs,
     }
     if config.model == "mlp":
         return models.mlp(
@@ -139,7 +145,8 @@ def add_noise(model: nn.Module, level: float) -> list:
         shift = level * (2 * torch.rand(shape, dtype=output.dtype) - 1)
         return output * scale + shift
 
-    return [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, NORMS)]
+    norms = [m for m in model.modules() if registry.spec_of(m) is not None]
+    return [m.register_forward_hook(hook) for m in norms]
 
 
 def _probe_rows(step, model, optimizer, x, y) -> list[tuple[int, str, float]]:
@@ -156,7 +163,6 @@ def _probe_rows(step, model, optimizer, x, y) -> list[tuple[int, str, float]]:
 
 def run(config: RunConfig) -> RunResult:
     """Train one configuration and return its results (rank 0's, when data-parallel)."""
-    config.validate()
     if config.nproc == 1:
         return _train(config)
     return _run_data_parallel(config)
@@ -165,6 +171,7 @@ def run(config: RunConfig) -> RunResult:
 def _run_data_parallel(config: RunConfig) -> RunResult:
     """``config.nproc`` processes on gloo, DistributedDataParallel; rank 0 reports."""
     import multiprocessing
+    import os
     import pickle
     import tempfile
     from pathlib import Path
@@ -173,7 +180,9 @@ def _run_data_parallel(config: RunConfig) -> RunResult:
     with tempfile.TemporaryDirectory() as tmp:
         init, out = f"file://{tmp}/store", Path(tmp) / "result.pkl"
         procs = [
-            context.Process(target=_data_parallel_worker, args=(config, r, init, str(out)))
+            context.Process(
+                target=_data_parallel_worker, args=(config, r, init, str(out), os.getpid())
+            )
             for r in range(config.nproc)
         ]
         for p in procs:
@@ -186,12 +195,15 @@ def _run_data_parallel(config: RunConfig) -> RunResult:
         return pickle.loads(out.read_bytes())
 
 
-def _data_parallel_worker(config: RunConfig, rank: int, init: str, out: str) -> None:
+def _data_parallel_worker(config: RunConfig, rank: int, init: str, out: str, parent: int) -> None:
     import pickle
     from pathlib import Path
 
     import torch.distributed as dist
 
+    from normlab.experiments.executors import exit_with_parent
+
+    exit_with_parent(parent)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=config.nproc)
     try:
@@ -206,6 +218,7 @@ def _train(config: RunConfig, rank: int = 0, world: int = 1) -> RunResult:
     """The training loop; with ``world`` > 1, one data-parallel process of it."""
     import torch.distributed as dist
 
+    began = time.perf_counter()
     torch.manual_seed(config.seed)
     dataset = _dataset(config.dataset, config.seed, config.train_size, config.test_size)
     model = build_model(config, dataset)
@@ -250,7 +263,8 @@ def _train(config: RunConfig, rank: int = 0, world: int = 1) -> RunResult:
             loss.backward()
             optimizer.step()
             train_seconds += time.perf_counter() - start
-            if rank == 0 and (step % config.eval_every == 0 or step == steps):
+            due = step == steps or (config.eval_every and step % config.eval_every == 0)
+            if rank == 0 and due:
                 rows.append((step, "train_loss", loss.item()))
                 local.eval()
                 accuracy, test_loss = evaluate(local, dataset.test_x, dataset.test_y)
@@ -286,6 +300,7 @@ def _train(config: RunConfig, rank: int = 0, world: int = 1) -> RunResult:
         "ms_per_step": 1e3 * train_seconds / max(step - diverged, 1),
         "activation_mb": memory / 2**20,
         "parameters": sum(p.numel() for p in local.parameters()),
+        "wall_seconds": time.perf_counter() - began,
     }
     if monitor is None:
         return RunResult(config, metrics, None, summary)

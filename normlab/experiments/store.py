@@ -1,26 +1,55 @@
 """The results store: one directory per finished run, written atomically.
 
-Layout: ``ROOT/runs/<run_id>/`` holding ``config.json``, ``summary.json``,
-``metrics.parquet`` and (when monitored) ``monitor.parquet``. A run is written
-into a temporary sibling directory and renamed into place in one step, so a
-run directory either holds a complete record or does not exist: an
-interrupted sweep (Ctrl-C, SIGKILL) loses no finished run and leaves no half
-record; temporaries left by a killed writer are removed when the next sweep
-starts (:meth:`ResultsStore.remove_partial`).
+Layout: ``ROOT/runs/<run_id>/`` (a run id is 16 lowercase hex digits) holding
+``config.json``, ``summary.json``, ``metrics.parquet`` and (when monitored)
+``monitor.parquet`` and ``sketches.parquet``. A run is written into a temporary
+sibling directory and renamed into place in one step, so a run directory
+either holds a complete record or does not exist: an interrupted sweep
+(Ctrl-C, SIGKILL) loses no finished run and leaves no half record;
+temporaries left by a killed writer are removed when the next sweep starts
+(:meth:`ResultsStore.remove_partial`).
+
+A run is finished only if every one of its files reads back: a damaged one
+(a file emptied, truncated or not what it should be) counts as unfinished,
+with a :class:`DamagedRunWarning` naming the file, and the next sweep redoes
+it. Anything else under ``ROOT`` is ignored. A sweep holds ``ROOT/.lock``
+while it writes (:meth:`ResultsStore.lock`), so two sweeps cannot share a root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
 
 from normlab.experiments.config import RunConfig
+
+RUN_ID = re.compile(r"[0-9a-f]{16}")
+_REQUIRED = ("config.json", "summary.json", "metrics.parquet")
+_OPTIONAL = ("monitor.parquet", "sketches.parquet")
+
+
+class ResultsStoreError(ValueError):
+    """A results store's root cannot be used (a file, under a file, not writable)."""
+
+
+class StoreBusyError(RuntimeError):
+    """Another sweep holds the results store's lock."""
+
+
+class DamagedRunWarning(UserWarning):
+    """A run directory with a file that does not read back: the run counts as unfinished."""
 
 
 @dataclass
@@ -35,29 +64,125 @@ class RunResult:
     sketches: pd.DataFrame | None = None  # the monitor's quantile sketches
 
 
+def _json_object(path: Path) -> dict:
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _read_record(directory: Path) -> tuple[dict, dict]:
+    """A run's config and summary, once every file of it has read back in full;
+    raises ValueError naming the first file that does not."""
+    for name in _REQUIRED + _OPTIONAL:
+        path = directory / name
+        if not path.is_file():
+            if name in _REQUIRED:
+                raise ValueError(f"{path} is missing")
+            continue
+        try:
+            if name.endswith(".json"):
+                _json_object(path)
+            else:
+                pq.read_table(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} does not read back ({e})") from e
+    return _json_object(directory / "config.json"), _json_object(directory / "summary.json")
+
+
+def _unusable(root: Path, error: OSError) -> str:
+    """Why ``root`` cannot hold a store, given the error creating it."""
+    for path in (root, *root.parents):
+        if path.exists():
+            if not path.is_dir():
+                return f"{path} is a file, not a directory"
+            break
+    where = f" {error.filename}" if error.filename else ""
+    return f"cannot create{where}: {error.strerror or error}"
+
+
 class ResultsStore:
-    """Finished runs under ``root``, keyed by run id."""
+    """Finished runs under ``root``, keyed by run id. Raises :class:`ResultsStoreError`
+    if ``root`` is not a directory and cannot be made one."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.runs = self.root / "runs"
-        self.runs.mkdir(parents=True, exist_ok=True)
+        try:
+            self.runs.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            reason = _unusable(self.root, e)
+            raise ResultsStoreError(
+                f"cannot use {self.root} as a results store: {reason}"
+            ) from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``ROOT/.lock`` (without waiting) for as long as the block writes here;
+        raises :class:`StoreBusyError` if another sweep holds it."""
+        path = self.root / ".lock"
+        lock = FileLock(path)
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            raise StoreBusyError(
+                f"another sweep is writing to the results store {self.root} (it holds {path}); "
+                "wait for it to finish or write elsewhere"
+            ) from None
+        except OSError as e:
+            raise ResultsStoreError(
+                f"cannot write to the results store {self.root}: {e.strerror or e}"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def remove_partial(self) -> int:
         """Delete temporaries left by writers that were killed; returns how many.
-        Call it only when no writer is running (a sweep does, before it starts)."""
+        Call it only while holding :meth:`lock` (a sweep does, before it starts)."""
         stale = list(self.runs.glob(".tmp-*"))
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
         return len(stale)
 
+    def _record(self, run_id: str) -> tuple[dict, dict] | None:
+        """A finished run's config and summary; None if it is absent or damaged
+        (then with a :class:`DamagedRunWarning`)."""
+        directory = self.runs / run_id
+        if not directory.exists():
+            return None
+        try:
+            return _read_record(directory)
+        except ValueError as e:
+            warnings.warn(
+                f"{e}: run {run_id} counts as unfinished (a sweep redoes it)",
+                DamagedRunWarning,
+                stacklevel=3,
+            )
+            return None
+
+    def _records(self) -> Iterator[tuple[str, dict, dict]]:
+        for path in sorted(self.runs.iterdir()):
+            if RUN_ID.fullmatch(path.name) and (record := self._record(path.name)) is not None:
+                yield path.name, *record
+
     def has(self, config: RunConfig) -> bool:
-        return (self.runs / config.run_id / "summary.json").is_file()
+        """Whether ``config`` has finished: its run directory's files all read back."""
+        return self._record(config.run_id) is not None
+
+    def _tmpdir(self) -> Path:
+        """A new temporary directory under runs/, made with the user's umask
+        (tempfile.mkdtemp's are 0700), which the run directory renamed from it keeps."""
+        path = self.runs / f".tmp-{secrets.token_hex(8)}"
+        path.mkdir()
+        return path
 
     def write(self, result: RunResult) -> Path:
-        """Persist one run atomically; returns its directory."""
+        """Persist one run atomically (replacing a damaged record of it); returns its directory."""
         final = self.runs / result.config.run_id
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.runs))
+        tmp = self._tmpdir()
+        aside = None
         try:
             (tmp / "config.json").write_text(json.dumps(result.config.to_dict(), indent=2))
             result.metrics.to_parquet(tmp / "metrics.parquet", index=False)
@@ -66,27 +191,32 @@ class ResultsStore:
             if result.sketches is not None:
                 result.sketches.to_parquet(tmp / "sketches.parquet", index=False)
             (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2))
-            if final.exists():  # the same config finished twice: keep the first
-                shutil.rmtree(tmp)
-                return final
+            if final.exists():
+                try:
+                    _read_record(final)
+                except ValueError:  # damaged: move it among the temporaries
+                    aside = self._tmpdir()
+                    os.replace(final, aside / final.name)
+                else:  # the same config finished twice: keep the first
+                    shutil.rmtree(tmp)
+                    return final
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
         return final
 
     def ids(self) -> list[str]:
-        return sorted(p.name for p in self.runs.iterdir() if not p.name.startswith("."))
+        """The finished runs' ids (anything else under runs/ is ignored)."""
+        return [run_id for run_id, _, _ in self._records()]
 
     def summaries(self) -> pd.DataFrame:
         """One row per finished run: its config fields and its summary."""
-        rows = []
-        for run_id in self.ids():
-            directory = self.runs / run_id
-            config = json.loads((directory / "config.json").read_text())
-            summary = json.loads((directory / "summary.json").read_text())
-            rows.append({"run_id": run_id, **config, **summary})
-        return pd.DataFrame(rows)
+        return pd.DataFrame(
+            [{"run_id": run_id, **config, **summary} for run_id, config, summary in self._records()]
+        )
 
     def metrics(self, run_id: str) -> pd.DataFrame:
         return pd.read_parquet(self.runs / run_id / "metrics.parquet")

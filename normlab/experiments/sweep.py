@@ -40,16 +40,19 @@ def run_sweep(
     """Run every configuration of ``sweep`` not already in the store at ``root``.
 
     Re-running the same sweep resumes it: finished runs (same config, same id)
-    are skipped, interrupted ones run again. ``on_result(config, summary)`` is
-    called as each run finishes (progress bars hook in here).
+    are skipped, interrupted or damaged ones run again. ``on_result(config, summary)``
+    is called as each run finishes (progress bars hook in here). The sweep holds
+    the store's lock throughout: a second sweep on the same ``root`` raises
+    :class:`~normlab.experiments.store.StoreBusyError`.
     """
     store = ResultsStore(root)
-    store.remove_partial()
-    configs = sweep.configs()
-    todo = list({c.run_id: c for c in configs if not store.has(c)}.values())
-    by_id = {c.run_id: c for c in todo}
-    executor = executor or LocalExecutor()
-    for run_id, summary in _results(executor, store, todo):
-        if on_result is not None:
-            on_result(by_id[run_id], summary)
+    with store.lock():
+        store.remove_partial()
+        configs = sweep.configs()
+        todo = list({c.run_id: c for c in configs if not store.has(c)}.values())
+        by_id = {c.run_id: c for c in todo}
+        executor = executor or LocalExecutor()
+        for run_id, summary in _results(executor, store, todo):
+            if on_result is not None:
+                on_result(by_id[run_id], summary)
     return store

@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.animation import FuncAnimation, PillowWriter
 
-from normlab.experiments.catalog import last_sigmoid_site
+from normlab.experiments.analysis import last_sigmoid_site
+from normlab.experiments.plots import density
 from normlab.experiments.store import ResultsStore
-from normlab.report.plots import _density
 
 
 def drift_gif(results: str | Path, out: str | Path, frames: int = 30) -> Path:
@@ -29,6 +29,8 @@ def drift_gif(results: str | Path, out: str | Path, frames: int = 30) -> Path:
         if sketches is None:
             raise ValueError(f"run {run.run_id} in {results} kept no distribution sketches")
         site = last_sigmoid_site(store.monitor(run.run_id))
+        if site is None:
+            raise ValueError(f"run {run.run_id} in {results} recorded no sigmoid or tanh input")
         site_sketches = sketches[sketches.module == site]
         steps = np.array(sorted(site_sketches.step.unique()))
         picked = steps[np.linspace(0, len(steps) - 1, min(frames, len(steps))).astype(int)]
@@ -47,7 +49,7 @@ def drift_gif(results: str | Path, out: str | Path, frames: int = 30) -> Path:
         for line, ax, (norm, _, sk, picked) in zip(lines, axes[0], panels, strict=True):
             step = picked[min(i, len(picked) - 1)]
             q = sk[sk.step == step].sort_values("level").value.to_numpy()
-            x, d = _density(q)
+            x, d = density(q)
             line.set_data(x, d)
             ax.set_ylim(0, max(ax.get_ylim()[1], float(np.percentile(d, 95)) * 1.2))
             ax.set_title(f"{norm} — step {step}")

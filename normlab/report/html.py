@@ -1,6 +1,7 @@
 """The comparison report: one self-contained HTML file (pictures embedded),
-built from a results directory alone, with a short text per finding and a
-summary table whose recommendations are derived from the numbers."""
+built from a results directory alone. Its sections are the experiments' own
+(title, question, finding, figures: see :mod:`normlab.experiments.suite`); the
+summary table joins each experiment's summary columns and remarks."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import pandas as pd
 
 from normlab.experiments import catalog
 from normlab.experiments.store import ResultsStore
-from normlab.report import axes, plots
+from normlab.norms import registry
+from normlab.report import axes
 
 
 def _png(fig) -> str:
     if fig is None:
-        return "<p><em>no results for this section</em></p>"
+        return "<p><em>nothing to draw from these runs</em></p>"
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
@@ -42,136 +44,35 @@ def _table(frame: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _stores(root: Path) -> dict[str, ResultsStore]:
+def find_stores(root: Path) -> dict[str, ResultsStore]:
+    """The store of every experiment with at least one finished run under ``root``,
+    in report order; a directory under ``root`` that no experiment owns is ignored."""
     found = {}
     for name in catalog.EXPERIMENTS:
-        runs = root / name / "runs"
-        if runs.is_dir() and any(not p.name.startswith(".") for p in runs.iterdir()):
-            found[name] = ResultsStore(root / name)
+        if (root / name / "runs").is_dir():
+            store = ResultsStore(root / name)
+            if store.ids():
+                found[name] = store
     return found
 
 
-def summary_table(
-    headlines: dict[str, pd.DataFrame], stores: dict[str, ResultsStore]
-) -> pd.DataFrame:
-    """Per technique: final accuracy, steps to 90% test accuracy (ics), batch-size
-    sensitivity, largest stable learning rate, cost, and a recommendation."""
-    rows: dict[str, dict] = {}
-
-    def row(norm: str) -> dict:
-        return rows.setdefault(norm, {"technique": norm})
-
-    if "ics" in stores:
-        store = stores["ics"]
-        for _, run in store.summaries().iterrows():
-            metrics = store.metrics(run.run_id)
-            acc = metrics[metrics.metric == "test_acc"].sort_values("step")
-            reached = acc[acc.value >= 0.9].step
-            row(run.norm)["final acc (ics)"] = run.final_test_acc
-            row(run.norm)["steps to 90%"] = float(reached.iloc[0]) if len(reached) else math.nan
-    if "batch-size" in headlines:
-        for norm, group in headlines["batch-size"].groupby("norm"):
-            acc = group.set_index("batch_size").test_acc.fillna(0.0)
-            row(norm)["acc @ batch 2"] = acc.get(2, math.nan)
-            row(norm)["batch-size spread"] = float(acc.max() - acc.min())
-    if "lr" in headlines:
-        for norm, group in headlines["lr"].groupby("norm"):
-            ok = group[(group.diverged == 0) & (group.test_acc >= 0.8)]
-            row(norm)["largest good lr"] = float(ok.lr.max()) if len(ok) else math.nan
-    if "cost" in headlines:
-        cost = headlines["cost"].set_index("norm")
-        base = cost.ms_per_step.get("none", math.nan)
-        for norm, values in cost.iterrows():
-            row(norm)["cost (x none)"] = values.ms_per_step / base
-    table = pd.DataFrame(list(rows.values()))
-    table["recommendation"] = [_recommend(r, table) for r in table.to_dict("records")]
-    return table
-
-
-def _recommend(row: dict, table: pd.DataFrame) -> str:
-    """One line from the numbers: what this technique did better or worse here."""
-    if row["technique"] == "none":
-        return "baseline: no normalization"
-    notes = []
-    lr = row.get("largest good lr", math.nan)
-    if not math.isnan(lr) and "largest good lr" in table and lr >= table["largest good lr"].max():
-        notes.append("tolerates the largest learning rates")
-    spread = row.get("batch-size spread", math.nan)
-    if not math.isnan(spread):
-        notes.append("insensitive to batch size" if spread <= 0.05 else "sensitive to batch size")
-    steps = row.get("steps to 90%", math.nan)
-    if not math.isnan(steps) and "steps to 90%" in table and steps <= table["steps to 90%"].min():
-        notes.append("fastest to 90% accuracy")
-    cost = row.get("cost (x none)", math.nan)
-    if not math.isnan(cost):
-        notes.append(f"costs {cost:.1f}x no normalization per step")
-    return "; ".join(notes) or "no advantage measured here"
-
-
-SECTIONS = (
-    (
-        "ics",
-        "Why: internal covariate shift",
-        "The distribution of the last hidden layer's sigmoid input early and late in training, "
-        "and its 15th/50th/85th percentiles over training (the BatchNorm paper's Figure 1 b/c).",
-    ),
-    ("ics-curves", "Training", "Test accuracy over training steps."),
-    (
-        "batch-size",
-        "Batch size",
-        "Test error against batch size, same number of epochs, learning rate scaled with the batch "
-        "(the GroupNorm paper's study, in small).",
-    ),
-    ("lr", "Learning rate", "Final accuracy over a learning-rate grid; × marks divergence."),
-    ("init", "Initialization", "Final accuracy against the scale of the initial weights."),
-    (
-        "depth",
-        "Depth",
-        "Weight-gradient norm per layer in the deepest networks: vanishing or exploding gradients.",
-    ),
-    ("cost", "Cost", "Time per training step and activation memory on the same CNN and batch."),
-)
-
-
-def _finding(name: str, headline: pd.DataFrame) -> str:
-    """A sentence with the section's headline numbers."""
-    try:
-        if name == "ics":
-            h = headline.set_index("norm")
-            parts = [
-                f"{n}: {r.early_test_acc:.3f} test accuracy after the first evaluation, "
-                f"sigmoid inputs' means moved {r.layers_mean_drift:.2f} and stds "
-                f"{r.layers_std_drift:.2f} over training"
-                for n, r in h.iterrows()
-            ]
-            return "; ".join(parts) + "."
-        if name == "batch-size":
-            parts = []
-            for norm, group in headline.groupby("norm"):
-                acc = group.set_index("batch_size").test_acc
-                parts.append(
-                    f"{norm} {1 - acc.iloc[0]:.3f} error at batch {acc.index[0]}, "
-                    f"{1 - acc.iloc[-1]:.3f} at {acc.index[-1]}"
-                )
-            return "; ".join(parts) + "."
-        if name in ("lr", "init"):
-            axis = "lr" if name == "lr" else "init_scale"
-            parts = []
-            for norm, group in headline.groupby("norm"):
-                ok = group[group.diverged == 0]
-                span = f"{ok[axis].min():g}–{ok[axis].max():g}" if len(ok) else "none"
-                parts.append(f"{norm} trains without diverging for {axis} in {span}")
-            return "; ".join(parts) + "."
-        if name == "cost":
-            h = headline.sort_values("ms_per_step")
-            return (
-                "Fastest to slowest: "
-                + ", ".join(f"{r.norm} {r.ms_per_step:.1f} ms" for r in h.itertuples())
-                + "."
-            )
-    except (KeyError, AttributeError, IndexError, ValueError):
-        return ""
-    return ""
+def summary_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per technique, every experiment's summary columns side by side, and a
+    recommendation made of their remarks (only numbers measured here)."""
+    table = pd.DataFrame(columns=["norm"])
+    remarks: dict[str, list[str]] = {}
+    for part in parts:
+        for norm, remark in zip(part.norm, part.remark, strict=True):
+            if remark:
+                remarks.setdefault(norm, []).append(remark)
+        table = table.merge(part.drop(columns="remark"), on="norm", how="outer")
+    table["recommendation"] = [
+        "baseline: no normalization"
+        if norm == "none"
+        else "; ".join(remarks.get(norm, [])) or "no advantage measured here"
+        for norm in table.norm
+    ]
+    return table.rename(columns={"norm": "technique"})
 
 
 STYLE = """
@@ -196,17 +97,25 @@ window.addEventListener('load', function () {
 
 
 def build(root: str | Path, out: str | Path) -> Path:
-    """Write ``out/index.html`` (and the tables as CSV) from the results in ``root``."""
+    """Write ``out/index.html`` (and the tables as CSV) from the results in ``root``:
+    a section for every experiment that has results there."""
     root, out = Path(root), Path(out)
+    stores = find_stores(root)
+    if not stores:
+        known = ", ".join(catalog.EXPERIMENTS)
+        raise ValueError(
+            f"no finished runs under {root} (expected ROOT/<experiment>/runs/ for {known})"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    stores = _stores(root)
     headlines = {name: catalog.get(name).headline(store) for name, store in stores.items()}
     for name, frame in headlines.items():
         frame.to_csv(out / f"{name}.csv", index=False)
-    summary = summary_table(headlines, stores)
+    summary = summary_table(
+        [catalog.get(name).summary(store, headlines[name]) for name, store in stores.items()]
+    )
     summary.to_csv(out / "summary.csv", index=False)
     norms = sorted({n for s in stores.values() for n in s.summaries().norm} - {"none"})
-    shown = norms or ["batchnorm", "layernorm", "groupnorm", "instancenorm"]
+    shown = [n for n in norms if registry.spec(n).stats] or ["batchnorm", "layernorm", "groupnorm"]
     parts = [
         "<h1>normlab: comparing normalization techniques</h1>",
         f"<p>Results from <code>{html.escape(str(root))}</code>: "
@@ -218,25 +127,20 @@ def build(root: str | Path, out: str | Path) -> Path:
         _png(axes.figure(shown)),
         _png(axes.figure(shown, features=True)),
     ]
-    figures = {
-        "ics": lambda s: plots.drift(s),
-        "ics-curves": lambda s: plots.accuracy_curves(s),
-        "batch-size": lambda s: plots.error_vs(headlines["batch-size"], "batch_size"),
-        "lr": lambda s: plots.heatmap(headlines["lr"], "lr"),
-        "init": lambda s: plots.heatmap(headlines["init"], "init_scale"),
-        "depth": lambda s: plots.gradient_flow(s),
-        "cost": lambda s: plots.cost(headlines["cost"]),
-    }
-    for key, title, text in SECTIONS:
-        name = "ics" if key == "ics-curves" else key
-        parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>")
+    for name, experiment in catalog.EXPERIMENTS.items():
+        parts.append(
+            f"<h2>{html.escape(experiment.title)}</h2><p>{html.escape(experiment.question)}</p>"
+        )
         if name not in stores:
             parts.append(f"<p><em>not run (normlab run {name})</em></p>")
             continue
-        finding = _finding(name, headlines[name]) if key == name else ""
+        finding = experiment.finding(headlines[name])
         if finding:
             parts.append(f'<p class="finding">{html.escape(finding)}</p>')
-        parts.append(_png(figures[key](stores[name])))
+        for figure, caption in experiment.figures(stores[name], headlines[name]):
+            parts.append(
+                f"<figure>{_png(figure)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
     parts += [
         "<h2>Summary</h2>",
         "<p>Per technique, from the runs above; recommendations follow from these numbers "
@@ -254,3 +158,13 @@ def build(root: str | Path, out: str | Path) -> Path:
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def locate(directory: str | Path) -> tuple[Path, Path]:
+    """(results root, report directory) for ``directory``: a compare directory (its
+    results in ``results/``, its report beside them) or a results directory (one folder
+    per experiment; its report goes into ``directory/report``)."""
+    directory = Path(directory)
+    if (directory / "results").is_dir():
+        return directory / "results", directory
+    return directory, directory / "report"

@@ -1,0 +1,135 @@
+"""What an experiment is: a sweep (its base configuration, grid and default
+norms), its analysis of the stored runs (the headline table), its figures, its
+written finding and its columns of the report's summary.
+
+Each experiment lives in one module of :mod:`normlab.experiments.suite`, as a
+subclass of :class:`Experiment` bound to the module's ``EXPERIMENT``; the
+catalog, the command line, ``normlab compare``'s suite and the report's
+sections are all read from there. Adding an experiment is adding one file.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pandas as pd
+
+from normlab.experiments.config import ConfigError, RunConfig, Sweep
+from normlab.norms import registry
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from normlab.experiments.store import ResultsStore
+
+
+class Experiment(ABC):
+    """One experiment. Subclasses set the class attributes and override the
+    analysis methods; every analysis reads a :class:`ResultsStore` only."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]  # the report section's heading
+    description: ClassVar[str]  # one line: what is swept and measured
+    question: ClassVar[str]  # the report's lead paragraph: what the figures show
+    default_norms: ClassVar[tuple[str, ...]]
+    base: ClassVar[RunConfig]
+    grid: ClassVar[dict[str, tuple]] = {}
+    quick: ClassVar[dict[str, Any]] = {}  # overrides that shrink it to a smoke test
+    in_suite: ClassVar[bool] = True  # part of `normlab compare`
+    order: ClassVar[int] = 100  # position in the report
+
+    # ------------------------------------------------------------ planning
+
+    def sweep(
+        self,
+        norms: tuple[str, ...] | list[str] | None = None,
+        seeds: int = 1,
+        quick: bool = False,
+        overrides: dict[str, Any] | None = None,
+    ) -> Sweep:
+        """The sweep: the grid crossed with ``norms`` and ``seeds`` seeds.
+
+        ``overrides`` set run fields; one that the experiment sweeps over narrows
+        the sweep to that value. Norm names are canonicalized and deduplicated.
+        Every configuration is validated, and checked by :meth:`check`."""
+        overrides = dict(overrides or {})
+        if "seed" in overrides:
+            raise ConfigError("seed: the sweep sets seeds; use --seeds N for seeds 0..N-1")
+        if not isinstance(seeds, int) or seeds < 1:
+            raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
+        names = canonical_norms(norms or self.default_norms)
+        grid = {"norm": names, **self.grid}
+        if quick:
+            grid = {k: v if k == "norm" else v[:2] for k, v in grid.items()}
+        base_changes = dict(self.quick) if quick else {}
+        for field, value in overrides.items():
+            if field in grid:
+                grid[field] = canonical_norms([value]) if field == "norm" else (value,)
+            else:
+                base_changes[field] = value
+        sweep = Sweep(self.base.replace(**base_changes), grid, tuple(range(seeds)))
+        for config in sweep.configs():
+            self.check(config)
+        return sweep
+
+    def check(self, config: RunConfig) -> None:  # noqa: B027 (optional hook: accepts all)
+        """Refuse (ConfigError) a configuration this experiment's analysis cannot use."""
+
+    def requires(self, condition: bool, reason: str) -> None:
+        """Raise ConfigError ``'<experiment>: reason'`` unless ``condition``."""
+        if not condition:
+            raise ConfigError(f"{self.name}: {reason}")
+
+    # ------------------------------------------------------------ analysis
+
+    @abstractmethod
+    def headline(self, store: ResultsStore) -> pd.DataFrame:
+        """The numbers that matter, one row per norm (and swept value)."""
+
+    def figures(self, store: ResultsStore, headline: pd.DataFrame) -> list[tuple[Figure, str]]:
+        """(figure, caption) pairs for the report."""
+        return []
+
+    def finding(self, headline: pd.DataFrame) -> str:
+        """What the numbers say, in sentences computed from them."""
+        return ""
+
+    def summary(self, store: ResultsStore, headline: pd.DataFrame) -> pd.DataFrame:
+        """This experiment's columns of the report's per-technique summary: a frame
+        with a ``norm`` column, value columns and a ``remark`` column ("" for none)."""
+        return pd.DataFrame(columns=["norm", "remark"])
+
+    def __repr__(self) -> str:
+        return f"<experiment {self.name}>"
+
+
+def canonical_norms(names) -> tuple[str, ...]:
+    """Registry spellings of ``names``, duplicates dropped, order kept."""
+    out = []
+    for name in names:
+        try:
+            out.append(registry.canonical(str(name)))
+        except KeyError as e:
+            raise ConfigError(f"norm: {e.args[0]}") from None
+    return tuple(dict.fromkeys(out))
+
+
+# The lab's CNN, which several experiments share: three conv-norm-ReLU stages.
+LAB_CNN = RunConfig(
+    model="cnn",
+    activation="relu",
+    init="kaiming",
+    channels=(16, 32, 64),
+    optimizer="momentum",
+    lr=0.1,
+    monitor=False,
+    eval_every=None,
+    # Batch Renorm's paper schedule (5k/40k/25k steps) would never leave warm-up
+    # in runs this short: relax r_max and d_max over the first 200 steps.
+    norm_kwargs=(
+        ("batchrenorm:warmup_steps", 50),
+        ("batchrenorm:r_max_steps", 200),
+        ("batchrenorm:d_max_steps", 200),
+    ),
+)

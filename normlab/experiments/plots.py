@@ -1,0 +1,74 @@
+"""Figure helpers the experiments share (matplotlib, off-screen). Each takes
+analysed numbers, never a model, and returns a Figure or None."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+
+def density(quantiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A step density from evenly spaced quantiles: mass 1/(k-1) between neighbours."""
+    widths = np.maximum(np.diff(quantiles), 1e-9)
+    return quantiles, np.append(1.0 / (len(quantiles) - 1) / widths, 0.0)
+
+
+def error_vs(headline: pd.DataFrame, axis: str, log: bool = True):
+    """Test error against ``axis`` (e.g. batch size), one line per norm."""
+    if headline.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for norm, group in headline.groupby("norm"):
+        group = group.sort_values(axis)
+        ax.plot(group[axis], 1 - group.test_acc.fillna(0.0), marker="o", label=norm)
+    if log:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(axis.replace("_", " "))
+    ax.set_ylabel("test error")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(headline: pd.DataFrame, axis: str):
+    """Accuracy as a norm x ``axis`` heatmap; diverged runs marked with x."""
+    if headline.empty:
+        return None
+    acc = headline.pivot(index="norm", columns=axis, values="test_acc")
+    div = headline.pivot(index="norm", columns=axis, values="diverged")
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * acc.shape[1], 0.8 + 0.55 * acc.shape[0]))
+    image = ax.imshow(acc.fillna(0.0).to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for i in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            value = acc.iat[i, j]
+            text = "×" if div.iat[i, j] > 0 else f"{value:.2f}"
+            color = "white" if not value >= 0.6 else "black"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=9)
+    ax.set_xticks(range(acc.shape[1]), [f"{v:g}" for v in acc.columns])
+    ax.set_yticks(range(acc.shape[0]), acc.index)
+    ax.set_xlabel(axis.replace("_", " ") + "   (× = diverged)")
+    fig.colorbar(image, ax=ax, label="test accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def bars(frame: pd.DataFrame, label: str, columns: dict[str, str]):
+    """Horizontal bars of ``columns`` (column -> axis label), one panel each."""
+    if frame.empty:
+        return None
+    fig, axes = plt.subplots(
+        1, len(columns), figsize=(5 * len(columns), 0.6 + 0.32 * len(frame)), squeeze=False
+    )
+    colors = ("#1f77b4", "#ff7f0e", "#2ca02c")
+    for i, (ax, (column, xlabel)) in enumerate(zip(axes[0], columns.items(), strict=True)):
+        ax.barh(frame[label], frame[column], color=colors[i % len(colors)])
+        ax.set_xlabel(xlabel)
+        if i:
+            ax.set_yticks([])
+    fig.tight_layout()
+    return fig

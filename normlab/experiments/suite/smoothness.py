@@ -1,0 +1,93 @@
+"""Santurkar et al. (2018), "How does batch normalization help optimization?":
+internal covariate shift as the change of a layer's gradient when the layers
+before it take their step (||G - G'|| and cos(G, G')), and the smoothness of the
+loss landscape along the gradient (loss variation, gradient predictiveness,
+effective beta-smoothness), with and without BatchNorm, and for "noisy"
+BatchNorm (random per-channel scale and shift after each norm, every step)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from normlab.experiments import plots
+from normlab.experiments.config import RunConfig
+from normlab.experiments.experiment import Experiment
+
+MEASURES = {
+    "ics_l2": "ICS ||G − G′||",
+    "ics_cosine": "ICS cos(G, G′)",
+    "loss_variation": "loss variation",
+    "gradient_predictiveness": "gradient predictiveness",
+    "beta_smoothness": "β-smoothness",
+}
+
+
+class Smoothness(Experiment):
+    name = "smoothness"
+    title = "Why it helps: smoothness, not covariate shift (Santurkar et al.)"
+    description = (
+        "Santurkar et al.'s internal covariate shift and loss-landscape smoothness over "
+        "training, with and without BatchNorm, and 'noisy' BatchNorm (random per-channel "
+        "scale and shift after each BatchNorm, resampled every step)."
+    )
+    question = (
+        "Santurkar et al.'s measures averaged over training: ICS of the deepest layer "
+        "(||G − G′||, cos(G, G′)), loss variation and gradient change along the gradient "
+        "(lower is smoother), and the final accuracy; noise > 0 is 'noisy BatchNorm'."
+    )
+    default_norms = ("none", "batchnorm")
+    base = RunConfig(
+        activation="relu",
+        init="kaiming",
+        lr=0.1,
+        steps=1000,
+        eval_every=250,
+        probe_every=50,
+        monitor=False,
+    )
+    grid = {"noise": (0.0, 1.0)}
+    quick = {"steps": 20, "probe_every": 10, "eval_every": 10, "train_size": 256, "test_size": 200}
+    in_suite = False
+    order = 15
+
+    def check(self, config: RunConfig) -> None:
+        self.requires(config.probe_every > 0, "needs probe_every > 0 (it runs the probes)")
+
+    def headline(self, store) -> pd.DataFrame:
+        """Per norm and noise level: the measures averaged over training, final accuracy."""
+        rows = []
+        for _, run in store.summaries().iterrows():
+            means = store.metrics(run.run_id).groupby("metric").value.mean()
+            ics = [m for m in means.index if m.startswith("ics_l2/")]
+            row = {"norm": run.norm, "noise": run.noise}
+            if ics:
+                deepest = max(ics, key=lambda m: int(m.split("/")[1].split(".")[0]))
+                row["ics_l2"] = means[deepest]
+                row["ics_cosine"] = means[deepest.replace("ics_l2", "ics_cosine")]
+            for key in ("loss_variation", "gradient_predictiveness", "beta_smoothness"):
+                row[key] = means.get(key)
+            row["test_acc"] = run.final_test_acc
+            rows.append(row)
+        if not rows:
+            return pd.DataFrame(columns=["norm", "noise", *MEASURES, "test_acc"])
+        return pd.DataFrame(rows).groupby(["norm", "noise"]).mean().reset_index()
+
+    def figures(self, store, headline):
+        frame = headline.assign(
+            label=[f"{r.norm}, noise {r.noise:g}" for r in headline.itertuples()]
+        )
+        columns = {k: v for k, v in MEASURES.items() if k in frame and k != "ics_cosine"}
+        caption = "Santurkar et al.'s measures, averaged over the probes of each run."
+        return [(plots.bars(frame, "label", columns), caption)]
+
+    def finding(self, headline: pd.DataFrame) -> str:
+        parts = [
+            f"{r.norm} (noise {r.noise:g}): ICS ||G − G′|| {r.ics_l2:.3g}, loss variation "
+            f"{r.loss_variation:.3g}, β-smoothness {r.beta_smoothness:.3g}, "
+            f"test accuracy {r.test_acc:.3f}"
+            for r in headline.itertuples()
+        ]
+        return "; ".join(parts) + "." if parts else ""
+
+
+EXPERIMENT = Smoothness()

@@ -1,0 +1,37 @@
+"""A user's model builder and data loaders, as `--model` / `--dataset` name them
+(tests/test_lab.py): nothing here is normlab's."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def build(norm, input_shape, num_classes):
+    """Flatten, linear, the run's norm, ReLU, linear."""
+    features = math.prod(input_shape)
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(features, 24), norm(24), nn.ReLU(), nn.Linear(24, num_classes)
+    )
+
+
+def load(seed, train_size, test_size):
+    """Two Gaussian blobs in 6 dimensions, as plain arrays."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=400)
+    x = rng.normal(size=(400, 6)).astype(np.float32) + 2.0 * y[:, None]
+    n, m = train_size or 300, test_size or 100
+    return x[:n], y[:n], x[300 : 300 + m], y[300 : 300 + m]
+
+
+def load_nan(seed, train_size, test_size):
+    """Inputs that are NaN: the loss is non-finite from the first step."""
+    x = torch.full((128, 1, 8, 8), float("nan"))
+    y = torch.arange(128) % 3
+    return x[:96], y[:96], x[96:], y[96:]
+
+
+NOT_CALLABLE = 3

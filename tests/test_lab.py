@@ -1,0 +1,259 @@
+"""The lab as people use it: run configurations refused with the field and the
+reason, overrides that narrow a sweep, the command line's options and output,
+and a user's own model and data set run through the experiments and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import TINY
+from rich.console import Console
+from typer.testing import CliRunner
+
+import normlab.cli as cli
+from normlab import experiments as E
+from normlab.cli import app
+from normlab.experiments import ConfigError, RunConfig
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def flat(output: str) -> str:
+    return " ".join(output.split())
+
+
+def stored(root) -> pd.DataFrame:
+    return E.ResultsStore(root).summaries()
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def test_run_config_is_frozen_and_typed():
+    with pytest.raises(Exception, match="frozen"):
+        TINY.steps = 5
+    for field, value, reason in (
+        ("monitor", 2, "monitor: Input should be a valid boolean, got 2"),
+        ("lr_scaling", "yes", "lr_scaling: Input should be a valid boolean"),
+        ("steps", 2.5, "steps: Input should be a valid integer, got 2.5"),
+        ("channels", (), "channels: Tuple should have at least 1 item"),
+        ("lr", float("nan"), "lr: Input should be a finite number"),
+        ("activation", "rleu", "activation: Input should be 'sigmoid', 'tanh', 'relu'"),
+    ):
+        with pytest.raises(ConfigError, match=reason):
+            TINY.replace(**{field: value})
+
+
+def test_eval_every_none_means_only_at_the_end():
+    result = E.run(TINY.replace(eval_every=None, monitor=False))
+    acc = result.metrics[result.metrics.metric == "test_acc"]
+    assert list(acc.step) == [TINY.steps]
+    assert "10**9" not in json.dumps(E.get("lr").base.to_dict())
+
+
+def test_an_invalid_set_value_is_refused_before_training(tmp_path):
+    result = invoke("run", "init", "--quick", "--set", "monitor=2", "--out", tmp_path)
+    assert result.exit_code == 2
+    assert "monitor: Input should be a valid boolean, got 2" in flat(result.output)
+    assert not (tmp_path / "init" / "runs").exists() or not list(
+        (tmp_path / "init" / "runs").iterdir()
+    )
+    bad = invoke("run", "init", "--set", "stpes=3", "--out", tmp_path)
+    assert bad.exit_code == 2 and "did you mean steps" in flat(bad.output)
+
+
+def test_an_override_of_a_swept_field_narrows_the_sweep(tmp_path):
+    result = invoke(
+        "run",
+        "lr",
+        "--quick",
+        "--jobs",
+        "1",
+        "--norms",
+        "none",
+        "--set",
+        "lr=0.05",
+        "--out",
+        tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    assert set(stored(tmp_path / "lr").lr) == {0.05}
+    assert "lr: 1 runs" in flat(result.output)
+
+
+def test_seed_override_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="use --seeds"):
+        E.get("lr").sweep(quick=True, overrides={"seed": 3})
+
+
+def test_a_config_the_analysis_cannot_use_is_refused_before_training(tmp_path):
+    result = invoke(
+        "run", "ics", "--quick", "--jobs", "1", "--set", "activation=relu", "--out", tmp_path
+    )
+    assert result.exit_code == 2
+    assert "ics: follows a sigmoid or tanh input; activation='relu' has none" in flat(result.output)
+    assert stored(tmp_path / "ics").empty if (tmp_path / "ics").exists() else True
+    ok = invoke("run", "ics", "--quick", "--jobs", "1", "--norms", "none", "--out", tmp_path)
+    assert ok.exit_code == 0, ok.output  # the results directory stays usable
+
+
+def test_a_run_non_finite_from_the_first_step_is_stored_as_diverged(tmp_path):
+    result = invoke(
+        "run",
+        "lr",
+        "--quick",
+        "--jobs",
+        "1",
+        "--norms",
+        "batchnorm",
+        "--dataset",
+        "lab_plugin:load_nan",
+        "--out",
+        tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    table = stored(tmp_path / "lr")
+    assert len(table) == 2 and table.diverged.all() and (table.steps_done == 1).all()
+    headline = pd.read_csv(tmp_path / "lr" / "headline.csv")
+    assert (headline.diverged == 1).all()
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_norms_comma_separated_repeated_and_canonicalized(tmp_path):
+    result = invoke(
+        "run",
+        "cost",
+        "--quick",
+        "--jobs",
+        "1",
+        "--norms",
+        "bn,batchnorm",
+        "--norms",
+        "GN",
+        "--norms",
+        "identity",
+        "--out",
+        tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(stored(tmp_path / "cost").norm) == ["batchnorm", "groupnorm", "none"]
+
+
+def test_help_shows_every_literal_and_the_version():
+    help_text = flat(invoke("run", "--help").output)
+    assert "pip install 'normlab[ray]'" in help_text
+    assert "[default: local]" in help_text and "[default: normlab-results]" in help_text
+    for name in E.EXPERIMENTS:  # listed from the experiments' homes
+        assert name in help_text
+    version = invoke("--version")
+    assert version.exit_code == 0 and version.output.startswith("normlab 0.")
+
+
+def test_progress_is_one_plain_line_per_run_when_not_a_terminal(tmp_path):
+    result = invoke("run", "init", "--quick", "--jobs", "1", "--norms", "bn", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("[")]
+    assert len(lines) == 2 and lines[0].startswith("[1/2] init batchnorm init_scale=0.1 seed=0: ")
+    assert " s, test acc 0." in lines[1]
+
+
+def test_list_fits_80_columns_and_never_cuts_a_paper(monkeypatch):
+    monkeypatch.setattr(cli, "console", Console(width=80))
+    result = invoke("list")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in result.output
+    column = "".join(line.split("│")[-2].replace(" ", "") for line in lines if "│" in line)
+    for name in cli.available():  # every paper is there, whole, however wrapped
+        assert cli.spec(name).paper.replace(" ", "") in column, name
+    monkeypatch.undo()
+    wide = invoke("list", "--wide")
+    assert "BatchNormNd" in wide.output and "weight, bias" in wide.output
+
+
+@pytest.mark.parametrize("kind", ["file", "under-a-file", "proc"])
+def test_an_unusable_out_is_one_clear_line(tmp_path, kind):
+    target = {
+        "file": tmp_path / "f",
+        "under-a-file": tmp_path / "f" / "sub",
+        "proc": "/proc/normlab-results",
+    }[kind]
+    (tmp_path / "f").write_text("not a directory")
+    result = invoke("run", "init", "--quick", "--jobs", "1", "--out", target)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output and "normlab: error:" in result.output
+
+
+# ------------------------------------------------------------------ your model and data
+
+
+def test_your_model_and_data_run_through_the_experiments_and_the_report(tmp_path):
+    result = invoke(
+        "compare",
+        "--quick",
+        "--jobs",
+        "1",
+        "--experiments",
+        "lr",
+        "--experiments",
+        "init",
+        "--model",
+        "lab_plugin:build",
+        "--dataset",
+        "lab_plugin:load",
+        "--norms",
+        "batchnorm,layernorm",
+        "--out",
+        tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    table = stored(tmp_path / "results" / "lr")
+    assert set(table.model) == {"lab_plugin:build"} and set(table.dataset) == {"lab_plugin:load"}
+    assert table.final_test_acc.max() > 0.8  # two well-separated blobs: it learns
+    page = (tmp_path / "index.html").read_text()
+    assert ">Learning rate<" in page and ">Initialization<" in page
+
+
+def test_a_bad_plugin_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="model: cannot import 'no_such_module'"):
+        TINY.replace(model="no_such_module:build")
+    with pytest.raises(ConfigError, match="dataset: module 'lab_plugin' has no attribute 'nope'"):
+        TINY.replace(dataset="lab_plugin:nope")
+    with pytest.raises(ConfigError, match="is not callable"):
+        TINY.replace(dataset="lab_plugin:NOT_CALLABLE")
+
+
+# ------------------------------------------------------------------ one home per experiment
+
+
+def test_every_experiment_is_one_module_of_the_suite():
+    import pkgutil
+
+    from normlab.experiments import suite
+    from normlab.experiments.experiment import Experiment
+
+    modules = {m.name for m in pkgutil.iter_modules(suite.__path__)}
+    assert {e.name.replace("-", "_") for e in E.EXPERIMENTS.values()} == modules
+    for experiment in E.EXPERIMENTS.values():
+        assert isinstance(experiment, Experiment)
+        assert experiment.sweep(quick=True).configs()
+    assert set(cli.catalog.SUITE) <= set(E.EXPERIMENTS)
+    assert RunConfig.model_fields.keys() >= {"model", "dataset", "eval_every"}
+
+
+def test_a_second_sweep_on_the_same_out_is_told_clearly(tmp_path):
+    from filelock import FileLock
+
+    (tmp_path / "init").mkdir()
+    with FileLock(tmp_path / "init" / ".lock"):
+        result = invoke("run", "init", "--quick", "--jobs", "1", "--out", tmp_path)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "another sweep is writing to the results store" in flat(result.output)
