@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
 import time
+import warnings
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated
@@ -32,6 +34,11 @@ Executor = enum.Enum("Executor", {"local": "local", "ray": "ray"}, type=str)
 ExperimentName = enum.Enum("ExperimentName", {n: n for n in catalog.EXPERIMENTS}, type=str)
 
 
+def _warn(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, once per message (warnings.showwarning's signature)."""
+    errors.print(f"normlab: warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     """Print one error line (no traceback) and return the Exit to raise."""
     errors.print(f"normlab: error: {message}", markup=False, highlight=False, soft_wrap=True)
@@ -52,6 +59,8 @@ def main(
     ] = False,
 ) -> None:
     """normlab: activation normalization for PyTorch — the techniques, and why they help."""
+    warnings.showwarning = _warn
+    warnings.filterwarnings("once")
 
 
 # ---------------------------------------------------------------- techniques
@@ -120,8 +129,18 @@ def list_techniques(
     rows = technique_rows(cost_map)
     columns = list(rows[0]) if wide else [c for c in rows[0] if c in NARROW or c.startswith("cost")]
     table = Table(title="normlab techniques: the axes one statistic is taken over")
+    longest_word = max(len(w) for row in rows for w in row["paper"].split())
     for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=wide or column != "paper")
+        narrow = not wide and column in ("paper", "(N, C, H, W) over", "inference stats")
+        table.add_column(
+            column,
+            overflow="fold",
+            no_wrap=not narrow,
+            min_width=longest_word if column == "paper" else None,
+            max_width={"(N, C, H, W) over": 14, "inference stats": 9}.get(column)
+            if narrow
+            else None,
+        )
     for row in rows:
         table.add_row(*(row[c] for c in columns))
     # --wide: one line per technique, however wide that is (the terminal may scroll).
@@ -180,21 +199,26 @@ _DATASET_HELP = (
 )
 _SET_HELP = "override a run field, e.g. --set steps=500 (repeatable)"
 
-Norms = Annotated[list[str] | None, typer.Option("--norms", help=_NORMS_HELP)]
-Model = Annotated[str | None, typer.Option(help=_MODEL_HELP)]
-Dataset = Annotated[str | None, typer.Option(help=_DATASET_HELP)]
-Seeds = Annotated[int, typer.Option(min=1, help="seeds per configuration")]
-Jobs = Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)")]
+Norms = Annotated[
+    list[str] | None, typer.Option("--norms", help=_NORMS_HELP, metavar="NAME[,NAME...]")
+]
+Model = Annotated[str | None, typer.Option(help=_MODEL_HELP, metavar="NAME|MODULE:FUNCTION")]
+Dataset = Annotated[str | None, typer.Option(help=_DATASET_HELP, metavar="NAME|MODULE:FUNCTION")]
+Seeds = Annotated[int, typer.Option(min=1, help="seeds per configuration", metavar="N")]
+Jobs = Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)", metavar="N")]
 ExecutorOption = Annotated[Executor, typer.Option(help=_EXECUTOR_HELP)]
 Address = Annotated[str | None, typer.Option(help=_ADDRESS_HELP)]
-Sets = Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)]
+Sets = Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP, metavar="FIELD=VALUE")]
 
 
 def _split_norms(norms: list[str] | None) -> list[str] | None:
     """--norms a,b --norms c -> [a, b, c] (canonicalized later, by the sweep)."""
-    if not norms:
+    if norms is None:
         return None
-    return [n.strip() for item in norms for n in item.split(",") if n.strip()] or None
+    names = [n.strip() for item in norms for n in item.split(",") if n.strip()]
+    if not names:
+        raise _fail("--norms: no technique named")
+    return names
 
 
 def _executor(name: Executor, jobs: int, address: str | None):
@@ -225,11 +249,15 @@ def _plan(names, norms, seeds, quick, model, dataset, sets, nproc=0) -> list:
             if value is not None:
                 overrides[field] = value
         plans = []
-        for name in names:
+        for name in dict.fromkeys(names):
             experiment = catalog.get(name)
             plans.append(
                 (experiment, experiment.sweep(_split_norms(norms), seeds, quick, overrides))
             )
+        from normlab.experiments.runner import preflight
+
+        with console.status("checking every setup before training..."):
+            preflight([c for _, sweep in plans for c in sweep.configs()])
         return plans
     except (KeyError, ConfigError) as e:
         raise _fail(str(e.args[0] if isinstance(e, KeyError) else e)) from None
@@ -316,8 +344,16 @@ def _sweep_all(plans, out_root: Path, pool, quick: bool = False) -> None:
         for (experiment, sweep), store in zip(plans, stores, strict=True):
             try:
                 run_sweep(sweep, store.root, pool, progress.callback(experiment, sweep))
-            except StoreBusyError as e:
+            except (StoreBusyError, ResultsStoreError) as e:
                 raise _fail(str(e), 1) from None
+            except Exception as e:  # a run failed while training
+                if os.environ.get("NORMLAB_DEBUG"):
+                    raise
+                raise _fail(
+                    f"{experiment.name}: a run failed ({type(e).__name__}: {e}); finished runs "
+                    f"are kept in {store.root}; NORMLAB_DEBUG=1 shows the traceback",
+                    1,
+                ) from None
 
 
 def _print_frame(frame, title: str) -> None:
@@ -435,6 +471,10 @@ def report(
         path = html.build(results, out or default_out)
     except ValueError as e:
         raise _fail(str(e)) from None
+    except OSError as e:
+        raise _fail(
+            f"cannot write the report to {out or default_out}: {e.strerror or e}", 1
+        ) from None
     console.print(f"report: {path}", markup=False)
 
 
@@ -458,13 +498,22 @@ def viz_axes(
     except KeyError as e:
         raise _fail(e.args[0]) from None
     fig = axes.figure(names or [n for n in available() if n != "none"], features=features)
-    fig.savefig(out, dpi=100)
+    try:
+        fig.savefig(out, dpi=100)
+    except (OSError, ValueError) as e:
+        raise _fail(f"cannot write {out}: {e}", 1) from None
     console.print(f"wrote {out}", markup=False)
 
 
 @viz.command("drift")
 def viz_drift(
-    results: Annotated[Path, typer.Argument(help="an ics results directory (with runs/)")],
+    results: Annotated[
+        Path,
+        typer.Argument(
+            help="an experiment's results directory (with runs/) whose runs monitored a "
+            "sigmoid or tanh input"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="GIF file")] = Path("drift.gif"),
     frames: Annotated[int, typer.Option(min=2, help="frames in the animation")] = 30,
 ) -> None:
@@ -472,7 +521,7 @@ def viz_drift(
     from normlab.report import animation
 
     if not (results / "runs").is_dir():
-        raise _fail(f"{results} holds no runs/ directory (an ics results directory does)")
+        raise _fail(f"{results} holds no runs/ directory (an experiment's results directory does)")
     try:
         animation.drift_gif(results, out, frames)
     except ValueError as e:

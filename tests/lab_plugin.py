@@ -35,3 +35,23 @@ def load_nan(seed, train_size, test_size):
 
 
 NOT_CALLABLE = 3
+
+
+class _FailsWhileTraining(nn.Module):
+    """Fine for one look (eval mode), fails at the third training step."""
+
+    def __init__(self, features, num_classes):
+        super().__init__()
+        self.linear = nn.Linear(features, num_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("boom at the third training step")
+        return self.linear(x.flatten(1))
+
+
+def build_fails_while_training(norm, input_shape, num_classes):
+    return _FailsWhileTraining(math.prod(input_shape), num_classes)

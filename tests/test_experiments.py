@@ -36,11 +36,11 @@ def test_config_validation_names_the_field():
     with pytest.raises(ConfigError, match=r"grid: unknown field 'nrom'; did you mean norm"):
         Sweep(TINY, {"nrom": ("batchnorm",)}).configs()
     with pytest.raises(ConfigError, match="unknown run config field"):
-        RunConfig.from_dict({"colour": "red"})
+        RunConfig(**{"colour": "red"})
 
 
 def test_run_id_is_a_hash_of_the_full_config():
-    assert TINY.run_id == RunConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))).run_id
+    assert TINY.run_id == RunConfig(**json.loads(json.dumps(TINY.to_dict()))).run_id
     assert TINY.run_id != TINY.replace(seed=1).run_id
     assert (
         len({c.run_id for c in Sweep(TINY, {"norm": ("none", "batchnorm")}, (0, 1)).configs()}) == 4

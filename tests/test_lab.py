@@ -171,9 +171,12 @@ def test_list_fits_80_columns_and_never_cuts_a_paper(monkeypatch):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert max(len(line) for line in lines) <= 80 and "…" not in result.output
-    column = "".join(line.split("│")[-2].replace(" ", "") for line in lines if "│" in line)
-    for name in cli.available():  # every paper is there, whole, however wrapped
-        assert cli.spec(name).paper.replace(" ", "") in column, name
+    cells = [line.split("│")[-2] for line in lines if "│" in line]
+    column = "".join(cell.replace(" ", "") for cell in cells)
+    words = {word for cell in cells for word in cell.split()}
+    for name in cli.available():  # every paper is there, in order, no word broken
+        paper = cli.spec(name).paper
+        assert paper.replace(" ", "") in column and set(paper.split()) <= words, name
     monkeypatch.undo()
     wide = invoke("list", "--wide")
     assert "BatchNormNd" in wide.output and "weight, bias" in wide.output
@@ -204,7 +207,7 @@ def test_your_model_and_data_run_through_the_experiments_and_the_report(tmp_path
         "--experiments",
         "lr",
         "--experiments",
-        "init",
+        "cost",
         "--model",
         "lab_plugin:build",
         "--dataset",
@@ -219,7 +222,7 @@ def test_your_model_and_data_run_through_the_experiments_and_the_report(tmp_path
     assert set(table.model) == {"lab_plugin:build"} and set(table.dataset) == {"lab_plugin:load"}
     assert table.final_test_acc.max() > 0.8  # two well-separated blobs: it learns
     page = (tmp_path / "index.html").read_text()
-    assert ">Learning rate<" in page and ">Initialization<" in page
+    assert ">Learning rate<" in page and ">Cost<" in page
 
 
 def test_a_bad_plugin_is_refused_with_the_reason():
@@ -257,3 +260,112 @@ def test_a_second_sweep_on_the_same_out_is_told_clearly(tmp_path):
         result = invoke("run", "init", "--quick", "--jobs", "1", "--out", tmp_path)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "another sweep is writing to the results store" in flat(result.output)
+
+
+# ------------------------------------------------------------------ what a sceptical user tried
+
+
+def test_analyses_read_the_current_sweep_not_every_run_ever_stored(tmp_path):
+    for extra in ([], ["--set", "steps=3"]):
+        result = invoke(
+            "run", "init", "--quick", "--jobs", "1", "--norms", "none", "--out", tmp_path, *extra
+        )
+        assert result.exit_code == 0, result.output
+    headline = pd.read_csv(tmp_path / "init" / "headline.csv")
+    assert (headline.runs == 1).all()
+    store = E.ResultsStore(tmp_path / "init")
+    assert len(store.summaries()) == 2 and len(store.summaries(everything=True)) == 4
+    assert set(store.summaries().steps) == {3}
+
+
+def test_a_diverged_ics_run_still_reports(tmp_path):
+    args = ["run", "ics", "--quick", "--jobs", "1", "--norms", "batchnorm", "--out", tmp_path]
+    result = invoke(*args, "--set", "init_scale=1e300", "--set", "steps=3")
+    assert result.exit_code == 0, result.output
+    assert stored(tmp_path / "ics").diverged.all()
+    report = invoke("report", tmp_path / "ics")  # an experiment's directory is accepted too
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "report" / "index.html").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["init", "--norms", "lrn"],
+            "norm=lrn model=mlp dataset=mnist: cannot run (NormInputError",
+        ),
+        (["init", "--set", "batch_size=5000"], "batch_size: 5000 examples per step"),
+        (["cost", "--set", "dataset=cifar10"], "dataset=cifar10: cannot run (DataFileError"),
+        (
+            ["init", "--model", "lab_plugin:build"],
+            "init sweeps init_scale, which your model builder",
+        ),
+        (["lr", "--norms", ""], "--norms: no technique named"),
+        (["lr", "--norms", "bn", "--set", "norm=gn"], "norm: given twice"),
+    ],
+)
+def test_what_cannot_train_is_refused_before_training(tmp_path, args, message):
+    result = invoke("run", *args, "--quick", "--jobs", "1", "--out", tmp_path)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in flat(result.output)
+    assert stored(tmp_path / args[0]).empty if (tmp_path / args[0] / "runs").is_dir() else True
+
+
+def test_a_run_that_fails_while_training_is_one_line_and_loses_nothing(tmp_path):
+    result = invoke(
+        "run",
+        "lr",
+        "--quick",
+        "--jobs",
+        "1",
+        "--norms",
+        "none",
+        "--model",
+        "lab_plugin:build_fails_while_training",
+        "--dataset",
+        "lab_plugin:load",
+        "--out",
+        tmp_path,
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "lr: a run failed (RuntimeError: boom at the third training step)" in flat(result.output)
+
+
+def test_a_step_count_asked_for_replaces_the_epochs(tmp_path):
+    result = invoke(
+        "run",
+        "lr",
+        "--quick",
+        "--jobs",
+        "1",
+        "--norms",
+        "none",
+        "--set",
+        "lr=0.1",
+        "--set",
+        "steps=2",
+        "--out",
+        tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    assert list(stored(tmp_path / "lr").steps_done) == [2]
+
+
+def test_an_empty_json_record_counts_as_unfinished(tmp_path):
+    sweep = E.get("init").sweep(["none"], quick=True)
+    store = E.run_sweep(sweep, tmp_path, E.LocalExecutor(1))
+    victim = store.runs / store.ids()[0]
+    (victim / "summary.json").write_text("{}")
+    with pytest.warns(UserWarning, match="summary.json does not read back"):
+        assert len(store.ids()) == len(sweep.configs()) - 1
+
+
+def test_aliases_that_build_the_same_layer_count_once():
+    from normlab.experiments.experiment import canonical_norms
+
+    assert canonical_norms(["sync_bn", "syncbatchnorm", "ln2d", "layernorm2d", "BN"]) == (
+        "syncbatchnorm",
+        "layernorm2d",
+        "batchnorm",
+    )

@@ -76,6 +76,18 @@ def stable_ranges(headline: pd.DataFrame, axis: str) -> str:
     return "; ".join(parts) + "." if parts else ""
 
 
+def error_endpoints(headline: pd.DataFrame, axis: str, unit: str = "") -> str:
+    """'norm e1 error at <axis> a, e2 at b' per norm: the two ends of a sweep."""
+    parts = []
+    for norm, group in headline.groupby("norm"):
+        acc = group.set_index(axis).test_acc.sort_index()
+        parts.append(
+            f"{norm} {1 - acc.iloc[0]:.3f} error at {axis.replace('_', ' ')} {acc.index[0]}{unit}, "
+            f"{1 - acc.iloc[-1]:.3f} at {acc.index[-1]}{unit}"
+        )
+    return "; ".join(parts) + "." if parts else ""
+
+
 def _layer_index(module: str) -> tuple:
     """Sort key: the numeric parts of a dotted module name ('3.weight' -> (3,))."""
     head = str(module).split("#")[0]

@@ -13,6 +13,7 @@ model builder or data loader (see :mod:`normlab.experiments.plugins`).
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -30,6 +31,19 @@ Activation = Literal["sigmoid", "tanh", "relu", "gelu", "silu", "leaky_relu"]
 Init = Literal["small-gaussian", "kaiming", "xavier", "default"]
 NormPosition = Literal["pre", "post"]
 Optimizer = Literal["sgd", "momentum", "adam"]
+
+# Fields only normlab's own builders read: a user's builder (model="pkg.mod:fn") gets
+# the norm factory, the input shape and the class count, not these.
+MODEL_FIELDS = (
+    "depth",
+    "width",
+    "channels",
+    "activation",
+    "init",
+    "init_std",
+    "init_scale",
+    "norm_position",
+)
 
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
@@ -140,10 +154,6 @@ class RunConfig(BaseModel):
     def to_dict(self) -> dict:
         return self.model_dump()
 
-    @classmethod
-    def from_dict(cls, values: dict) -> RunConfig:
-        return cls(**values)
-
     @property
     def effective_lr(self) -> float:
         return self.lr * self.batch_size / 32 if self.lr_scaling else self.lr
@@ -211,6 +221,10 @@ class Sweep:
 
     def configs(self) -> list[RunConfig]:
         """Every combination, validated, in a stable order, without duplicates."""
+        return list(self._configs)
+
+    @functools.cached_property
+    def _configs(self) -> tuple[RunConfig, ...]:
         for name in self.grid:
             if name not in RUN_FIELDS:
                 hint = did_you_mean(name, RUN_FIELDS)
@@ -221,4 +235,4 @@ class Sweep:
                 raise ConfigError(f"grid: no values for {name!r}")
             combos = [{**c, name: v} for c in combos for v in values]
         configs = [self.base.replace(**combo, seed=seed) for combo in combos for seed in self.seeds]
-        return list({c.run_id: c for c in configs}.values())
+        return tuple({c.run_id: c for c in configs}.values())

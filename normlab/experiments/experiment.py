@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
-from normlab.experiments.config import ConfigError, RunConfig, Sweep
+from normlab.experiments.config import MODEL_FIELDS, ConfigError, RunConfig, Sweep
 from normlab.norms import registry
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class Experiment(ABC):
         overrides = dict(overrides or {})
         if "seed" in overrides:
             raise ConfigError("seed: the sweep sets seeds; use --seeds N for seeds 0..N-1")
+        if "norm" in overrides and norms:
+            raise ConfigError("norm: given twice (--norms and --set norm=); use --norms")
         if not isinstance(seeds, int) or seeds < 1:
             raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
         names = canonical_norms(norms or self.default_norms)
@@ -63,12 +65,22 @@ class Experiment(ABC):
         if quick:
             grid = {k: v if k == "norm" else v[:2] for k, v in grid.items()}
         base_changes = dict(self.quick) if quick else {}
+        if "steps" in overrides and "epochs" not in overrides:
+            base_changes["epochs"] = None  # a step count asked for replaces the epochs
         for field, value in overrides.items():
             if field in grid:
                 grid[field] = canonical_norms([value]) if field == "norm" else (value,)
             else:
                 base_changes[field] = value
         sweep = Sweep(self.base.replace(**base_changes), grid, tuple(range(seeds)))
+        ignored = [f for f in grid if f in MODEL_FIELDS]
+        if ":" in sweep.base.model and ignored:
+            raise ConfigError(
+                f"{self.name} sweeps {', '.join(ignored)}, which your model builder "
+                f"{sweep.base.model!r} does not receive; it would train the same model "
+                "at every value (experiments that fit your model sweep the norm, batch size, "
+                "learning rate or training length)"
+            )
         for config in sweep.configs():
             self.check(config)
         return sweep

@@ -11,8 +11,11 @@ import numpy as np
 import pandas as pd
 
 
-def density(quantiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A step density from evenly spaced quantiles: mass 1/(k-1) between neighbours."""
+def density(sketches: pd.DataFrame, site: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """A site's distribution at ``step`` as a step density, from its recorded quantile
+    sketch (evenly spaced quantiles: mass 1/(k-1) between neighbours)."""
+    rows = sketches[(sketches.module == site) & (sketches.step == step)].sort_values("level")
+    quantiles = rows.value.to_numpy()
     widths = np.maximum(np.diff(quantiles), 1e-9)
     return quantiles, np.append(1.0 / (len(quantiles) - 1) / widths, 0.0)
 

@@ -4,6 +4,7 @@ evaluation every k steps, divergence detection, cost; tidy results."""
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from normlab import data, models
 from normlab.experiments import plugins
-from normlab.experiments.config import RunConfig
+from normlab.experiments.config import ConfigError, RunConfig
 from normlab.experiments.store import RunResult
 from normlab.monitor import Monitor, internal_covariate_shift, loss_landscape, preserved_state
 from normlab.norms import registry
@@ -159,6 +160,35 @@ def _probe_rows(step, model, optimizer, x, y) -> list[tuple[int, str, float]]:
     for key in ("loss_variation", "gradient_predictiveness", "beta_smoothness"):
         rows.append((step, key, smooth[key]))
     return rows
+
+
+def preflight(configs: list[RunConfig]) -> None:
+    """Load the data and build the model of every distinct setup in ``configs`` and
+    run two examples through it, so that what cannot train (a norm that cannot take
+    the model's tensors, images a model cannot take, a batch larger than the data,
+    missing data files) is refused before anything trains. Raises ConfigError."""
+    skip = {"seed", "lr", "steps", "epochs", "eval_every", "probe_every", "noise", "optimizer"}
+    seen = set()
+    for config in configs:
+        key = json.dumps({k: v for k, v in config.to_dict().items() if k not in skip}, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        what = f"norm={config.norm} model={config.model} dataset={config.dataset}"
+        try:
+            dataset = _dataset(config.dataset, config.seed, config.train_size, config.test_size)
+            model = build_model(config, dataset).eval()
+            with torch.no_grad():
+                model(dataset.train_x[:2])
+        except Exception as e:  # whatever the data, the builder or the model raise
+            raise ConfigError(f"{what}: cannot run ({type(e).__name__}: {e})") from None
+        examples = config.batch_size * config.nproc
+        if examples > len(dataset.train_x):
+            raise ConfigError(
+                f"batch_size: {examples} examples per step ({config.nproc} process(es) x "
+                f"{config.batch_size}) exceed the {len(dataset.train_x)} training examples of "
+                f"{dataset.name}"
+            )
 
 
 def run(config: RunConfig) -> RunResult:

@@ -38,6 +38,11 @@ from normlab.experiments.config import RunConfig
 RUN_ID = re.compile(r"[0-9a-f]{16}")
 _REQUIRED = ("config.json", "summary.json", "metrics.parquet")
 _OPTIONAL = ("monitor.parquet", "sketches.parquet")
+# Keys a record must hold to count as finished (an empty JSON object does not).
+_KEYS = {
+    "config.json": ("dataset", "model", "norm", "seed"),
+    "summary.json": ("final_test_acc", "diverged", "steps_done"),
+}
 
 
 class ResultsStoreError(ValueError):
@@ -68,6 +73,9 @@ def _json_object(path: Path) -> dict:
     value = json.loads(path.read_text())
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    missing = [key for key in _KEYS.get(path.name, ()) if key not in value]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
     return value
 
 
@@ -208,14 +216,41 @@ class ResultsStore:
             shutil.rmtree(aside, ignore_errors=True)
         return final
 
-    def ids(self) -> list[str]:
-        """The finished runs' ids (anything else under runs/ is ignored)."""
-        return [run_id for run_id, _, _ in self._records()]
+    def set_current(self, run_ids: list[str]) -> None:
+        """Record the runs of the sweep now planned here (atomically): what
+        :meth:`ids` and :meth:`summaries` read from then on, so that runs of an
+        earlier, different sweep in the same directory are kept but not mixed in."""
+        tmp = self.root / f".current-{secrets.token_hex(4)}.json"
+        tmp.write_text(json.dumps(sorted(set(run_ids))))
+        os.replace(tmp, self.root / "current.json")
 
-    def summaries(self) -> pd.DataFrame:
-        """One row per finished run: its config fields and its summary."""
+    def _current(self) -> set[str] | None:
+        path = self.root / "current.json"
+        if not path.is_file():
+            return None
+        try:
+            return set(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            warnings.warn(f"{path} does not read back: every run counts", DamagedRunWarning, 2)
+            return None
+
+    def ids(self, everything: bool = False) -> list[str]:
+        """The finished runs' ids: of the current sweep (see :meth:`set_current`),
+        or every finished run here with ``everything``. Anything else under runs/
+        is ignored."""
+        current = None if everything else self._current()
+        return [i for i, _, _ in self._records() if current is None or i in current]
+
+    def summaries(self, everything: bool = False) -> pd.DataFrame:
+        """One row per finished run (of the current sweep, unless ``everything``):
+        its config fields and its summary."""
+        current = None if everything else self._current()
         return pd.DataFrame(
-            [{"run_id": run_id, **config, **summary} for run_id, config, summary in self._records()]
+            [
+                {"run_id": run_id, **config, **summary}
+                for run_id, config, summary in self._records()
+                if current is None or run_id in current
+            ]
         )
 
     def metrics(self, run_id: str) -> pd.DataFrame:

@@ -40,7 +40,8 @@ def run_sweep(
     """Run every configuration of ``sweep`` not already in the store at ``root``.
 
     Re-running the same sweep resumes it: finished runs (same config, same id)
-    are skipped, interrupted or damaged ones run again. ``on_result(config, summary)``
+    are skipped, interrupted or damaged ones run again. The sweep becomes the
+    store's current one: its analyses read this sweep's runs only. ``on_result(config, summary)``
     is called as each run finishes (progress bars hook in here). The sweep holds
     the store's lock throughout: a second sweep on the same ``root`` raises
     :class:`~normlab.experiments.store.StoreBusyError`.
@@ -49,6 +50,7 @@ def run_sweep(
     with store.lock():
         store.remove_partial()
         configs = sweep.configs()
+        store.set_current([c.run_id for c in configs])
         todo = list({c.run_id: c for c in configs if not store.has(c)}.values())
         by_id = {c.run_id: c for c in todo}
         executor = executor or LocalExecutor()

@@ -493,10 +493,13 @@ def spec_of(module: nn.Module) -> NormSpec | None:
 
 def canonical(name: str) -> str:
     """The one spelling of ``name``: the technique's registry name for itself and its
-    plain aliases ('bn' -> 'batchnorm'), the normalized alias for an alias that builds
-    a layer of its own ('sync_bn', 'layernorm2d'). Unknown names raise KeyError."""
+    plain aliases ('bn' -> 'batchnorm'); for an alias that builds a layer of its own,
+    the first alias that builds the same ('syncbatchnorm' -> 'syncbatchnorm',
+    'sync_bn' -> 'syncbatchnorm', 'ln2d' -> 'layernorm2d'). Unknown names raise KeyError."""
     spec_, build = _lookup(name)
-    return spec_.name if build is spec_.build else _key(name)
+    if build is spec_.build:
+        return spec_.name
+    return next(_key(a) for a, b in spec_.aliases.items() if b is build)
 
 
 def spec(name: str) -> NormSpec:

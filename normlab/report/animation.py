@@ -46,10 +46,9 @@ def drift_gif(results: str | Path, out: str | Path, frames: int = 30) -> Path:
         ax.set_title(norm)
 
     def update(i: int):
-        for line, ax, (norm, _, sk, picked) in zip(lines, axes[0], panels, strict=True):
+        for line, ax, (norm, site, sk, picked) in zip(lines, axes[0], panels, strict=True):
             step = picked[min(i, len(picked) - 1)]
-            q = sk[sk.step == step].sort_values("level").value.to_numpy()
-            x, d = density(q)
+            x, d = density(sk, site, step)
             line.set_data(x, d)
             ax.set_ylim(0, max(ax.get_ylim()[1], float(np.percentile(d, 95)) * 1.2))
             ax.set_title(f"{norm} — step {step}")

@@ -163,8 +163,11 @@ def build(root: str | Path, out: str | Path) -> Path:
 def locate(directory: str | Path) -> tuple[Path, Path]:
     """(results root, report directory) for ``directory``: a compare directory (its
     results in ``results/``, its report beside them) or a results directory (one folder
-    per experiment; its report goes into ``directory/report``)."""
+    per experiment; its report goes into ``directory/report``); one experiment's
+    directory (holding ``runs/``) stands for the results directory above it."""
     directory = Path(directory)
+    if (directory / "runs").is_dir():
+        directory = directory.resolve().parent
     if (directory / "results").is_dir():
         return directory / "results", directory
     return directory, directory / "report"

@@ -36,14 +36,7 @@ class BatchSizeDataParallel(Experiment):
         return [(plots.error_vs(headline, "batch_size"), caption)]
 
     def finding(self, headline: pd.DataFrame) -> str:
-        parts = []
-        for norm, group in headline.groupby("norm"):
-            acc = group.set_index("batch_size").test_acc.sort_index()
-            parts.append(
-                f"{norm} {1 - acc.iloc[0]:.3f} error at {acc.index[0]} per process, "
-                f"{1 - acc.iloc[-1]:.3f} at {acc.index[-1]}"
-            )
-        return "; ".join(parts) + "." if parts else ""
+        return analysis.error_endpoints(headline, "batch_size", " per process")
 
 
 EXPERIMENT = BatchSizeDataParallel()

@@ -59,6 +59,16 @@ class Depth(Experiment):
             return pd.DataFrame(columns=["norm", "depth", "test_acc", "first_to_last_grad_ratio"])
         return pd.DataFrame(rows).groupby(["norm", "depth"]).mean().reset_index()
 
+    def finding(self, headline: pd.DataFrame) -> str:
+        parts = []
+        for norm, group in headline.groupby("norm"):
+            deepest = group.sort_values("depth").iloc[-1]
+            parts.append(
+                f"{norm} at depth {int(deepest.depth)}: test accuracy {deepest.test_acc:.3f}, "
+                f"first-to-last gradient ratio {deepest.first_to_last_grad_ratio:.3g}"
+            )
+        return "; ".join(parts) + "." if parts else ""
+
     def figures(self, store, headline):
         caption = "Median weight-gradient norm per layer in the deepest network of each norm."
         return [(_gradient_flow(store), caption)]

@@ -53,16 +53,15 @@ class InternalCovariateShift(Experiment):
             drift = {f"{q}_drift": math.nan for q in ("p15", "p50", "p85")}
             mean_drift = std_drift = math.nan
             if sites:
-                last = analysis.site_stats(monitor, sites[-1])
-                drift = {
-                    f"{q}_drift": last[q].iloc[-1] - last[q].iloc[0] for q in ("p15", "p50", "p85")
+                last = analysis.site_stats(monitor, sites[-1])[["p15", "p50", "p85"]].dropna()
+                if len(last):
+                    drift = {q: last[q[:3]].iloc[-1] - last[q[:3]].iloc[0] for q in drift}
+                change = {
+                    q: [abs(b - a) for a, b in map(analysis.first_last, _moved(monitor, sites, q))]
+                    for q in ("mean", "std")
                 }
-                moved = monitor[monitor.module.isin(sites)].pivot_table(
-                    index="step", columns=["module", "quantity"], values="value"
-                )
-                change = (moved.iloc[-1] - moved.iloc[0]).abs()
-                mean_drift = float(change.xs("mean", level="quantity").mean())
-                std_drift = float(change.xs("std", level="quantity").mean())
+                mean_drift = analysis.nanmean(change["mean"])
+                std_drift = analysis.nanmean(change["std"])
             rows.append(
                 {
                     "norm": run.norm,
@@ -118,6 +117,12 @@ class InternalCovariateShift(Experiment):
         return table
 
 
+def _moved(monitor, sites, quantity):
+    """Each site's recorded ``quantity`` over steps, finite records only."""
+    for site in sites:
+        yield analysis.site_stats(monitor, site)[quantity].dropna()
+
+
 def _drift_figure(store):
     """Per norm: the last sigmoid input's distribution early vs late (mean, std
     annotated), and its 15/50/85th percentiles over training."""
@@ -137,8 +142,7 @@ def _drift_figure(store):
         ax = axes[0, col]
         steps = [] if sketches is None else sorted(sketches[sketches.module == site].step.unique())
         for step, color in ((steps[0], "#888"), (steps[-1], "#d62728")) if steps else ():
-            q = sketches[(sketches.module == site) & (sketches.step == step)].sort_values("level")
-            x, d = density(q.value.to_numpy())
+            x, d = density(sketches, site, step)
             mean, std = stats.loc[step, "mean"], stats.loc[step, "std"]
             label = f"step {step}: mean {mean:.2f}, std {std:.2f}"
             ax.step(x, d, where="post", color=color, label=label)
