@@ -54,10 +54,6 @@ class ConfigError(ValueError):
     """A bad field in an experiment or run configuration."""
 
 
-def _is_plugin(value: str) -> bool:
-    return ":" in value
-
-
 class RunConfig(BaseModel):
     """Everything that determines one training run (its id is a hash of it)."""
 
@@ -92,26 +88,18 @@ class RunConfig(BaseModel):
     watch: tuple[str, ...] = ()  # Monitor modules= patterns; () = the defaults
     norm_kwargs: tuple[tuple[str, Any], ...] = ()
 
-    @field_validator("dataset")
+    @field_validator("dataset", "model")
     @classmethod
-    def _dataset(cls, value: str) -> str:
-        if _is_plugin(value):
+    def _named_or_plugin(cls, value: str, info) -> str:
+        """A name normlab knows, or a user's 'package.module:function' that resolves."""
+        if ":" in value:
             from normlab.experiments.plugins import resolve
 
-            resolve(value, "dataset")
+            resolve(value, info.field_name)
             return value
-        key = value.strip().lower().replace("_", "-")
-        return _known(key, data.available())
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str) -> str:
-        if _is_plugin(value):
-            from normlab.experiments.plugins import resolve
-
-            resolve(value, "model")
-            return value
-        return _known(value, MODELS)
+        if info.field_name == "model":
+            return _known(value, MODELS)
+        return _known(value.strip().lower().replace("_", "-"), data.available())
 
     @field_validator("norm")
     @classmethod
