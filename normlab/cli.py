@@ -322,6 +322,7 @@ class _Progress:
 
 def _sweep_all(plans, out_root: Path, pool, quick: bool = False) -> None:
     """Run every plan's sweep into out_root/<experiment>, with progress."""
+    from normlab.experiments.executors import LocalExecutor
     from normlab.experiments.store import ResultsStore, ResultsStoreError, StoreBusyError
     from normlab.experiments.sweep import run_sweep
 
@@ -342,8 +343,11 @@ def _sweep_all(plans, out_root: Path, pool, quick: bool = False) -> None:
     )
     with _Progress(todo) as progress:
         for (experiment, sweep), store in zip(plans, stores, strict=True):
+            here = pool
+            if experiment.exclusive and isinstance(pool, LocalExecutor):
+                here = LocalExecutor(1)  # timings: one run at a time, all cores its own
             try:
-                run_sweep(sweep, store.root, pool, progress.callback(experiment, sweep))
+                run_sweep(sweep, store.root, here, progress.callback(experiment, sweep))
             except (StoreBusyError, ResultsStoreError) as e:
                 raise _fail(str(e), 1) from None
             except Exception as e:  # a run failed while training

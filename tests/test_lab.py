@@ -272,7 +272,7 @@ def test_analyses_read_the_current_sweep_not_every_run_ever_stored(tmp_path):
         )
         assert result.exit_code == 0, result.output
     headline = pd.read_csv(tmp_path / "init" / "headline.csv")
-    assert (headline.runs == 1).all()
+    assert (headline.seeds == 1).all()
     store = E.ResultsStore(tmp_path / "init")
     assert len(store.summaries()) == 2 and len(store.summaries(everything=True)) == 4
     assert set(store.summaries().steps) == {3}

@@ -22,7 +22,7 @@ from normlab.experiments import Sweep
 ray = pytest.importorskip("ray", reason="needs Ray: pip install 'normlab[ray]'")
 
 # Wall-clock measurements differ between any two runs.
-TIMINGS = ["ms_per_step", "wall_seconds"]
+TIMINGS = ["ms_per_step", "ms_per_step_iqr", "wall_seconds", "machine"]
 
 
 @pytest.fixture(scope="module")

@@ -154,6 +154,7 @@ FACTS = {  # name: (inference, fused_activation, torch_classes)
     "batchnorm": ("running", False, (BN,)),
     "layernorm": ("sample", False, (nn.LayerNorm,)),
     "groupnorm": ("sample", False, (nn.GroupNorm,)),
+    "layernorm_chw": ("sample", False, ()),
     "instancenorm": ("sample", False, (IN,)),
     "rmsnorm": ("sample", False, (nn.RMSNorm,)),
     "lrn": ("sample", False, (nn.LocalResponseNorm,)),

@@ -33,11 +33,19 @@ def results(tmp_path_factory):
 
 def test_report_is_self_contained_with_every_section(results, tmp_path):
     page = html.build(results, tmp_path).read_text()
-    for title in ("What is normalized", "Summary", *(e.title for e in E.EXPERIMENTS.values())):
-        assert f">{html_escape(title)}<" in page, title
+    parts = [page.index(f'<h2 id="{key}">{html_escape(title)}</h2>') for key, title in html.PARTS]
+    assert parts == sorted(parts)  # the article's seven parts, in reading order
+    for experiment in E.EXPERIMENTS.values():
+        assert f"<h3>{html_escape(experiment.title)}</h3>" in page, experiment.name
     for name in EXPERIMENTS:  # every experiment with results has its finding and figures
-        section = page.split(f">{html_escape(E.get(name).title)}<")[1].split("<h2>")[0]
+        section = page.split(f"<h3>{html_escape(E.get(name).title)}</h3>")[1].split("<h3>")[0]
         assert 'class="finding"' in section and "<figure><img" in section, name
+    what = page.split('<h2 id="what">')[1].split("<h2")[0]
+    assert "x̂ = (x − μ) / √(σ² + ε)" in what and what.count("<figure>") >= 1
+    for technique in E.get("cost").default_norms:  # the registry's table: every technique
+        assert f"<td>{technique}</td>" in what, technique
+    pngs = sorted((tmp_path / "figures").glob("*.png"))
+    assert len(pngs) == page.count("<figure>") and pngs[0].read_bytes()[:4] == b"\x89PNG"
     images = re.findall(r'<img src="([^"]+)"', page)
     assert len(images) >= 7 and all(src.startswith("data:image/png;base64,") for src in images)
     for src in images:  # every picture is a real PNG
@@ -79,6 +87,11 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
     loaded = re.search(r'data-images-loaded="(\d+)"', dom)
     assert total and loaded, "the page's load script did not run"
     assert int(total.group(1)) >= 7 and loaded.group(1) == total.group(1)
+    for key, title in html.PARTS:  # every part rendered, each experiment with a figure
+        assert f'id="{key}"' in dom and title in dom, key
+    for name in EXPERIMENTS:  # (the DOM dump writes ' as is)
+        section = dom.split(E.get(name).title)[1].split("<h3>")[0]
+        assert "<img" in section and "Figure " in section, name
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == [], console
 

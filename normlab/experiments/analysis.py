@@ -9,19 +9,56 @@ import pandas as pd
 
 from normlab.experiments.store import ResultsStore
 
+OUTCOMES = ("trained", "did not learn", "diverged")  # best to worst
+
 
 def final_table(store: ResultsStore, axis: str) -> pd.DataFrame:
-    """Mean final test accuracy (and divergence) per norm and ``axis`` value."""
+    """Per norm and ``axis`` value, over seeds: mean, min and max final test accuracy,
+    the number of seeds, the fraction of diverged runs and the typical outcome (the
+    most common; a tie goes to the worse)."""
+    columns = ["norm", axis, "test_acc", "acc_min", "acc_max", "seeds", "diverged", "outcome"]
     table = store.summaries()
     if table.empty:
-        return pd.DataFrame(columns=["norm", axis, "test_acc", "diverged", "runs"])
-    grouped = table.groupby(["norm", axis], dropna=False)
-    out = grouped.agg(
-        test_acc=("final_test_acc", "mean"),
-        diverged=("diverged", "mean"),
-        runs=("run_id", "count"),
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (norm, value), group in table.groupby(["norm", axis], dropna=False):
+        outcomes = (
+            group.outcome
+            if "outcome" in group
+            else group.diverged.map({True: "diverged", False: "trained"})
+        )
+        counts = outcomes.value_counts()
+        typical = max(OUTCOMES, key=lambda o: (counts.get(o, 0), OUTCOMES.index(o)))
+        rows.append(
+            {
+                "norm": norm,
+                axis: value,
+                "test_acc": group.final_test_acc.mean(),
+                "acc_min": group.final_test_acc.min(),
+                "acc_max": group.final_test_acc.max(),
+                "seeds": len(group),
+                "diverged": float((outcomes == "diverged").mean()),
+                "outcome": typical,
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def differs(a: pd.Series | dict, b: pd.Series | dict) -> bool:
+    """Whether two rows' accuracy ranges over seeds (acc_min..acc_max) do not overlap:
+    only then is a difference called a difference. One seed each: never."""
+    if a["seeds"] < 2 or b["seeds"] < 2:
+        return False
+    return a["acc_min"] > b["acc_max"] or b["acc_min"] > a["acc_max"]
+
+
+def spread(row) -> str:
+    """'0.912 (0.905–0.918, 3 seeds)' or '0.912 (1 seed)'."""
+    if row["seeds"] < 2:
+        return f"{row['test_acc']:.3f} (1 seed)"
+    return (
+        f"{row['test_acc']:.3f} ({row['acc_min']:.3f}–{row['acc_max']:.3f}, {row['seeds']} seeds)"
     )
-    return out.reset_index()
 
 
 def metric_series(metrics: pd.DataFrame, name: str) -> pd.Series:
@@ -45,13 +82,15 @@ def last_sigmoid_site(monitor: pd.DataFrame | None) -> str | None:
     return sites[-1] if sites else None
 
 
-def layer_gradient_norms(monitor: pd.DataFrame | None) -> pd.Series:
-    """Median weight-gradient norm per parameter ``*.weight``, input to output."""
+def layer_gradient_norms(monitor: pd.DataFrame | None, weights: str = "") -> pd.Series:
+    """Median gradient norm per linear map's weight (``weights``: the run's
+    ``weight_layers``, comma-separated), input to output; norms' scales are not layers."""
     if monitor is None or monitor.empty:
         return pd.Series(dtype=float)
-    grads = monitor[(monitor.quantity == "grad_norm") & monitor.module.str.endswith(".weight")]
+    names = [w for w in str(weights).split(",") if w]
+    grads = monitor[(monitor.quantity == "grad_norm") & monitor.module.isin(names)]
     per_layer = grads.groupby("module").value.median()
-    return per_layer[sorted(per_layer.index, key=_layer_index)]
+    return per_layer.reindex([n for n in names if n in per_layer.index])
 
 
 def site_stats(monitor: pd.DataFrame, site: str) -> pd.DataFrame:
@@ -66,13 +105,21 @@ def first_last(values: pd.Series) -> tuple[float, float]:
     return float(values.iloc[0]), float(values.iloc[-1])
 
 
-def stable_ranges(headline: pd.DataFrame, axis: str) -> str:
-    """'norm trains without diverging for axis in a–b' per norm."""
+def outcome_ranges(headline: pd.DataFrame, axis: str) -> str:
+    """Per norm, where along ``axis`` it trained, did not learn and diverged."""
     parts = []
     for norm, group in headline.groupby("norm"):
-        ok = group[group.diverged == 0]
-        span = f"{ok[axis].min():g}–{ok[axis].max():g}" if len(ok) else "none"
-        parts.append(f"{norm} trains without diverging for {axis} in {span}")
+        found = []
+        for outcome in OUTCOMES:
+            values = group[group.outcome == outcome][axis]
+            if len(values):
+                span = (
+                    f"{values.min():g}"
+                    if len(values) == 1
+                    else f"{values.min():g}–{values.max():g}"
+                )
+                found.append(f"{outcome} at {axis.replace('_', ' ')} {span}")
+        parts.append(f"{norm} " + ", ".join(found))
     return "; ".join(parts) + "." if parts else ""
 
 

@@ -73,6 +73,7 @@ class RunConfig(BaseModel):
     optimizer: Optimizer = "sgd"
     lr: PositiveFloat = 0.5
     lr_scaling: Annotated[bool, Field(strict=True)] = False  # lr * batch_size / 32
+    warmup_steps: NonNegativeInt = 0  # lr rises linearly from lr/warmup_steps over these
     batch_size: PositiveInt = 60
     steps: PositiveInt = 1000
     epochs: PositiveInt | None = None  # if set, steps = epochs * train examples // batch

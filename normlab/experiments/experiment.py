@@ -11,6 +11,7 @@ sections are all read from there. Adding an experiment is adding one file.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
@@ -22,6 +23,27 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from normlab.experiments.store import ResultsStore
+
+
+# The article's parts an experiment can belong to, in reading order.
+SECTIONS = {
+    "problem": "Why: the problem",
+    "why": "Why it helps: what we measured and what the literature says",
+    "compare": "The techniques compared",
+}
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A published finding and what our numbers say of it."""
+
+    claim: str  # the finding, with its source
+    held: bool | None  # None: not testable from these runs (too few seeds, runs missing)
+    measured: str  # our numbers
+
+    def __post_init__(self) -> None:
+        if self.held is not None:  # numpy's bools from comparisons of table cells
+            object.__setattr__(self, "held", bool(self.held))
 
 
 class Experiment(ABC):
@@ -36,19 +58,26 @@ class Experiment(ABC):
     base: ClassVar[RunConfig]
     grid: ClassVar[dict[str, tuple]] = {}
     quick: ClassVar[dict[str, Any]] = {}  # overrides that shrink it to a smoke test
+    full: ClassVar[dict[str, Any]] = {}  # overrides for `--full`: the published sizes
+    seeds: ClassVar[int] = 1  # seeds `normlab compare` runs (its 10-minute budget)
+    exclusive: ClassVar[bool] = False  # runs one at a time (timings: nothing beside them)
     in_suite: ClassVar[bool] = True  # part of `normlab compare`
-    order: ClassVar[int] = 100  # position in the report
+    section: ClassVar[str] = "compare"  # the article's part: see SECTIONS
+    order: ClassVar[int] = 100  # position within it
 
     # ------------------------------------------------------------ planning
 
     def sweep(
         self,
         norms: tuple[str, ...] | list[str] | None = None,
-        seeds: int = 1,
+        seeds: int | None = None,
         quick: bool = False,
         overrides: dict[str, Any] | None = None,
+        full: bool = False,
     ) -> Sweep:
-        """The sweep: the grid crossed with ``norms`` and ``seeds`` seeds.
+        """The sweep: the grid crossed with ``norms`` and ``seeds`` seeds (default: the
+        experiment's own count); ``quick`` shrinks it to a smoke test, ``full`` runs
+        the published sizes.
 
         ``overrides`` set run fields; one that the experiment sweeps over narrows
         the sweep to that value. Norm names are canonicalized and deduplicated.
@@ -58,13 +87,16 @@ class Experiment(ABC):
             raise ConfigError("seed: the sweep sets seeds; use --seeds N for seeds 0..N-1")
         if "norm" in overrides and norms:
             raise ConfigError("norm: given twice (--norms and --set norm=); use --norms")
+        if quick and full:
+            raise ConfigError("quick and full: choose one")
+        seeds = (1 if quick else self.seeds) if seeds is None else seeds
         if not isinstance(seeds, int) or seeds < 1:
             raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
         names = canonical_norms(norms or self.default_norms)
         grid = {"norm": names, **self.grid}
         if quick:
             grid = {k: v if k == "norm" else v[:2] for k, v in grid.items()}
-        base_changes = dict(self.quick) if quick else {}
+        base_changes = dict(self.quick if quick else self.full if full else {})
         if "steps" in overrides and "epochs" not in overrides:
             base_changes["epochs"] = None  # a step count asked for replaces the epochs
         for field, value in overrides.items():
@@ -106,6 +138,11 @@ class Experiment(ABC):
     def finding(self, headline: pd.DataFrame) -> str:
         """What the numbers say, in sentences computed from them."""
         return ""
+
+    def expectations(self, headline: pd.DataFrame) -> list[Expectation]:
+        """The published findings this experiment tests, each with whether our numbers
+        show it and the numbers."""
+        return []
 
     def summary(self, store: ResultsStore, headline: pd.DataFrame) -> pd.DataFrame:
         """This experiment's columns of the report's per-technique summary: a frame

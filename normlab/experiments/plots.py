@@ -21,42 +21,62 @@ def density(sketches: pd.DataFrame, site: str, step: int) -> tuple[np.ndarray, n
 
 
 def error_vs(headline: pd.DataFrame, axis: str, log: bool = True):
-    """Test error against ``axis`` (e.g. batch size), one line per norm."""
+    """Test error against ``axis`` (e.g. batch size), one line per norm, the band
+    between the best and worst seed shaded."""
     if headline.empty:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for norm, group in headline.groupby("norm"):
         group = group.sort_values(axis)
-        ax.plot(group[axis], 1 - group.test_acc.fillna(0.0), marker="o", label=norm)
+        (line,) = ax.plot(group[axis], 1 - group.test_acc, marker="o", label=norm)
+        if "acc_min" in group and (group.seeds > 1).any():
+            ax.fill_between(
+                group[axis],
+                1 - group.acc_max,
+                1 - group.acc_min,
+                color=line.get_color(),
+                alpha=0.15,
+            )
     if log:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(axis.replace("_", " "))
-    ax.set_ylabel("test error")
+    ax.set_ylabel("test error (band: best to worst seed)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
 
 
+MARKS = {"trained": "", "did not learn": "○", "diverged": "×"}
+
+
 def heatmap(headline: pd.DataFrame, axis: str):
-    """Accuracy as a norm x ``axis`` heatmap; diverged runs marked with x."""
+    """Mean accuracy as a norm x ``axis`` heatmap. Each cell prints the accuracy of a
+    run that trained, ○ and the accuracy where it did not learn (near chance), × where
+    it diverged; every mark on a white box, readable on any cell colour."""
     if headline.empty:
         return None
     acc = headline.pivot(index="norm", columns=axis, values="test_acc")
-    div = headline.pivot(index="norm", columns=axis, values="diverged")
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * acc.shape[1], 0.8 + 0.55 * acc.shape[0]))
+    outcome = headline.pivot(index="norm", columns=axis, values="outcome")
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 0.95 * acc.shape[1]), 1.3 + 0.55 * acc.shape[0]))
     image = ax.imshow(acc.fillna(0.0).to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for i in range(acc.shape[0]):
         for j in range(acc.shape[1]):
-            value = acc.iat[i, j]
-            text = "×" if div.iat[i, j] > 0 else f"{value:.2f}"
-            color = "white" if not value >= 0.6 else "black"
-            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=9)
-    ax.set_xticks(range(acc.shape[1]), [f"{v:g}" for v in acc.columns])
+            result, value = outcome.iat[i, j], acc.iat[i, j]
+            if not isinstance(result, str):
+                continue  # not run
+            text = "×" if result == "diverged" else f"{MARKS[result]}{value:.2f}"
+            box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, "lw": 0}
+            ax.text(j, i, text, ha="center", va="center", color="black", fontsize=9, bbox=box)
+    ax.set_xticks(
+        range(acc.shape[1]),
+        [f"{v:g}" if isinstance(v, float | int) else str(v) for v in acc.columns],
+    )
     ax.set_yticks(range(acc.shape[0]), acc.index)
-    ax.set_xlabel(axis.replace("_", " ") + "   (× = diverged)")
-    fig.colorbar(image, ax=ax, label="test accuracy")
-    fig.tight_layout()
+    ax.set_xlabel(axis.replace("_", " "))
+    fig.colorbar(image, ax=ax, label="test accuracy (mean over seeds)")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.text(0.01, 0.01, "number: trained   ○: did not learn   ×: diverged", fontsize=8)
     return fig
 
 

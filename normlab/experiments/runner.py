@@ -8,6 +8,7 @@ import json
 import math
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -83,7 +84,15 @@ def build_model(config: RunConfig, dataset: data.Dataset) -> nn.Module:
         return models.resnet(
             shape[0], classes, widths=config.channels, activation=config.activation, **common
         )
-    return models.transformer(shape[0], classes, image_size=shape[1], **common)
+    return models.transformer(
+        shape[0],
+        classes,
+        image_size=shape[1],
+        depth=config.depth,
+        dim=config.width,
+        norm_position=config.norm_position,
+        **common,
+    )
 
 
 def _optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -191,6 +200,40 @@ def preflight(configs: list[RunConfig]) -> None:
             )
 
 
+def _machine() -> str:
+    """Where a run ran: processor, cores, torch threads, torch version."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}"
+    )
+
+
+DIVERGED, DID_NOT_LEARN, TRAINED = "diverged", "did not learn", "trained"
+
+
+def classify(
+    non_finite: bool, initial_loss: float, final_loss: float, test_acc: float, classes: int
+) -> str:
+    """A run's outcome, three never conflated:
+
+    - **diverged**: the loss became non-finite, or ended above its starting value
+      (mean of the last 20 steps against the first step's);
+    - **did not learn**: finite, but test accuracy still near chance (below
+      chance + 10% of the way to perfect: 0.19 for ten classes);
+    - **trained**: otherwise.
+    """
+    if non_finite or not math.isfinite(final_loss) or final_loss > initial_loss:
+        return DIVERGED
+    chance = 1.0 / classes
+    if not test_acc >= chance + 0.1 * (1 - chance):
+        return DID_NOT_LEARN
+    return TRAINED
+
+
 def run(config: RunConfig) -> RunResult:
     """Train one configuration and return its results (rank 0's, when data-parallel)."""
     if config.nproc == 1:
@@ -272,7 +315,7 @@ def _train(config: RunConfig, rank: int = 0, world: int = 1) -> RunResult:
     steps = config.steps
     if config.epochs is not None:
         steps = max(1, config.epochs * len(dataset.train_x) // global_batch)
-    diverged, train_seconds, step = False, 0.0, 0
+    non_finite, step_ms, losses, step = False, [], [], 0
     try:
         for step in range(1, steps + 1):
             index = (first if step == 1 else next(batches))[shard]
@@ -281,18 +324,22 @@ def _train(config: RunConfig, rank: int = 0, world: int = 1) -> RunResult:
             if config.probe_every and (step - 1) % config.probe_every == 0:
                 rows += _probe_rows(step - 1, model, optimizer, x, y)
             start = time.perf_counter()
+            if config.warmup_steps and step <= config.warmup_steps:  # linear warm-up
+                for group in optimizer.param_groups:
+                    group["lr"] = config.effective_lr * step / config.warmup_steps
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(x), y)
             finite = torch.isfinite(loss.detach()).float()
             if world > 1:  # every process stops together
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if not finite.item():
-                diverged = True
+                non_finite = True
                 rows.append((step, "train_loss", float("nan")))
                 break
             loss.backward()
             optimizer.step()
-            train_seconds += time.perf_counter() - start
+            step_ms.append(1e3 * (time.perf_counter() - start))
+            losses.append(loss.item())
             due = step == steps or (config.eval_every and step % config.eval_every == 0)
             if rank == 0 and due:
                 rows.append((step, "train_loss", loss.item()))
@@ -317,20 +364,32 @@ def _train(config: RunConfig, rank: int = 0, world: int = 1) -> RunResult:
             handle.remove()
     metrics = pd.DataFrame(rows, columns=["step", "metric", "value"])
     final = metrics.groupby("metric").value.last().to_dict() if len(metrics) else {}
-    # Diverged: the loss overflowed, or training ended no better than chance
-    # (cross-entropy at or above 0.9 ln(classes), a uniform guess's loss).
-    chance = math.log(dataset.num_classes)
-    diverged = diverged or final.get("train_loss", 0.0) >= 0.9 * chance
+    initial_loss = losses[0] if losses else math.nan
+    final_loss = float(np.mean(losses[-20:])) if losses else math.nan
+    final_acc = final.get("test_acc", math.nan)
+    outcome = classify(non_finite, initial_loss, final_loss, final_acc, dataset.num_classes)
+    timings = np.array(step_ms[1:] or step_ms or [math.nan])  # the first step warms caches
     summary = {
-        "final_test_acc": final.get("test_acc", float("nan")),
-        "final_test_acc_train_mode": final.get("test_acc_train_mode", float("nan")),
-        "final_train_loss": final.get("train_loss", float("nan")),
-        "diverged": diverged,
+        "final_test_acc": final_acc,
+        "final_test_acc_train_mode": final.get("test_acc_train_mode", math.nan),
+        "initial_train_loss": initial_loss,
+        "final_train_loss": final_loss,
+        "outcome": outcome,
+        "diverged": outcome == DIVERGED,
         "steps_done": step,
-        "ms_per_step": 1e3 * train_seconds / max(step - diverged, 1),
+        "ms_per_step": float(np.median(timings)),
+        "ms_per_step_iqr": float(np.subtract(*np.percentile(timings, [75, 25]))),
         "activation_mb": memory / 2**20,
         "parameters": sum(p.numel() for p in local.parameters()),
         "wall_seconds": time.perf_counter() - began,
+        "machine": _machine(),
+        # The weights of the linear maps (Linear, Conv), input to output: what "per
+        # layer" means in gradient-flow analyses (not the norms' scales).
+        "weight_layers": ",".join(
+            f"{name}.weight"
+            for name, m in local.named_modules()
+            if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
+        ),
     }
     if monitor is None:
         return RunResult(config, metrics, None, summary)

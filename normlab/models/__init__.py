@@ -241,10 +241,21 @@ def resnet(
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attention(norm(x)), then x + mlp(norm(x))."""
+    """A transformer block. Pre-norm (``position="pre"``, as in GPT-2 and ViT):
+    x + attention(norm(x)), then x + mlp(norm(x)). Post-norm (``"post"``, the original
+    Transformer of Vaswani et al., 2017): norm(x + attention(x)), then norm(x + mlp(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, norm: NormArg, **norm_kwargs) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: int,
+        norm: NormArg,
+        position: str = "pre",
+        **norm_kwargs,
+    ) -> None:
         super().__init__()
+        self.position = _choice("norm_position", position, POSITIONS)
         make_norm = norm_factory(norm, "channels_last", **norm_kwargs)
         self.norm1 = make_norm(dim)
         self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
@@ -254,6 +265,9 @@ class TransformerBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.position == "post":
+            x = self.norm1(x + self.attention(x, x, x, need_weights=False)[0])
+            return self.norm2(x + self.mlp(x))
         h = self.norm1(x)
         x = x + self.attention(h, h, h, need_weights=False)[0]
         return x + self.mlp(self.norm2(x))
@@ -273,6 +287,7 @@ class PatchTransformer(nn.Module):
         heads,
         mlp_ratio,
         norm: NormArg,
+        position: str = "pre",
         **norm_kwargs,
     ) -> None:
         super().__init__()
@@ -285,9 +300,10 @@ class PatchTransformer(nn.Module):
         tokens = (image_size // patch) ** 2
         self.position = nn.Parameter(torch.randn(1, tokens, dim) / math.sqrt(dim))
         self.blocks = nn.Sequential(
-            *(TransformerBlock(dim, heads, mlp_ratio, make_norm) for _ in range(depth))
+            *(TransformerBlock(dim, heads, mlp_ratio, make_norm, position) for _ in range(depth))
         )
-        self.norm = make_norm(dim)
+        # Pre-norm leaves the residual stream unnormalized: a final norm; post-norm ends normalized.
+        self.norm = make_norm(dim) if position == "pre" else nn.Identity()
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -305,12 +321,14 @@ def transformer(
     heads: int = 4,
     mlp_ratio: int = 2,
     norm: NormArg = "layernorm",
+    norm_position: str = "pre",
     init: str = "default",
     init_std: float = 0.02,
     init_scale: float = 1.0,
     **norm_kwargs,
 ) -> nn.Module:
-    """A tiny vision transformer on ``patch`` x ``patch`` patches of square images."""
+    """A tiny vision transformer on ``patch`` x ``patch`` patches of square images,
+    pre-norm or post-norm blocks (``norm_position``)."""
     model = PatchTransformer(
         in_channels,
         image_size,
@@ -321,6 +339,7 @@ def transformer(
         heads,
         mlp_ratio,
         norm,
+        norm_position,
         **norm_kwargs,
     )
     return initialize(model, init, init_std, init_scale)

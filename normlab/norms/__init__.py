@@ -29,6 +29,7 @@ from normlab.norms.group import (
     InstanceNorm2d,
     InstanceNorm3d,
     InstanceNormNd,
+    LayerNormCHW,
 )
 from normlab.norms.layer import LayerNorm, LayerNorm2d, RMSNorm, RMSNorm2d, ScaleNorm
 from normlab.norms.registry import NormSpec, StatSet, available, create, spec
@@ -59,6 +60,7 @@ __all__ = [
     "InstanceNormNd",
     "LayerNorm",
     "LayerNorm2d",
+    "LayerNormCHW",
     "LocalResponseNorm",
     "NormSpec",
     "RMSNorm",

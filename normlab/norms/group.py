@@ -71,6 +71,32 @@ class GroupNorm(nn.Module):
         )
 
 
+class LayerNormCHW(GroupNorm):
+    r"""Layer Normalization of an (N, C, \*) input over all of (C, \*), per sample: the
+    LayerNorm of the GroupNorm paper's comparisons (Wu & He, 2018; Ba, Kiros & Hinton,
+    2016, "Layer Normalization").
+
+    .. math::
+        y = \frac{x - \mathrm{E}_{C,*}[x]}{\sqrt{\mathrm{Var}_{C,*}[x] + \epsilon}}
+            \cdot \gamma + \beta
+
+    GroupNorm with one group; the affine is per channel. (``LayerNorm2d`` normalizes
+    each position over C only.)
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(1, num_channels, eps, affine, device, dtype, bias=bias)
+
+
 class _InstanceNorm(RunningStatsNorm):
     r"""Instance Normalization (Ulyanov, Vedaldi & Lempitsky, 2016, "Instance
     Normalization: The Missing Ingredient for Fast Stylization").

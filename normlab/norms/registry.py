@@ -50,6 +50,7 @@ from normlab.norms.group import (
     InstanceNorm2d,
     InstanceNorm3d,
     InstanceNormNd,
+    LayerNormCHW,
 )
 from normlab.norms.layer import LayerNorm, LayerNorm2d, RMSNorm, RMSNorm2d, ScaleNorm
 from normlab.norms.response import EvoNorm2dB0, FilterResponseNorm2d, LocalResponseNorm
@@ -247,6 +248,18 @@ _SPECS: tuple[NormSpec, ...] = (
         inference="sample",
         torch_classes=(nn.GroupNorm,),
         aliases={"group": None, "gn": None, "group_norm": None},
+    ),
+    NormSpec(
+        "layernorm_chw",
+        LayerNormCHW,
+        LayerNormCHW,
+        stats=(StatSet(channels="all"),),
+        statistics="mean, variance",
+        formula="y = γ (x − μ_CHW) / √(σ²_CHW + ε) + β, per sample over channels and space",
+        train_eval_differ=False,
+        paper="Ba, Kiros & Hinton, 2016, Layer Normalization (over C, H, W, as in Wu & He, 2018)",
+        inference="sample",
+        aliases={"ln_chw": None, "layer_chw": None},
     ),
     NormSpec(
         "instancenorm",

@@ -1,7 +1,14 @@
-"""The comparison report: one self-contained HTML file (pictures embedded),
-built from a results directory alone. Its sections are the experiments' own
-(title, question, finding, figures: see :mod:`normlab.experiments.suite`); the
-summary table joins each experiment's summary columns and remarks."""
+"""The article: "Understanding activation normalization", one self-contained HTML
+page (pictures embedded, and saved beside it as PNG) built from a results
+directory alone.
+
+Its parts, in reading order: what normalization is (the formula worked on a real
+activation tensor, the axes drawing, the registry's table), why — the problem,
+why it helps (the experiments of each part: see ``Experiment.section``), the
+techniques compared, which one to use (recommendations from the numbers and the
+registry's facts), what did not reproduce (each experiment's expectations), and
+the setup. Every sentence about results is computed from the stored runs.
+"""
 
 from __future__ import annotations
 
@@ -15,27 +22,45 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from normlab.experiments import catalog
+from normlab.experiments.experiment import SECTIONS, Expectation, Experiment
 from normlab.experiments.store import ResultsStore
 from normlab.norms import registry
-from normlab.report import axes
+from normlab.report import axes, primer
 
 
-def _png(fig) -> str:
-    if fig is None:
-        return "<p><em>nothing to draw from these runs</em></p>"
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    data = base64.b64encode(buffer.getvalue()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="figure">'
+class _Figures:
+    """Numbered figures: embedded in the page and written to ``out/figures/`` as PNG."""
+
+    def __init__(self, out: Path) -> None:
+        self.folder = out / "figures"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for old in self.folder.glob("*.png"):
+            old.unlink()
+        self.count = 0
+
+    def __call__(self, fig, caption: str, name: str) -> str:
+        if fig is None:
+            return "<p><em>nothing to draw from these runs</em></p>"
+        self.count += 1
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
+        plt.close(fig)
+        (self.folder / f"{self.count:02d}-{name}.png").write_bytes(buffer.getvalue())
+        data = base64.b64encode(buffer.getvalue()).decode()
+        return (
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>Figure {self.count}. {html.escape(caption)}</figcaption></figure>"
+        )
 
 
-def _table(frame: pd.DataFrame) -> str:
+def _table(frame: pd.DataFrame, index: bool = False) -> str:
     def cell(v):
         if isinstance(v, float):
             return "—" if math.isnan(v) else f"{v:.3g}"
         return html.escape(str(v))
 
+    if index:
+        frame = frame.reset_index(names="")
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = "".join(
         "<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
@@ -45,8 +70,8 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def find_stores(root: Path) -> dict[str, ResultsStore]:
-    """The store of every experiment with at least one finished run under ``root``,
-    in report order; a directory under ``root`` that no experiment owns is ignored."""
+    """The store of every experiment with finished runs (of its current sweep) under
+    ``root``, in catalog order; folders no experiment owns are ignored."""
     found = {}
     for name in catalog.EXPERIMENTS:
         if (root / name / "runs").is_dir():
@@ -58,7 +83,8 @@ def find_stores(root: Path) -> dict[str, ResultsStore]:
 
 def summary_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
     """Per technique, every experiment's summary columns side by side, and a
-    recommendation made of their remarks (only numbers measured here)."""
+    recommendation: the experiments' remarks, then what the registry says the
+    technique is (only numbers measured here, and facts)."""
     table = pd.DataFrame(columns=["norm"])
     remarks: dict[str, list[str]] = {}
     for part in parts:
@@ -66,24 +92,46 @@ def summary_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
             if remark:
                 remarks.setdefault(norm, []).append(remark)
         table = table.merge(part.drop(columns="remark"), on="norm", how="outer")
-    table["recommendation"] = [
-        "baseline: no normalization"
-        if norm == "none"
-        else "; ".join(remarks.get(norm, [])) or "no advantage measured here"
-        for norm in table.norm
-    ]
+    table["recommendation"] = [_recommend(norm, remarks.get(norm, [])) for norm in table.norm]
     return table.rename(columns={"norm": "technique"})
 
 
+def _recommend(norm: str, remarks: list[str]) -> str:
+    if norm == "none":
+        return "baseline: no normalization"
+    s = registry.spec(norm)
+    facts = []
+    if s.batch_dependent:
+        facts.append(
+            "statistics from the batch: needs batches of several samples per device, and "
+            "its eval-mode output uses running averages"
+        )
+    else:
+        facts.append("independent of the batch: any batch size, same in train and eval")
+    if s.fused_activation:
+        facts.append("brings its own activation (no ReLU after it)")
+    return "; ".join(remarks + facts)
+
+
 STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
-       color: #222; }
-h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-img { max-width: 100%; display: block; margin: 0.6em 0; }
-table { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+body { font-family: Georgia, 'Times New Roman', serif; max-width: 980px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.5; }
+h1 { font-size: 2em; margin-bottom: 0.1em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
+h3 { margin-top: 1.4em; } .lead { font-size: 1.1em; color: #444; }
+code, .formula { font-family: 'DejaVu Sans Mono', monospace; }
+.formula { display: block; font-size: 1.15em; margin: 0.8em 0; padding: 0.5em 1em;
+           background: #f6f6f6; }
+img { max-width: 100%; display: block; margin: 0.4em 0; }
+figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #555; }
+table { border-collapse: collapse; font-size: 0.82em; margin: 0.6em 0;
+        font-family: system-ui, sans-serif; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; vertical-align: top; }
 th:first-child, td:first-child, td:last-child { text-align: left; }
-p.finding { background: #f5f7fa; padding: 0.5em 0.8em; border-left: 3px solid #1f77b4; }
+p.finding { background: #f3f6fa; padding: 0.5em 0.8em; border-left: 3px solid #1f77b4;
+            font-family: system-ui, sans-serif; font-size: 0.95em; }
+li.held::marker { content: "✓ "; color: #2a7d2a; } li.failed::marker { content: "✗ "; color: #b22; }
+li.untested::marker { content: "? "; color: #888; }
+nav ol { columns: 2; font-family: system-ui, sans-serif; font-size: 0.95em; }
 """
 
 SCRIPT = """
@@ -95,10 +143,129 @@ window.addEventListener('load', function () {
 });
 """
 
+PARTS = (
+    ("what", "1. What normalization is"),
+    ("problem", "2. " + SECTIONS["problem"]),
+    ("why", "3. " + SECTIONS["why"]),
+    ("compare", "4. " + SECTIONS["compare"]),
+    ("use", "5. Which one to use"),
+    ("reproduced", "6. What reproduced here, and what did not"),
+    ("setup", "7. Setup"),
+)
+
+LITERATURE = (
+    "Ioffe & Szegedy (2015) introduced BatchNorm to reduce <em>internal covariate shift</em>: "
+    "the change of each layer's input distribution as the layers before it learn. Santurkar, "
+    "Tsipras, Ilyas & Madry (2018) tested that explanation: BatchNorm with random noise "
+    "injected after it (so its outputs' distribution shifts at every step) trains about as "
+    "well as BatchNorm, and measured as the change of a layer's gradient when the earlier "
+    "layers take their step, BatchNorm does not reduce covariate shift. What it does is make "
+    "the loss landscape smoother: the loss and its gradient change less along the gradient "
+    "direction, which allows larger steps. Our measurements of both claims follow."
+)
+
+
+def _what_part(figure: _Figures, norms: list[str]) -> list[str]:
+    example = primer.worked_example(primer.activation_example())
+    x = example["x"]
+    first = example["batch statistics"]["unit 1"]
+    return [
+        "<p>A layer's activations are rescaled to zero mean and unit variance over some set "
+        "of axes, then a learned scale γ and shift β restore whatever range the network "
+        "needs:</p>",
+        '<span class="formula">x̂ = (x − μ) / √(σ² + ε)        y = γ x̂ + β</span>',
+        "<p>Techniques differ in the axes μ and σ² are taken over, in the statistics (both, "
+        "or only the root mean square), and in where the statistics come from at inference "
+        "(the batch, running averages, or the sample itself).</p>",
+        "<h3>Worked example</h3>",
+        "<p>The pre-activations of four units of the first hidden layer of the BatchNorm "
+        "paper's network (784 → 100, initial weights N(0, 0.1²)) for six real MNIST digits "
+        "(embedded data):</p>",
+        _table(x, index=True),
+        f"<p><b>BatchNorm</b> normalizes each unit over the batch. Unit 1: μ_B = "
+        f"{first.iloc[0]:.3f}, σ²_B = {first.iloc[1]:.3f}, so sample 1 becomes "
+        f"({x.iloc[0, 0]:.3f} − ({first.iloc[0]:.3f})) / √({first.iloc[1]:.3f} + 1e-5) = "
+        f"{example['batchnorm'].iloc[0, 0]:.3f}. Every column below has mean 0 and variance "
+        "1:</p>",
+        _table(example["batchnorm"], index=True),
+        "<p><b>LayerNorm</b> normalizes each sample over its units instead: every row has "
+        "mean 0 and variance 1, and no sample depends on another:</p>",
+        _table(example["layernorm"], index=True),
+        "<h3>What each technique normalizes over</h3>",
+        "<p>An (N, C, H×W) activation as a block; the cells shaded in one colour share one "
+        "mean and variance (after the GroupNorm paper's Figure 2). Colours: blue, orange and "
+        "green are a technique's first, second and third statistic (EvoNorm-B0 uses two, "
+        "Switchable Norm three); grey cells are not in the highlighted set. Drawn from the "
+        "registry's data.</p>",
+        figure(
+            axes.figure(["batchnorm", "layernorm_chw", "instancenorm", "groupnorm"]),
+            "BatchNorm, LayerNorm (over C, H, W), InstanceNorm and GroupNorm.",
+            "axes",
+        ),
+        figure(axes.figure(norms), "The other techniques measured here.", "axes-others")
+        if norms
+        else "",
+        "<h3>Every technique in normlab</h3>",
+        _table(primer.technique_table()),
+    ]
+
+
+def _experiment_html(experiment: Experiment, store, headline, figure: _Figures) -> list[str]:
+    parts = [
+        f"<h3>{html.escape(experiment.title)}</h3>",
+        f"<p>{html.escape(experiment.question)}</p>",
+    ]
+    finding = experiment.finding(headline)
+    if finding:
+        parts.append(f'<p class="finding">{html.escape(finding)}</p>')
+    for fig, caption in experiment.figures(store, headline):
+        parts.append(figure(fig, caption, experiment.name))
+    return parts
+
+
+def _expectation_items(found: list[tuple[str, Expectation]]) -> str:
+    items = []
+    for name, e in found:
+        status = {True: "held", False: "failed", None: "untested"}[e.held]
+        word = {True: "Reproduced", False: "Not reproduced", None: "Not testable here"}[e.held]
+        items.append(
+            f'<li class="{status}"><b>{word}</b> ({html.escape(name)}): '
+            f"{html.escape(e.claim)}. Measured: {html.escape(e.measured)}.</li>"
+        )
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+def _setup_table(stores: dict[str, ResultsStore]) -> pd.DataFrame:
+    rows = []
+    for name, store in stores.items():
+        runs = store.summaries()
+        first = runs.iloc[0]
+        steps = (
+            "epochs " + str(first.epochs)
+            if pd.notna(first.get("epochs"))
+            else f"{first.steps} steps"
+        )
+        rows.append(
+            {
+                "experiment": name,
+                "runs": len(runs),
+                "seeds": runs.seed.nunique(),
+                "model": first.model,
+                "data": first.dataset,
+                "training": f"{first.optimizer}, lr {first.lr:g}, batch {first.batch_size}, "
+                f"{steps}",
+                "run time, summed (s)": runs.wall_seconds.sum()
+                if "wall_seconds" in runs
+                else math.nan,
+                "machine": ", ".join(sorted(set(runs.get("machine", pd.Series(["?"])).dropna()))),
+            }
+        )
+    return pd.DataFrame(rows)
+
 
 def build(root: str | Path, out: str | Path) -> Path:
-    """Write ``out/index.html`` (and the tables as CSV) from the results in ``root``:
-    a section for every experiment that has results there."""
+    """Write ``out/index.html`` (figures also as ``out/figures/*.png``, tables as CSV)
+    from the results in ``root``."""
     root, out = Path(root), Path(out)
     stores = find_stores(root)
     if not stores:
@@ -107,6 +274,7 @@ def build(root: str | Path, out: str | Path) -> Path:
             f"no finished runs under {root} (expected ROOT/<experiment>/runs/ for {known})"
         )
     out.mkdir(parents=True, exist_ok=True)
+    figure = _Figures(out)
     headlines = {name: catalog.get(name).headline(store) for name, store in stores.items()}
     for name, frame in headlines.items():
         frame.to_csv(out / f"{name}.csv", index=False)
@@ -114,45 +282,75 @@ def build(root: str | Path, out: str | Path) -> Path:
         [catalog.get(name).summary(store, headlines[name]) for name, store in stores.items()]
     )
     summary.to_csv(out / "summary.csv", index=False)
-    norms = sorted({n for s in stores.values() for n in s.summaries().norm} - {"none"})
-    shown = [n for n in norms if registry.spec(n).stats] or ["batchnorm", "layernorm", "groupnorm"]
-    parts = [
-        "<h1>normlab: comparing normalization techniques</h1>",
-        f"<p>Results from <code>{html.escape(str(root))}</code>: "
-        f"{sum(len(s.ids()) for s in stores.values())} runs in {len(stores)} experiments.</p>",
-        "<h2>What is normalized</h2>",
-        "<p>For each technique, the set of values one statistic is taken over, shaded, in an "
-        "(N, C, H×W) activation (after the GroupNorm paper's Figure 2), and in an MLP's "
-        "(N, features) activation. Drawn from the registry's data.</p>",
-        _png(axes.figure(shown)),
-        _png(axes.figure(shown, features=True)),
+    measured = sorted({n for s in stores.values() for n in s.summaries().norm})
+    others = [
+        n
+        for n in measured
+        if registry.spec(n).stats
+        and n not in ("batchnorm", "layernorm_chw", "instancenorm", "groupnorm")
     ]
-    for name, experiment in catalog.EXPERIMENTS.items():
-        parts.append(
-            f"<h2>{html.escape(experiment.title)}</h2><p>{html.escape(experiment.question)}</p>"
+    expectations = [
+        (name, e) for name in stores for e in catalog.get(name).expectations(headlines[name])
+    ]
+    body = [
+        "<h1>Understanding activation normalization</h1>",
+        '<p class="lead">What normalization does to a network\'s activations, why it helps, '
+        "and which technique to use — every claim below measured on the runs in "
+        f"<code>{html.escape(str(root))}</code> ({sum(len(s.ids()) for s in stores.values())} "
+        f"runs, {len(stores)} experiments).</p>",
+        "<nav><ol>"
+        + "".join(
+            f'<li><a href="#{key}">{html.escape(t.split(". ", 1)[1])}</a></li>' for key, t in PARTS
         )
-        if name not in stores:
-            parts.append(f"<p><em>not run (normlab run {name})</em></p>")
-            continue
-        finding = experiment.finding(headlines[name])
-        if finding:
-            parts.append(f'<p class="finding">{html.escape(finding)}</p>')
-        for figure, caption in experiment.figures(stores[name], headlines[name]):
-            parts.append(
-                f"<figure>{_png(figure)}<figcaption>{html.escape(caption)}</figcaption></figure>"
-            )
-    parts += [
-        "<h2>Summary</h2>",
-        "<p>Per technique, from the runs above; recommendations follow from these numbers "
-        "only.</p>",
-        _table(summary),
-        "<p>Tables as CSV beside this file; every run's metrics and monitor records in the "
-        "results directory (Parquet).</p>",
+        + "</ol></nav>",
     ]
+    for key, title in PARTS:
+        body.append(f'<h2 id="{key}">{html.escape(title)}</h2>')
+        if key == "what":
+            body += _what_part(figure, others)
+        elif key == "why":
+            body.append(f"<p>{LITERATURE}</p>")
+        if key in SECTIONS:
+            members = [e for e in catalog.EXPERIMENTS.values() if e.section == key]
+            for experiment in members:
+                if experiment.name in stores:
+                    store, headline = stores[experiment.name], headlines[experiment.name]
+                    body += _experiment_html(experiment, store, headline, figure)
+                else:
+                    body.append(
+                        f"<h3>{html.escape(experiment.title)}</h3><p><em>not run "
+                        f"(normlab run {experiment.name})</em></p>"
+                    )
+        elif key == "use":
+            body += [
+                "<p>Per technique: what the experiments above measured (only differences "
+                "beyond the seed spread count) and what the technique is, from the registry. "
+                "A technique that does not use the batch is never called batch-sensitive; a "
+                "failure at a large learning rate is the learning rate's.</p>",
+                _table(summary),
+            ]
+        elif key == "reproduced":
+            body.append(
+                "<p>Each published finding the experiments test, and whether our numbers show "
+                "it. A finding marked not reproduced is reported with the numbers, not "
+                "hidden.</p>"
+            )
+            body.append(_expectation_items(expectations) if expectations else "<p>none tested</p>")
+        elif key == "setup":
+            body += [
+                "<p>Models: the lab's MLP, CNN (conv-norm-activation-pool stages) and patch "
+                "transformer (normlab.models); data: the embedded MNIST (5,000 digits, 4,000 "
+                "train / 1,000 test) unless stated. Each row: the first run's settings; the "
+                "swept field varies.</p>",
+                _table(_setup_table(stores)),
+                "<p>Tables as CSV beside this page, figures in figures/, every run's metrics "
+                "and monitor records in the results directory (Parquet).</p>",
+            ]
     page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>normlab report</title>"
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<title>Understanding activation normalization</title>"
         f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
-        + "\n".join(parts)
+        + "\n".join(body)
         + "</body></html>"
     )
     path = out / "index.html"

@@ -1,5 +1,7 @@
-"""Cost: time per training step and the activation memory one step keeps for
-its backward pass, per norm, on the same CNN and batch."""
+"""Cost: time per training step and the activation memory one step keeps for its
+backward pass, per norm, on the same CNN and batch. Runs one at a time (nothing
+else on the machine's cores), each seed a repeat: the median step time of each
+run, then the median and range over repeats."""
 
 from __future__ import annotations
 
@@ -15,11 +17,16 @@ class Cost(Experiment):
     name = "cost"
     title = "Cost"
     description = "Time per training step and activation memory per norm, same CNN and batch."
-    question = "Time per training step and activation memory on the same CNN and batch."
+    question = (
+        "What does each technique cost? Median time of a training step (forward, backward, "
+        "SGD step) of the same CNN at batch 64, runs one at a time, three repeats (the range "
+        "over repeats in brackets), and the activation memory one step keeps for backward."
+    )
     default_norms = (
         "none",
         "batchnorm",
         "layernorm",
+        "layernorm_chw",
         "groupnorm",
         "instancenorm",
         "rmsnorm",
@@ -32,39 +39,59 @@ class Cost(Experiment):
         "scalenorm",
         "dyt",
     )
-    base = LAB_CNN.replace(channels=(16, 32), steps=60, batch_size=64)
+    base = LAB_CNN.replace(channels=(16, 32), steps=40, batch_size=64)
     quick = {"steps": 5, "train_size": 256, "test_size": 100}
+    seeds = 3
+    exclusive = True
     order = 90
 
     def headline(self, store) -> pd.DataFrame:
         table = store.summaries()
-        columns = ["ms_per_step", "activation_mb", "parameters"]
+        columns = [
+            "norm",
+            "ms_per_step",
+            "ms_min",
+            "ms_max",
+            "x_none",
+            "activation_mb",
+            "parameters",
+        ]
         if table.empty:
-            return pd.DataFrame(columns=["norm", *columns])
-        return table.groupby("norm")[columns].mean().reset_index()
+            return pd.DataFrame(columns=columns)
+        grouped = table.groupby("norm")
+        out = grouped[["ms_per_step", "activation_mb", "parameters"]].median()
+        out["ms_min"] = grouped.ms_per_step.min()
+        out["ms_max"] = grouped.ms_per_step.max()
+        base = out.ms_per_step.get("none", math.nan)
+        out["x_none"] = out.ms_per_step / base
+        return out.reset_index()[columns].sort_values("ms_per_step")
 
     def figures(self, store, headline):
-        frame = headline.sort_values("ms_per_step")
-        columns = {"ms_per_step": "ms per training step", "activation_mb": "activation memory (MB)"}
-        return [(plots.bars(frame, "norm", columns), "Time per step and activation memory.")]
+        columns = {
+            "ms_per_step": "ms per training step (median)",
+            "activation_mb": "activation memory (MB)",
+        }
+        machines = ", ".join(sorted(set(store.summaries().get("machine", pd.Series(["?"])))))
+        caption = f"Time per step and activation memory; measured on {machines}."
+        return [(plots.bars(headline, "norm", columns), caption)]
 
     def finding(self, headline: pd.DataFrame) -> str:
-        ordered = headline.sort_values("ms_per_step")
-        if ordered.empty:
+        if headline.empty:
             return ""
         return (
-            "Fastest to slowest: "
-            + ", ".join(f"{r.norm} {r.ms_per_step:.1f} ms" for r in ordered.itertuples())
+            "Fastest to slowest (median ms per step, range over repeats, × no normalization): "
+            + ", ".join(
+                f"{r.norm} {r.ms_per_step:.1f} ({r.ms_min:.1f}–{r.ms_max:.1f}, {r.x_none:.2f}×)"
+                for r in headline.itertuples()
+            )
             + "."
         )
 
     def summary(self, store, headline) -> pd.DataFrame:
-        cost = headline.set_index("norm").ms_per_step
-        base = cost.get("none", math.nan)
-        table = pd.DataFrame({"norm": cost.index, "cost (x none)": (cost / base).to_numpy()})
+        table = headline[["norm", "x_none"]].rename(columns={"x_none": "cost (x none)"})
         table["remark"] = [
-            f"costs {c:.1f}x no normalization per step" if not math.isnan(c) else ""
-            for c in table["cost (x none)"]
+            f"costs {c:.1f}× no normalization per step" if not math.isnan(c) and n != "none" else ""
+            for n, c in zip(table.norm, table["cost (x none)"], strict=True)
         ]
         return table
 

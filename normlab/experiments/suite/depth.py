@@ -1,5 +1,6 @@
-"""Depth: trainability and the weight-gradient norm per layer of ReLU MLPs 4 to
-32 layers deep, per norm (vanishing and exploding gradients)."""
+"""Depth: trainability and gradient flow through ReLU MLPs 4 to 32 layers deep,
+per norm. "Per layer" means per linear map: the weight-gradient norm of every
+Linear, input to output (the norms' own scales are not layers)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from normlab.experiments.experiment import Experiment
 
 class Depth(Experiment):
     name = "depth"
-    title = "Depth"
+    title = "Gradients through depth"
     description = (
-        "Gradient norm per layer and trainability of ReLU MLPs 4 to 32 layers deep, "
-        "per norm (vanishing and exploding gradients)."
+        "Gradient norm per Linear layer and trainability of ReLU MLPs 4 to 32 layers "
+        "deep, per norm (vanishing and exploding gradients)."
     )
     question = (
-        "Weight-gradient norm per layer in the deepest networks: vanishing or exploding gradients."
+        "Do gradients vanish or explode through depth, and does normalization keep deep "
+        "networks trainable? The median weight-gradient norm of every Linear layer in the "
+        "deepest networks, and final accuracy against depth."
     )
     default_norms = ("none", "batchnorm", "layernorm")
     base = RunConfig(
@@ -34,59 +37,87 @@ class Depth(Experiment):
     )
     grid = {"depth": (4, 8, 16, 32)}
     quick = {"steps": 20, "train_size": 256, "test_size": 200}
+    section = "problem"
     order = 50
 
     def check(self, config: RunConfig) -> None:
         self.requires(config.monitor, "needs monitor=True (it reads gradient norms)")
 
     def headline(self, store) -> pd.DataFrame:
-        """Per norm and depth: final accuracy and the ratio of the first to the last
-        hidden layer's weight-gradient norm (median over records): far from 1 means
-        vanishing (< 1) or exploding (> 1) gradients."""
-        rows = []
+        """Per norm and depth, over seeds: final accuracy (mean, min, max), outcome, and
+        the ratio of the first to the last hidden Linear layer's weight-gradient norm
+        (median over records; geometric mean over seeds): far below 1 means vanishing,
+        far above 1 exploding gradients toward the input."""
+        table = analysis.final_table(store, "depth")
+        ratios = []
         for _, run in store.summaries().iterrows():
-            per_layer = analysis.layer_gradient_norms(store.monitor(run.run_id))
-            ratio = per_layer.iloc[0] / per_layer.iloc[-2] if len(per_layer) > 2 else math.nan
-            rows.append(
-                {
-                    "norm": run.norm,
-                    "depth": run.depth,
-                    "test_acc": run.final_test_acc,
-                    "first_to_last_grad_ratio": ratio,
-                }
+            per_layer = analysis.layer_gradient_norms(
+                store.monitor(run.run_id), run.get("weight_layers", "")
             )
-        if not rows:
-            return pd.DataFrame(columns=["norm", "depth", "test_acc", "first_to_last_grad_ratio"])
-        return pd.DataFrame(rows).groupby(["norm", "depth"]).mean().reset_index()
+            ratio = per_layer.iloc[0] / per_layer.iloc[-2] if len(per_layer) > 2 else math.nan
+            ratios.append({"norm": run.norm, "depth": run.depth, "log_ratio": math.log10(ratio)})
+        if ratios:
+            geo = pd.DataFrame(ratios).groupby(["norm", "depth"]).log_ratio.mean().reset_index()
+            geo["first_to_last_grad_ratio"] = 10**geo.log_ratio
+            table = table.merge(geo.drop(columns="log_ratio"), on=["norm", "depth"], how="left")
+        return table
 
     def finding(self, headline: pd.DataFrame) -> str:
-        parts = []
-        for norm, group in headline.groupby("norm"):
-            deepest = group.sort_values("depth").iloc[-1]
-            parts.append(
-                f"{norm} at depth {int(deepest.depth)}: test accuracy {deepest.test_acc:.3f}, "
-                f"first-to-last gradient ratio {deepest.first_to_last_grad_ratio:.3g}"
+        if headline.empty:
+            return ""
+        deepest = headline[headline.depth == headline.depth.max()].set_index("norm")
+        depth = int(headline.depth.max())
+        parts = [
+            f"At depth {depth}: "
+            + "; ".join(
+                f"{norm} {analysis.spread(row)}, {row.outcome}, first/last Linear gradient "
+                f"ratio {row.get('first_to_last_grad_ratio', math.nan):.3g}"
+                for norm, row in deepest.iterrows()
             )
-        return "; ".join(parts) + "." if parts else ""
+            + "."
+        ]
+        if "none" in deepest.index:
+            plain = deepest.loc["none"]
+            better = [
+                n
+                for n, r in deepest.iterrows()
+                if n != "none" and analysis.differs(r, plain) and r.test_acc > plain.test_acc
+            ]
+            same = [n for n, r in deepest.iterrows() if n != "none" and n not in better]
+            if better:
+                parts.append(
+                    f"Normalization helps at this depth: {', '.join(better)} beat no "
+                    "normalization beyond the seed spread."
+                )
+            if same:
+                parts.append(
+                    f"{', '.join(same)}: no benefit over no normalization measured at depth "
+                    f"{depth} (the difference is within the seed spread, or there is one seed)."
+                )
+        return " ".join(parts)
 
     def figures(self, store, headline):
-        caption = "Median weight-gradient norm per layer in the deepest network of each norm."
+        caption = (
+            "Median weight-gradient norm of each Linear layer (input to output) in the "
+            "deepest network of each norm, seed 0; a falling line toward the input means "
+            "vanishing gradients."
+        )
         return [(_gradient_flow(store), caption)]
 
 
 def _gradient_flow(store):
-    """Weight-gradient norm per layer (median over training) for the deepest
-    network of each norm."""
     from normlab.experiments.plots import plt
 
     table = store.summaries()
-    deepest = table[table.depth == table.depth.max()]
+    deepest = table[(table.depth == table.depth.max()) & (table.seed == table.seed.min())]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for _, run in deepest.sort_values("norm").iterrows():
-        per_layer = analysis.layer_gradient_norms(store.monitor(run.run_id))
+        per_layer = analysis.layer_gradient_norms(
+            store.monitor(run.run_id), run.get("weight_layers", "")
+        )
         ax.plot(range(1, len(per_layer) + 1), per_layer.to_numpy(), marker=".", label=run.norm)
     ax.set_yscale("log")
-    ax.set_xlabel(f"layer (input -> output), depth {int(deepest.depth.max())}")
+    ax.set_xlabel(f"Linear layer (1 = input side), depth {int(deepest.depth.max())}")
     ax.set_ylabel("weight-gradient norm (median)")
     ax.legend()
     ax.grid(alpha=0.3)

@@ -7,30 +7,34 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from normlab.experiments import analysis
 from normlab.experiments.config import RunConfig
-from normlab.experiments.experiment import Experiment
+from normlab.experiments.experiment import Expectation, Experiment
 
 
 class InternalCovariateShift(Experiment):
     name = "ics"
-    title = "Why: internal covariate shift"
+    title = "Internal covariate shift: the BatchNorm paper's network"
     description = (
         "The BatchNorm paper's Figure 1: the 3x100 sigmoid MLP, batch 60, small Gaussian "
         "init, with and without BatchNorm: test accuracy over steps and the 15/50/85th "
         "percentiles of a last-layer sigmoid input."
     )
     question = (
-        "The distribution of the last hidden layer's sigmoid input early and late in "
-        "training, its 15th/50th/85th percentiles over training (the BatchNorm paper's "
-        "Figure 1 b/c), and test accuracy over training steps."
+        "Ioffe & Szegedy argued that each layer's input distribution drifts while earlier "
+        "layers learn, and that BatchNorm removes that drift. Their network: 3 hidden layers "
+        "of 100 sigmoids on MNIST, batch 60, small Gaussian initial weights. Below, the last "
+        "hidden layer's sigmoid input early and late in training, its 15th/50th/85th "
+        "percentiles over training (their Figure 1 b, c), and test accuracy over steps."
     )
     default_norms = ("none", "batchnorm")
     base = RunConfig(steps=3000, eval_every=100, lr=0.5, init_std=0.1)
     quick = {"steps": 300, "eval_every": 50, "train_size": 1000}
+    seeds = 3
+    full = {"steps": 50000, "eval_every": 1000}
+    section = "problem"
     order = 10
 
     def check(self, config: RunConfig) -> None:
@@ -41,42 +45,41 @@ class InternalCovariateShift(Experiment):
         )
 
     def headline(self, store) -> pd.DataFrame:
-        """Per norm: early and final accuracy, the drift of the 15/50/85th percentiles
-        of the last sigmoid input (last minus first record), and the mean absolute
-        change of every sigmoid input's mean and std over training."""
+        """Per norm (mean over seeds, with min and max of the accuracies): test accuracy
+        at the first evaluation and at the end; the last hidden layer's sigmoid input:
+        its mean and std at the first and last record, and the drift (last minus first)
+        of its 15/50/85th percentiles; the mean |change| of every sigmoid input's mean
+        and std over training."""
         rows = []
         for _, run in store.summaries().iterrows():
             acc = analysis.metric_series(store.metrics(run.run_id), "test_acc")
             early, final = analysis.first_last(acc)
             monitor = store.monitor(run.run_id)
             sites = analysis.saturating_sites(monitor)
-            drift = {f"{q}_drift": math.nan for q in ("p15", "p50", "p85")}
-            mean_drift = std_drift = math.nan
+            row = {"norm": run.norm, "early_test_acc": early, "final_test_acc": final}
+            row |= dict.fromkeys(LAST_LAYER, math.nan)
             if sites:
-                last = analysis.site_stats(monitor, sites[-1])[["p15", "p50", "p85"]].dropna()
-                if len(last):
-                    drift = {q: last[q[:3]].iloc[-1] - last[q[:3]].iloc[0] for q in drift}
-                change = {
-                    q: [abs(b - a) for a, b in map(analysis.first_last, _moved(monitor, sites, q))]
-                    for q in ("mean", "std")
-                }
-                mean_drift = analysis.nanmean(change["mean"])
-                std_drift = analysis.nanmean(change["std"])
-            rows.append(
-                {
-                    "norm": run.norm,
-                    "early_test_acc": early,
-                    "final_test_acc": final,
-                    **drift,
-                    "abs_drift": analysis.nanmean(np.abs(list(drift.values()))),
-                    "layers_mean_drift": mean_drift,
-                    "layers_std_drift": std_drift,
-                }
-            )
-        columns = ["norm", "early_test_acc", "final_test_acc", "p15_drift", "p50_drift"]
+                last = analysis.site_stats(monitor, sites[-1])
+                for q in ("mean", "std"):
+                    row[f"{q}_first"], row[f"{q}_last"] = analysis.first_last(last[q].dropna())
+                for q in ("p15", "p50", "p85"):
+                    first, final_q = analysis.first_last(last[q].dropna())
+                    row[f"{q}_drift"] = final_q - first
+                for q in ("mean", "std"):
+                    moved = [
+                        abs(b - a) for a, b in map(analysis.first_last, _moved(monitor, sites, q))
+                    ]
+                    row[f"layers_{q}_drift"] = analysis.nanmean(moved)
+            rows.append(row)
         if not rows:
-            return pd.DataFrame(columns=columns)
-        return pd.DataFrame(rows).groupby("norm").mean().reset_index()
+            return pd.DataFrame(columns=["norm", "early_test_acc", "final_test_acc", *LAST_LAYER])
+        frame = pd.DataFrame(rows)
+        table = frame.groupby("norm").mean()
+        for column in ("early_test_acc", "final_test_acc"):
+            table[f"{column}_min"] = frame.groupby("norm")[column].min()
+            table[f"{column}_max"] = frame.groupby("norm")[column].max()
+        table["seeds"] = frame.groupby("norm").size()
+        return table.reset_index()
 
     def figures(self, store, headline):
         return [
@@ -89,13 +92,66 @@ class InternalCovariateShift(Experiment):
         ]
 
     def finding(self, headline: pd.DataFrame) -> str:
+        h = headline.set_index("norm")
         parts = [
-            f"{r.norm}: {r.early_test_acc:.3f} test accuracy after the first evaluation, "
-            f"sigmoid inputs' means moved {r.layers_mean_drift:.2f} and stds "
-            f"{r.layers_std_drift:.2f} over training"
-            for r in headline.itertuples()
+            f"{norm}: the last hidden layer's sigmoid input moved from mean {r.mean_first:.2f}, "
+            f"std {r.std_first:.2f} to mean {r.mean_last:.2f}, std {r.std_last:.2f}; test "
+            f"accuracy {_acc(r, 'early')} at the first evaluation, {_acc(r, 'final')} at the end"
+            for norm, r in h.iterrows()
         ]
-        return "; ".join(parts) + "." if parts else ""
+        text = "; ".join(parts) + "." if parts else ""
+        if {"none", "batchnorm"} <= set(h.index):
+            bn, plain = h.loc["batchnorm"], h.loc["none"]
+            widen = bn.std_last / bn.std_first, plain.std_last / plain.std_first
+            text += (
+                f" With BatchNorm the input's std grew {widen[0]:.2f}×, without it "
+                f"{widen[1]:.2f}×: "
+                + (
+                    "BatchNorm held the distribution steadier."
+                    if widen[0] < 0.8 * widen[1]
+                    else "BatchNorm did not hold the distribution steadier here — its learned "
+                    "scale γ widens what the sigmoid sees."
+                )
+            )
+            for when in ("early", "final"):
+                a, b = _range(bn, when), _range(plain, when)
+                if a[0] > b[1] or b[0] > a[1]:
+                    better = (
+                        "BatchNorm"
+                        if bn[f"{when}_test_acc"] > plain[f"{when}_test_acc"]
+                        else "no normalization"
+                    )
+                    text += (
+                        f" {when.capitalize()} accuracy: {better} is ahead beyond the seed spread."
+                    )
+                else:
+                    text += f" {when.capitalize()} accuracy: no difference beyond the seed spread."
+        return text
+
+    def expectations(self, headline: pd.DataFrame) -> list[Expectation]:
+        h = headline.set_index("norm")
+        if not {"none", "batchnorm"} <= set(h.index):
+            return []
+        bn, plain = h.loc["batchnorm"], h.loc["none"]
+        a, b = _range(bn, "early"), _range(plain, "early")
+        several = bn.seeds > 1 and plain.seeds > 1
+        widen = bn.std_last / bn.std_first, plain.std_last / plain.std_first
+        return [
+            Expectation(
+                "BatchNorm reaches a higher accuracy early in training (Ioffe & Szegedy, 2015, "
+                "Figure 1a)",
+                (a[0] > b[1]) if several else None,
+                f"first evaluation: batchnorm {_acc(bn, 'early')}, none {_acc(plain, 'early')}",
+            ),
+            Expectation(
+                "With BatchNorm the last hidden layer's sigmoid input keeps its distribution "
+                "while without it the distribution drifts (Figure 1b, c)",
+                widen[0] < 0.8 * widen[1],
+                f"std grew {widen[0]:.2f}× with batchnorm ({bn.std_first:.2f} → "
+                f"{bn.std_last:.2f}), {widen[1]:.2f}× without ({plain.std_first:.2f} → "
+                f"{plain.std_last:.2f})",
+            ),
+        ]
 
     def summary(self, store, headline) -> pd.DataFrame:
         rows = []
@@ -117,6 +173,29 @@ class InternalCovariateShift(Experiment):
         return table
 
 
+LAST_LAYER = (
+    "mean_first",
+    "mean_last",
+    "std_first",
+    "std_last",
+    "p15_drift",
+    "p50_drift",
+    "p85_drift",
+    "layers_mean_drift",
+    "layers_std_drift",
+)
+
+
+def _range(row, when: str) -> tuple[float, float]:
+    return row[f"{when}_test_acc_min"], row[f"{when}_test_acc_max"]
+
+
+def _acc(row, when: str) -> str:
+    low, high = _range(row, when)
+    mean = row[f"{when}_test_acc"]
+    return f"{mean:.3f}" if row.seeds < 2 else f"{mean:.3f} ({low:.3f}–{high:.3f})"
+
+
 def _moved(monitor, sites, quantity):
     """Each site's recorded ``quantity`` over steps, finite records only."""
     for site in sites:
@@ -129,6 +208,7 @@ def _drift_figure(store):
     from normlab.experiments.plots import density, plt
 
     table = store.summaries()
+    table = table[table.seed == table.seed.min()] if not table.empty else table
     runs = [r for _, r in table.sort_values("norm").drop_duplicates("norm").iterrows()]
     runs = [(r, store.monitor(r.run_id)) for r in runs]
     runs = [(r, m) for r, m in runs if analysis.last_sigmoid_site(m) is not None]
@@ -136,7 +216,8 @@ def _drift_figure(store):
         return None
     fig, axes = plt.subplots(2, len(runs), figsize=(4.2 * len(runs), 6.2), squeeze=False)
     for col, (run, monitor) in enumerate(runs):
-        site = analysis.last_sigmoid_site(monitor)
+        sites = analysis.saturating_sites(monitor)
+        site = sites[-1]
         stats = analysis.site_stats(monitor, site)
         sketches = store.sketches(run.run_id)
         ax = axes[0, col]
@@ -147,8 +228,9 @@ def _drift_figure(store):
             label = f"step {step}: mean {mean:.2f}, std {std:.2f}"
             ax.step(x, d, where="post", color=color, label=label)
         if steps:
-            ax.set_title(f"{run.norm}: input of sigmoid '{site}'")
-            ax.set_xlabel("pre-activation")
+            ax.set_title(f"{run.norm}: hidden layer {len(sites)}'s sigmoid input", fontsize=10)
+            ax.set_xlabel("sigmoid input (pre-activation)")
+            ax.set_ylabel("density")
             ax.legend(fontsize=8)
         else:
             ax.axis("off")
@@ -156,24 +238,34 @@ def _drift_figure(store):
         band.fill_between(stats.index, stats["p15"], stats["p85"], alpha=0.25, label="15th-85th")
         band.plot(stats.index, stats["p50"], label="median")
         band.set_xlabel("step")
-        band.set_title(f"{run.norm}: percentiles over training")
+        band.set_title(f"{run.norm}: its 15th, 50th, 85th percentiles", fontsize=10)
         band.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def _accuracy_figure(store):
-    """Test accuracy over steps, one line per norm."""
+    """Test accuracy over steps per norm: the mean over seeds, the band min to max."""
     from normlab.experiments.plots import plt
 
     table = store.summaries()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for _, run in table.sort_values("norm").iterrows():
-        acc = analysis.metric_series(store.metrics(run.run_id), "test_acc")
-        ax.plot(acc.index, acc.to_numpy(), label=run.norm, marker=".")
-    ax.set_xlabel("step")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for norm, runs in table.groupby("norm"):
+        curves = pd.concat(
+            [analysis.metric_series(store.metrics(r), "test_acc") for r in runs.run_id], axis=1
+        )
+        (line,) = ax.plot(curves.index, curves.mean(axis=1), marker=".", label=norm)
+        if curves.shape[1] > 1:
+            ax.fill_between(
+                curves.index,
+                curves.min(axis=1),
+                curves.max(axis=1),
+                alpha=0.2,
+                color=line.get_color(),
+            )
+    ax.set_xlabel("training step")
     ax.set_ylabel("test accuracy")
-    ax.legend()
+    ax.legend(title="mean; band: seeds' range")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -1,5 +1,5 @@
-"""Sensitivity to the initialization: final accuracy of a ReLU MLP whose initial
-weights are Kaiming's times 0.1 to 10, per norm."""
+"""Sensitivity to the initialization: the outcome and final accuracy of a ReLU
+MLP whose initial weights are Kaiming's times 0.1 to 10, per norm."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 
 from normlab.experiments import analysis, plots
 from normlab.experiments.config import RunConfig
-from normlab.experiments.experiment import Experiment
+from normlab.experiments.experiment import Expectation, Experiment
 
 
 class Initialization(Experiment):
@@ -17,7 +17,11 @@ class Initialization(Experiment):
         "Sensitivity to the scale of the initial weights (x0.1 to x10 of Kaiming), "
         "per norm (ReLU MLP)."
     )
-    question = "Final accuracy against the scale of the initial weights."
+    question = (
+        "How sensitive is training to the scale of the initial weights? Final test accuracy "
+        "of a 3-layer ReLU MLP whose weights start at 0.1 to 10 times Kaiming's; ○: did not "
+        "learn, ×: diverged."
+    )
     default_norms = ("none", "batchnorm", "layernorm")
     base = RunConfig(
         activation="relu",
@@ -31,6 +35,8 @@ class Initialization(Experiment):
     )
     grid = {"init_scale": (0.1, 0.3, 1.0, 3.0, 10.0)}
     quick = {"steps": 30, "train_size": 256, "test_size": 200}
+    seeds = 3
+    section = "problem"
     order = 40
 
     def headline(self, store) -> pd.DataFrame:
@@ -41,7 +47,25 @@ class Initialization(Experiment):
         return [(plots.heatmap(headline, "init_scale"), caption)]
 
     def finding(self, headline: pd.DataFrame) -> str:
-        return analysis.stable_ranges(headline, "init_scale")
+        return analysis.outcome_ranges(headline, "init_scale")
+
+    def expectations(self, headline: pd.DataFrame) -> list[Expectation]:
+        trained = {
+            norm: int((group.outcome == "trained").sum())
+            for norm, group in headline.groupby("norm")
+        }
+        if not {"none", "batchnorm"} <= set(trained):
+            return []
+        scales = headline.init_scale.nunique()
+        return [
+            Expectation(
+                "With BatchNorm, training is insensitive to the scale of the initial weights "
+                "(Ioffe & Szegedy, 2015)",
+                trained["batchnorm"] == scales and trained["none"] < scales,
+                f"trained at {trained['batchnorm']} of {scales} scales with batchnorm, "
+                f"{trained['none']} of {scales} without",
+            )
+        ]
 
 
 EXPERIMENT = Initialization()

@@ -1,5 +1,5 @@
-"""Sensitivity to the learning rate: final accuracy and divergence of the lab's
-CNN over a learning-rate grid, per norm."""
+"""Sensitivity to the learning rate: the outcome (trained, did not learn,
+diverged) and final accuracy of the lab's CNN over a learning-rate grid, per norm."""
 
 from __future__ import annotations
 
@@ -8,18 +8,25 @@ import math
 import pandas as pd
 
 from normlab.experiments import analysis, plots
-from normlab.experiments.experiment import LAB_CNN, Experiment
+from normlab.experiments.experiment import LAB_CNN, Expectation, Experiment
 
 
 class LearningRate(Experiment):
     name = "lr"
     title = "Learning rate"
-    description = "Final accuracy and divergence over a learning-rate grid, per norm (CNN)."
-    question = "Final accuracy over a learning-rate grid; × marks divergence."
+    description = "Outcome and final accuracy over a learning-rate grid, per norm (CNN)."
+    question = (
+        "Which learning rates does each technique train at? Final test accuracy (mean over "
+        "seeds) after one epoch of SGD with momentum, batch 32; ○ marks runs that did not "
+        "learn (near chance), × runs that diverged."
+    )
     default_norms = ("none", "batchnorm", "layernorm", "groupnorm")
-    base = LAB_CNN.replace(epochs=2, batch_size=32)
-    grid = {"lr": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)}
+    base = LAB_CNN.replace(epochs=1, batch_size=32)
+    grid = {"lr": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)}
     quick = {"epochs": 1, "train_size": 256, "test_size": 200}
+    full = {"epochs": 3}
+    seeds = 3
+    section = "problem"
     order = 30
 
     def headline(self, store) -> pd.DataFrame:
@@ -29,22 +36,40 @@ class LearningRate(Experiment):
         return [(plots.heatmap(headline, "lr"), "Final test accuracy per norm and learning rate.")]
 
     def finding(self, headline: pd.DataFrame) -> str:
-        return analysis.stable_ranges(headline, "lr")
+        return analysis.outcome_ranges(headline, "lr")
+
+    def expectations(self, headline: pd.DataFrame) -> list[Expectation]:
+        largest = _largest_trained(headline)
+        if not {"none", "batchnorm"} <= set(largest):
+            return []
+        return [
+            Expectation(
+                "BatchNorm trains at higher learning rates than no normalization "
+                "(Ioffe & Szegedy, 2015; Santurkar et al., 2018)",
+                largest["batchnorm"] > largest["none"],
+                f"largest learning rate that trained: batchnorm {largest['batchnorm']:g}, "
+                f"none {largest['none']:g}",
+            )
+        ]
 
     def summary(self, store, headline) -> pd.DataFrame:
-        rows = []
-        for norm, group in headline.groupby("norm"):
-            ok = group[(group.diverged == 0) & (group.test_acc >= 0.8)]
-            rows.append(
-                {"norm": norm, "largest good lr": float(ok.lr.max()) if len(ok) else math.nan}
-            )
-        table = pd.DataFrame(rows)
-        best = table["largest good lr"].max()
+        largest = _largest_trained(headline)
+        table = pd.DataFrame({"norm": list(largest), "largest lr trained": list(largest.values())})
+        best = table["largest lr trained"].max()
         table["remark"] = [
-            "tolerates the largest learning rates" if lr >= best else ""
-            for lr in table["largest good lr"]
+            "trains at the largest learning rates" if lr >= best else ""
+            for lr in table["largest lr trained"]
         ]
         return table
+
+
+def _largest_trained(headline: pd.DataFrame) -> dict[str, float]:
+    """norm -> the largest learning rate whose typical outcome was 'trained'."""
+    out = {}
+    for norm, group in headline.groupby("norm"):
+        ok = group[group.outcome == "trained"]
+        out[norm] = float(ok.lr.max()) if len(ok) else math.nan
+    return out
 
 
 EXPERIMENT = LearningRate()

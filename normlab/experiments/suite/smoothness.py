@@ -11,7 +11,7 @@ import pandas as pd
 
 from normlab.experiments import plots
 from normlab.experiments.config import RunConfig
-from normlab.experiments.experiment import Experiment
+from normlab.experiments.experiment import Expectation, Experiment
 
 MEASURES = {
     "ics_l2": "ICS ||G − G′||",
@@ -47,7 +47,9 @@ class Smoothness(Experiment):
     )
     grid = {"noise": (0.0, 1.0)}
     quick = {"steps": 20, "probe_every": 10, "eval_every": 10, "train_size": 256, "test_size": 200}
-    in_suite = False
+    seeds = 2
+    full = {"steps": 5000, "probe_every": 250, "eval_every": 1000}
+    section = "why"
     order = 15
 
     def check(self, config: RunConfig) -> None:
@@ -79,6 +81,36 @@ class Smoothness(Experiment):
         columns = {k: v for k, v in MEASURES.items() if k in frame and k != "ics_cosine"}
         caption = "Santurkar et al.'s measures, averaged over the probes of each run."
         return [(plots.bars(frame, "label", columns), caption)]
+
+    def expectations(self, headline: pd.DataFrame) -> list[Expectation]:
+        h = headline.set_index(["norm", "noise"])
+        out = []
+        if ("batchnorm", 0.0) in h.index and ("none", 0.0) in h.index:
+            bn, plain = h.loc[("batchnorm", 0.0)], h.loc[("none", 0.0)]
+            out.append(
+                Expectation(
+                    "BatchNorm makes the loss landscape smoother: lower loss variation and "
+                    "β-smoothness along the gradient (Santurkar et al., 2018, Figure 4)",
+                    bn.loss_variation < plain.loss_variation
+                    and bn.beta_smoothness < plain.beta_smoothness,
+                    f"loss variation {bn.loss_variation:.3g} with batchnorm, "
+                    f"{plain.loss_variation:.3g} without; β-smoothness {bn.beta_smoothness:.3g} "
+                    f"and {plain.beta_smoothness:.3g}",
+                )
+            )
+        noisy = [k for k in h.index if k[0] == "batchnorm" and k[1] > 0]
+        if ("batchnorm", 0.0) in h.index and noisy:
+            bn, nz = h.loc[("batchnorm", 0.0)], h.loc[noisy[0]]
+            out.append(
+                Expectation(
+                    "Noisy BatchNorm trains about as well as BatchNorm although its internal "
+                    "covariate shift is larger (Santurkar et al., 2018, Figures 2 and 3)",
+                    abs(nz.test_acc - bn.test_acc) <= 0.02 and nz.ics_l2 > bn.ics_l2,
+                    f"test accuracy {nz.test_acc:.3f} noisy, {bn.test_acc:.3f} plain; ICS "
+                    f"||G − G′|| {nz.ics_l2:.3g} noisy, {bn.ics_l2:.3g} plain",
+                )
+            )
+        return out
 
     def finding(self, headline: pd.DataFrame) -> str:
         parts = [

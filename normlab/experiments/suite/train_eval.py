@@ -26,7 +26,6 @@ class TrainEval(Experiment):
     base = LAB_CNN.replace(epochs=2, lr_scaling=True, train_mode_eval=True)
     grid = {"batch_size": (2, 4, 8, 32)}
     quick = {"epochs": 1, "train_size": 256, "test_size": 200}
-    in_suite = False
     order = 60
 
     def check(self, config: RunConfig) -> None:
