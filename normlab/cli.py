@@ -204,7 +204,10 @@ Norms = Annotated[
 ]
 Model = Annotated[str | None, typer.Option(help=_MODEL_HELP, metavar="NAME|MODULE:FUNCTION")]
 Dataset = Annotated[str | None, typer.Option(help=_DATASET_HELP, metavar="NAME|MODULE:FUNCTION")]
-Seeds = Annotated[int, typer.Option(min=1, help="seeds per configuration", metavar="N")]
+Seeds = Annotated[
+    int | None,
+    typer.Option(min=1, help="seeds per configuration (default: each experiment's)", metavar="N"),
+]
 Jobs = Annotated[int, typer.Option(min=0, help="worker processes (0: one per core)", metavar="N")]
 ExecutorOption = Annotated[Executor, typer.Option(help=_EXECUTOR_HELP)]
 Address = Annotated[str | None, typer.Option(help=_ADDRESS_HELP)]
@@ -239,7 +242,7 @@ def _executor(name: Executor, jobs: int, address: str | None):
     return RayExecutor(address)
 
 
-def _plan(names, norms, seeds, quick, model, dataset, sets, nproc=0) -> list:
+def _plan(names, norms, seeds, quick, model, dataset, sets, nproc=0, full=False) -> list:
     """(experiment, sweep) per name; every configuration validated before anything runs."""
     from normlab.experiments.config import ConfigError, parse_overrides
 
@@ -252,7 +255,10 @@ def _plan(names, norms, seeds, quick, model, dataset, sets, nproc=0) -> list:
         for name in dict.fromkeys(names):
             experiment = catalog.get(name)
             plans.append(
-                (experiment, experiment.sweep(_split_norms(norms), seeds, quick, overrides))
+                (
+                    experiment,
+                    experiment.sweep(_split_norms(norms), seeds, quick, overrides, full),
+                )
             )
         from normlab.experiments.runner import preflight
 
@@ -382,12 +388,13 @@ def run_experiment(
     norms: Norms = None,
     model: Model = None,
     dataset: Dataset = None,
-    seeds: Seeds = 1,
+    seeds: Seeds = None,
     jobs: Jobs = 0,
     executor: ExecutorOption = Executor.local,
     address: Address = None,
     out: Annotated[Path, typer.Option(help="results directory")] = Path("normlab-results"),
     quick: Annotated[bool, typer.Option(help="tiny sizes: a smoke test")] = False,
+    full: Annotated[bool, typer.Option(help="the published sizes (slow)")] = False,
     nproc: Annotated[
         int, typer.Option(min=0, help="data-parallel processes per run (0: the experiment's)")
     ] = 0,
@@ -397,7 +404,7 @@ def run_experiment(
 
     An override (--set, --norms, --model, --dataset) of a field the experiment sweeps
     over narrows the sweep to that value."""
-    plans = _plan([experiment.value], norms, seeds, quick, model, dataset, set_, nproc)
+    plans = _plan([experiment.value], norms, seeds, quick, model, dataset, set_, nproc, full)
     pool = _executor(executor, jobs, address)
     _sweep_all(plans, out, pool, quick)
     exp = plans[0][0]
@@ -416,10 +423,13 @@ def compare(
         "normlab-report"
     ),
     quick: Annotated[bool, typer.Option(help="CI-sized: every experiment tiny")] = False,
+    full: Annotated[
+        bool, typer.Option(help="the published sizes (anchors): about 90 minutes on 2 cores")
+    ] = False,
     norms: Norms = None,
     model: Model = None,
     dataset: Dataset = None,
-    seeds: Seeds = 1,
+    seeds: Seeds = None,
     jobs: Jobs = 0,
     executor: ExecutorOption = Executor.local,
     address: Address = None,
@@ -439,7 +449,9 @@ def compare(
     from normlab.report import html
 
     names = [e.value for e in experiments_] if experiments_ else list(catalog.SUITE)
-    plans = _plan(names, norms, seeds, quick, model, dataset, set_)
+    if quick and full:
+        raise _fail("--quick and --full: choose one")
+    plans = _plan(names, norms, seeds, quick, model, dataset, set_, full=full)
     pool = _executor(executor, jobs, address)
     start = time.perf_counter()
     _sweep_all(plans, out / "results", pool, quick)

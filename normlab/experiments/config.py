@@ -16,6 +16,7 @@ import ast
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -207,6 +208,7 @@ class Sweep:
     base: RunConfig
     grid: dict[str, tuple] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
+    keep: Callable[[RunConfig], bool] | None = None  # drops combinations that make no sense
 
     def configs(self) -> list[RunConfig]:
         """Every combination, validated, in a stable order, without duplicates."""
@@ -224,4 +226,5 @@ class Sweep:
                 raise ConfigError(f"grid: no values for {name!r}")
             combos = [{**c, name: v} for c in combos for v in values]
         configs = [self.base.replace(**combo, seed=seed) for combo in combos for seed in self.seeds]
-        return tuple({c.run_id: c for c in configs}.values())
+        kept = [c for c in configs if self.keep is None or self.keep(c)]
+        return tuple({c.run_id: c for c in kept}.values())

@@ -59,6 +59,7 @@ class Experiment(ABC):
     grid: ClassVar[dict[str, tuple]] = {}
     quick: ClassVar[dict[str, Any]] = {}  # overrides that shrink it to a smoke test
     full: ClassVar[dict[str, Any]] = {}  # overrides for `--full`: the published sizes
+    full_norms: ClassVar[tuple[str, ...] | None] = None  # `--full`'s norms (None: the default)
     seeds: ClassVar[int] = 1  # seeds `normlab compare` runs (its 10-minute budget)
     exclusive: ClassVar[bool] = False  # runs one at a time (timings: nothing beside them)
     in_suite: ClassVar[bool] = True  # part of `normlab compare`
@@ -92,7 +93,7 @@ class Experiment(ABC):
         seeds = (1 if quick else self.seeds) if seeds is None else seeds
         if not isinstance(seeds, int) or seeds < 1:
             raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
-        names = canonical_norms(norms or self.default_norms)
+        names = canonical_norms(norms or (full and self.full_norms) or self.default_norms)
         grid = {"norm": names, **self.grid}
         if quick:
             grid = {k: v if k == "norm" else v[:2] for k, v in grid.items()}
@@ -104,7 +105,7 @@ class Experiment(ABC):
                 grid[field] = canonical_norms([value]) if field == "norm" else (value,)
             else:
                 base_changes[field] = value
-        sweep = Sweep(self.base.replace(**base_changes), grid, tuple(range(seeds)))
+        sweep = Sweep(self.base.replace(**base_changes), grid, tuple(range(seeds)), self.keep)
         ignored = [f for f in grid if f in MODEL_FIELDS]
         if ":" in sweep.base.model and ignored:
             raise ConfigError(
@@ -119,6 +120,10 @@ class Experiment(ABC):
 
     def check(self, config: RunConfig) -> None:  # noqa: B027 (optional hook: accepts all)
         """Refuse (ConfigError) a configuration this experiment's analysis cannot use."""
+
+    def keep(self, config: RunConfig) -> bool:
+        """Whether the sweep runs this combination of the grid (default: all)."""
+        return True
 
     def requires(self, condition: bool, reason: str) -> None:
         """Raise ConfigError ``'<experiment>: reason'`` unless ``condition``."""

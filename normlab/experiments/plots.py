@@ -84,14 +84,17 @@ def bars(frame: pd.DataFrame, label: str, columns: dict[str, str]):
     """Horizontal bars of ``columns`` (column -> axis label), one panel each."""
     if frame.empty:
         return None
-    fig, axes = plt.subplots(
-        1, len(columns), figsize=(5 * len(columns), 0.6 + 0.32 * len(frame)), squeeze=False
-    )
-    colors = ("#1f77b4", "#ff7f0e", "#2ca02c")
-    for i, (ax, (column, xlabel)) in enumerate(zip(axes[0], columns.items(), strict=True)):
+    per_row = 2
+    rows = -(-len(columns) // per_row)
+    height = max(2.2, 0.8 + 0.32 * len(frame))
+    fig, axes = plt.subplots(rows, per_row, figsize=(11, height * rows), squeeze=False)
+    colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
+    for i, (ax, (column, xlabel)) in enumerate(zip(axes.flat, columns.items(), strict=False)):
         ax.barh(frame[label], frame[column], color=colors[i % len(colors)])
         ax.set_xlabel(xlabel)
-        if i:
+        if i % per_row:
             ax.set_yticks([])
+    for ax in list(axes.flat)[len(columns) :]:
+        ax.axis("off")
     fig.tight_layout()
     return fig

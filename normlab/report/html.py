@@ -263,6 +263,19 @@ def _setup_table(stores: dict[str, ResultsStore]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _seed_note(stores: dict[str, ResultsStore]) -> str:
+    few = {name: s.summaries().seed.nunique() for name, s in stores.items()}
+    few = {name: n for name, n in few.items() if n < 3}
+    if not few:
+        return "<p>Every experiment ran at least 3 seeds.</p>"
+    listed = ", ".join(f"{name} ({n})" for name, n in few.items())
+    return (
+        f"<p>Fewer than 3 seeds, to keep <code>normlab compare</code> within 10 minutes on 2 "
+        f"cores: {html.escape(listed)}. With one seed no difference is called a difference; "
+        "<code>--seeds N</code> or <code>--full</code> runs more.</p>"
+    )
+
+
 def build(root: str | Path, out: str | Path) -> Path:
     """Write ``out/index.html`` (figures also as ``out/figures/*.png``, tables as CSV)
     from the results in ``root``."""
@@ -343,6 +356,7 @@ def build(root: str | Path, out: str | Path) -> Path:
                 "train / 1,000 test) unless stated. Each row: the first run's settings; the "
                 "swept field varies.</p>",
                 _table(_setup_table(stores)),
+                _seed_note(stores),
                 "<p>Tables as CSV beside this page, figures in figures/, every run's metrics "
                 "and monitor records in the results directory (Parquet).</p>",
             ]

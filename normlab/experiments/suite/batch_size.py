@@ -33,7 +33,17 @@ class BatchSize(Experiment):
     base = LAB_CNN.replace(epochs=3, lr=0.05, lr_scaling=True, warmup_steps=50)
     grid = {"batch_size": GRID}
     quick = {"epochs": 1, "train_size": 256, "test_size": 200, "warmup_steps": 5}
-    full = {"dataset": "fashion-mnist", "train_size": 10000, "epochs": 5}
+    full = {"dataset": "fashion-mnist", "train_size": 10000, "test_size": 2000}
+    full_norms = (
+        "batchnorm",
+        "groupnorm",
+        "layernorm_chw",
+        "instancenorm",
+        "batchrenorm",
+        "frn",
+        "evonorm_s0",
+        "none",
+    )
     seeds = 2
     order = 20
 

@@ -37,6 +37,7 @@ class Depth(Experiment):
     )
     grid = {"depth": (4, 8, 16, 32)}
     quick = {"steps": 20, "train_size": 256, "test_size": 200}
+    seeds = 3
     section = "problem"
     order = 50
 

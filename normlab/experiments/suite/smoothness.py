@@ -24,7 +24,7 @@ MEASURES = {
 
 class Smoothness(Experiment):
     name = "smoothness"
-    title = "Why it helps: smoothness, not covariate shift (Santurkar et al.)"
+    title = "Covariate shift and smoothness, measured as Santurkar et al. did"
     description = (
         "Santurkar et al.'s internal covariate shift and loss-landscape smoothness over "
         "training, with and without BatchNorm, and 'noisy' BatchNorm (random per-channel "
@@ -51,6 +51,11 @@ class Smoothness(Experiment):
     full = {"steps": 5000, "probe_every": 250, "eval_every": 1000}
     section = "why"
     order = 15
+
+    def keep(self, config: RunConfig) -> bool:
+        """Noise is injected after normalization layers: without any, noise > 0 would
+        repeat the noise-free run."""
+        return config.noise == 0 or config.norm != "none"
 
     def check(self, config: RunConfig) -> None:
         self.requires(config.probe_every > 0, "needs probe_every > 0 (it runs the probes)")

@@ -40,7 +40,7 @@ class Transformer(Experiment):
     )
     grid = {"norm_position": ("pre", "post")}
     quick = {"steps": 20, "depth": 2, "train_size": 256, "test_size": 200}
-    full = {"steps": 3000, "depth": 6}
+    full = {"steps": 1500, "depth": 4}
     seeds = 2
     order = 70
 
