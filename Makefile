@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c const
 BASE := $(VENV)/.normlab-base
 DEV := $(VENV)/.normlab-dev
 
-.PHONY: setup setup-dev compare check test lint clean
+.PHONY: setup setup-dev compare full check test lint clean
 
 setup: $(BASE)
 setup-dev: $(DEV)
@@ -26,6 +26,14 @@ $(DEV): $(BASE)
 compare: setup
 	$(BIN)/normlab compare
 
+# The four anchors at the published sizes (about 45 minutes on 2 cores); the batch-size
+# study reads Fashion-MNIST from Debian's dataset-fashion-mnist (installed here, as root).
+full: setup
+	test -d /usr/share/datasets/fashion-mnist || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist)
+	$(BIN)/normlab compare --full --out normlab-full
+	$(BIN)/normlab report normlab-full --out docs/article
+
 check: setup
 	$(BIN)/normlab list
 	$(BIN)/normlab check
@@ -38,4 +46,4 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis normlab-report
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis normlab-report normlab-full

@@ -60,7 +60,7 @@ def test_the_lr_claim_follows_the_numbers():
     flipped.loc[3, ["test_acc", "outcome"]] = (0.9, "trained")
     (claim,) = lr.expectations(flipped)
     assert claim.held is False and "batchnorm 1, none 1" in claim.measured
-    assert "none trained at lr 0.1–1" in lr.finding(flipped)
+    assert "none trained at lr 0.1, 1" in lr.finding(flipped)
     assert "none trained at lr 0.1, diverged at lr 1" in lr.finding(held)
 
 
@@ -78,12 +78,18 @@ def test_batch_size_claims_use_the_spread_and_the_registry():
     text = bs.finding(headline)
     assert "batchnorm (uses the batch)" in text and "groupnorm (does not use the batch)" in text
     remarks = dict(zip(*bs.summary(None, headline)[["norm", "remark"]].T.values, strict=True))
-    assert remarks["groupnorm"] == "does not use the batch"  # never "batch-sensitive"
-    assert remarks["batchnorm"] == "batch-sensitive: worse at batch 2"
+    assert remarks["groupnorm"] == ""  # does not use the batch: never "batch-sensitive"
+    assert remarks["batchnorm"] == "uses the batch: worse at batch 2"
     (claim,) = bs.expectations(headline)
-    assert claim.held is False  # GroupNorm was not flat
-    headline.loc[3, ["test_acc", "acc_min", "acc_max"]] = (0.93, 0.91, 0.95)
-    assert bs.expectations(headline)[0].held is True
+    assert claim.held is True and "+0.130 at batch 2, -0.150 at 32" in claim.measured
+    caught_up = headline.copy()
+    caught_up.loc[0, ["test_acc", "acc_min", "acc_max"]] = (0.93, 0.91, 0.95)  # BN = GN at 2
+    assert bs.expectations(caught_up)[0].held is False
+    better_small = headline.copy()  # the sign: a batch user better at small batches
+    better_small.loc[[0, 1], "test_acc"] = (0.95, 0.80)
+    better_small.loc[[0, 1], ["acc_min", "acc_max"]] = [(0.94, 0.96), (0.78, 0.82)]
+    remarks = dict(zip(*bs.summary(None, better_small)[["norm", "remark"]].T.values, strict=True))
+    assert remarks["batchnorm"] == "uses the batch: worse at batch 32"
     within = headline.copy()
     within.loc[0, ["test_acc", "acc_min", "acc_max"]] = (0.94, 0.90, 0.97)  # overlaps
     assert "no difference beyond the seed spread" in bs.finding(within)
@@ -137,16 +143,18 @@ def test_the_ics_sentence_is_computed_from_the_numbers():
     }
     headline = pd.DataFrame(
         [
-            {"norm": "batchnorm", **base, "std_first": 1.0, "std_last": 1.64},
-            {"norm": "none", **base, "std_first": 0.5, "std_last": 1.6},
+            {"norm": "batchnorm", **base, "std_first": 1.0, "std_last": 1.3, "p50_drift": -0.05},
+            {"norm": "none", **base, "std_first": 0.5, "std_last": 1.6, "p50_drift": -0.2},
         ]
     )
     text = ics.finding(headline)
-    assert "std grew 1.64×, without it 3.20×" in text and "held the distribution steadier" in text
-    headline.loc[0, "std_last"] = 3.3
+    assert "std 1.00 → 1.30 with BatchNorm, 0.50 → 1.60 without" in text
+    assert "held the distribution steadier" in text and ics.expectations(headline)[1].held is True
+    headline.loc[0, "std_last"] = 2.2  # grew by 1.2, more than without (1.1)
     text = ics.finding(headline)
-    assert "std grew 3.30×" in text and "did not hold the distribution steadier" in text
+    assert "std 1.00 → 2.20" in text and "did not hold the distribution steadier" in text
     assert ics.expectations(headline)[1].held is False
+    assert ics.expectations(headline)[0].held is None  # one seed: early accuracy untested
 
 
 def test_cost_runs_one_at_a_time(monkeypatch, tmp_path):

@@ -26,10 +26,11 @@ def error_vs(headline: pd.DataFrame, axis: str, log: bool = True):
     if headline.empty:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    banded = "seeds" in headline and (headline.seeds > 1).any()
     for norm, group in headline.groupby("norm"):
         group = group.sort_values(axis)
         (line,) = ax.plot(group[axis], 1 - group.test_acc, marker="o", label=norm)
-        if "acc_min" in group and (group.seeds > 1).any():
+        if banded and (group.seeds > 1).any():
             ax.fill_between(
                 group[axis],
                 1 - group.acc_max,
@@ -40,7 +41,7 @@ def error_vs(headline: pd.DataFrame, axis: str, log: bool = True):
     if log:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(axis.replace("_", " "))
-    ax.set_ylabel("test error (band: best to worst seed)")
+    ax.set_ylabel("test error (band: best to worst seed)" if banded else "test error")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -74,7 +75,7 @@ def heatmap(headline: pd.DataFrame, axis: str):
     )
     ax.set_yticks(range(acc.shape[0]), acc.index)
     ax.set_xlabel(axis.replace("_", " "))
-    fig.colorbar(image, ax=ax, label="test accuracy (mean over seeds)")
+    fig.colorbar(image, ax=ax, label="test accuracy\n(mean over seeds)")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.text(0.01, 0.01, "number: trained   ○: did not learn   ×: diverged", fontsize=8)
     return fig

@@ -97,20 +97,56 @@ def summary_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _recommend(norm: str, remarks: list[str]) -> str:
+    """The measured remarks, then one fact a user choosing needs: where the statistics
+    come from (from the registry)."""
     if norm == "none":
         return "baseline: no normalization"
     s = registry.spec(norm)
-    facts = []
-    if s.batch_dependent:
-        facts.append(
-            "statistics from the batch: needs batches of several samples per device, and "
-            "its eval-mode output uses running averages"
-        )
-    else:
-        facts.append("independent of the batch: any batch size, same in train and eval")
+    fact = {
+        "running": "batch statistics in training, running averages in eval",
+        "batch": "batch statistics in training and eval",
+        "sample": "per-sample statistics: any batch size, same in train and eval",
+        "frozen": "fixed statistics",
+        "none": "no statistics (element-wise)",
+    }[s.inference]
     if s.fused_activation:
-        facts.append("brings its own activation (no ReLU after it)")
-    return "; ".join(remarks + facts)
+        fact += "; brings its own activation"
+    return "; ".join([*remarks, fact])
+
+
+def _guide(summary: pd.DataFrame) -> str:
+    """Which one to use, from the summary's measured columns and the registry."""
+    table = summary.set_index("technique")
+    lines = []
+    if "largest good lr" in table:
+        lr = table["largest good lr"].dropna()
+        if len(lr):
+            best = lr.idxmax()
+            lines.append(
+                f"CNNs trained with large per-device batches: {best} trained at the largest "
+                f"learning rate here ({lr.max():g}; no normalization: "
+                f"{lr.get('none', math.nan):g})."
+            )
+    independent = [t for t in table.index if t != "none" and not registry.spec(t).batch_dependent]
+    measured = [c for c in table.columns if c.startswith("acc @ batch")]
+    if measured and independent:
+        column = measured[0]
+        small = table.loc[[t for t in independent if pd.notna(table.at[t, column])], column]
+        if len(small):
+            lines.append(
+                f"Small or uneven per-device batches (detection, segmentation, video): a "
+                f"technique that does not use the batch — here {small.idxmax()} had "
+                f"{small.max():.3f} accuracy at {column.removeprefix('acc @ ')}."
+            )
+    if "transformer acc (pre-norm)" in table:
+        acc = table["transformer acc (pre-norm)"].dropna()
+        if len(acc):
+            lines.append(
+                "Transformers: per-token normalization over the features; here "
+                + ", ".join(f"{t} {a:.3f}" for t, a in acc.sort_values(ascending=False).items())
+                + " (pre-norm)."
+            )
+    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
 
 
 STYLE = """
@@ -188,15 +224,16 @@ def _what_part(figure: _Figures, norms: list[str]) -> list[str]:
         f"{example['batchnorm'].iloc[0, 0]:.3f}. Every column below has mean 0 and variance "
         "1:</p>",
         _table(example["batchnorm"], index=True),
-        "<p><b>LayerNorm</b> normalizes each sample over its units instead: every row has "
-        "mean 0 and variance 1, and no sample depends on another:</p>",
+        "<p><b>LayerNorm</b> normalizes each sample over its units instead (here over the "
+        "four units shown; the layer's LayerNorm takes all 100): every row has mean 0 and "
+        "variance 1, and no sample depends on another:</p>",
         _table(example["layernorm"], index=True),
         "<h3>What each technique normalizes over</h3>",
         "<p>An (N, C, H×W) activation as a block; the cells shaded in one colour share one "
         "mean and variance (after the GroupNorm paper's Figure 2). Colours: blue, orange and "
         "green are a technique's first, second and third statistic (EvoNorm-B0 uses two, "
-        "Switchable Norm three); grey cells are not in the highlighted set. Drawn from the "
-        "registry's data.</p>",
+        "Switchable Norm three, drawn over each other); white cells are not in the "
+        "highlighted set. Drawn from the registry's data.</p>",
         figure(
             axes.figure(["batchnorm", "layernorm_chw", "instancenorm", "groupnorm"]),
             "BatchNorm, LayerNorm (over C, H, W), InstanceNorm and GroupNorm.",
@@ -308,7 +345,7 @@ def build(root: str | Path, out: str | Path) -> Path:
     body = [
         "<h1>Understanding activation normalization</h1>",
         '<p class="lead">What normalization does to a network\'s activations, why it helps, '
-        "and which technique to use — every claim below measured on the runs in "
+        "and which technique to use — every result below measured on the runs in "
         f"<code>{html.escape(str(root))}</code> ({sum(len(s.ids()) for s in stores.values())} "
         f"runs, {len(stores)} experiments).</p>",
         "<nav><ol>"
@@ -336,10 +373,11 @@ def build(root: str | Path, out: str | Path) -> Path:
                     )
         elif key == "use":
             body += [
-                "<p>Per technique: what the experiments above measured (only differences "
-                "beyond the seed spread count) and what the technique is, from the registry. "
-                "A technique that does not use the batch is never called batch-sensitive; a "
-                "failure at a large learning rate is the learning rate's.</p>",
+                _guide(summary),
+                "<p>Per technique: what the experiments above measured and where its "
+                "statistics come from. A difference counts only where the seeds' accuracy "
+                "ranges do not overlap — a weak test with 2 seeds (it separates two equal "
+                "techniques about one time in three), a fair one with 3 or more.</p>",
                 _table(summary),
             ]
         elif key == "reproduced":

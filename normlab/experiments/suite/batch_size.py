@@ -24,10 +24,13 @@ class BatchSize(Experiment):
         "the same epochs and learning rate per sample, with warm-up."
     )
     question = (
-        "Does a technique's accuracy depend on the batch size, when the batch size is the "
-        "only thing that changes? Test error against batch size at the same number of "
-        "epochs and the same learning rate per sample (lr 0.05 × batch/32, warmed up over "
-        "50 steps); the band spans the seeds."
+        "Does a technique's accuracy depend on the batch size? As in Wu & He's protocol, the "
+        "same number of epochs and the same learning rate per sample at every size (lr 0.05 "
+        "× batch/32, warmed up over 50 steps), so smaller batches take more, smaller steps. "
+        "The paper's claim is about the gap between BatchNorm and GroupNorm as the batch "
+        "shrinks. Note that BatchNorm's statistic spans N × H × W values per channel: even at "
+        "batch 2 that is 1,568 values in the first layer of this 28×28 CNN, far more than in "
+        "the paper's detection-sized batches of 1–2 large images. The band spans the seeds."
     )
     default_norms = ("batchnorm", "groupnorm", "layernorm_chw", "none")
     base = LAB_CNN.replace(epochs=3, lr=0.05, lr_scaling=True, warmup_steps=50)
@@ -73,36 +76,34 @@ class BatchSize(Experiment):
 
     def expectations(self, headline: pd.DataFrame) -> list[Expectation]:
         ends = _ends(headline)
-        if "batchnorm" not in ends:
+        if not {"batchnorm", "groupnorm"} <= set(ends):
             return []
-        small, large = ends["batchnorm"]
-        rises = small.test_acc < large.test_acc and analysis.differs(small, large)
-        flat = [n for n in ("groupnorm", "layernorm_chw") if n in ends]
-        flat_held = all(not analysis.differs(*ends[n]) for n in flat)
-        measured = "; ".join(
-            f"{n}: error {1 - ends[n][0].test_acc:.3f} at batch {int(ends[n][0].batch_size)}, "
-            f"{1 - ends[n][1].test_acc:.3f} at {int(ends[n][1].batch_size)}"
-            for n in ("batchnorm", *flat)
-        )
-        held = None if small.seeds < 2 else rises and flat_held
+        (bn_s, bn_l), (gn_s, gn_l) = ends["batchnorm"], ends["groupnorm"]
+        gap_small = gn_s.test_acc - bn_s.test_acc  # > 0: BatchNorm behind
+        gap_large = gn_l.test_acc - bn_l.test_acc
+        several = min(bn_s.seeds, gn_s.seeds) > 1
         return [
             Expectation(
-                "BatchNorm's error rises at batch 2–4 while GroupNorm and LayerNorm stay flat "
-                "(Wu & He, 2018, Figure 1)",
-                held,
-                measured,
+                "BatchNorm falls behind GroupNorm as the batch shrinks to 2 (Wu & He, 2018, "
+                "Figure 1)",
+                (gap_small > gap_large + 0.01 and analysis.differs(gn_s, bn_s))
+                if several
+                else None,
+                f"GroupNorm minus BatchNorm accuracy: {gap_small:+.3f} at batch "
+                f"{int(bn_s.batch_size)}, {gap_large:+.3f} at {int(bn_l.batch_size)}",
             )
         ]
 
     def summary(self, store, headline) -> pd.DataFrame:
         rows = []
         for norm, (small, large) in _ends(headline).items():
-            if not _batch_dependent(norm):
-                remark = "does not use the batch"
-            elif analysis.differs(small, large):
-                remark = f"batch-sensitive: worse at batch {int(small.batch_size)}"
-            else:
-                remark = "uses the batch, yet no loss at small batches measured here"
+            remark = ""
+            if _batch_dependent(norm) and analysis.differs(small, large):
+                worse = small.test_acc < large.test_acc
+                where = int(small.batch_size if worse else large.batch_size)
+                remark = f"uses the batch: worse at batch {where}"
+            elif _batch_dependent(norm):
+                remark = "uses the batch, yet no difference between batch sizes measured here"
             rows.append(
                 {
                     "norm": norm,

@@ -20,7 +20,11 @@ class Cost(Experiment):
     question = (
         "What does each technique cost? Median time of a training step (forward, backward, "
         "SGD step) of the same CNN at batch 64, runs one at a time, three repeats (the range "
-        "over repeats in brackets), and the activation memory one step keeps for backward."
+        "over repeats in brackets), and the activation memory one step keeps for backward. "
+        "These are eager-mode CPU timings of a small CNN: techniques torch fuses (BatchNorm, "
+        "LayerNorm, GroupNorm) run one kernel, the others (RMSNorm2d, DyT, EvoNorm, ...) "
+        "several composed ops, so the ranking is normlab's CPU implementation, not the "
+        "techniques' inherent cost (fused GPU kernels: docs/performance.md)."
     )
     default_norms = (
         "none",

@@ -71,7 +71,7 @@ class Depth(Experiment):
         parts = [
             f"At depth {depth}: "
             + "; ".join(
-                f"{norm} {analysis.spread(row)}, {row.outcome}, first/last Linear gradient "
+                f"{norm} {analysis.spread(row)}, {row.outcome}, first/last hidden Linear gradient "
                 f"ratio {row.get('first_to_last_grad_ratio', math.nan):.3g}"
                 for norm, row in deepest.iterrows()
             )
@@ -79,22 +79,17 @@ class Depth(Experiment):
         ]
         if "none" in deepest.index:
             plain = deepest.loc["none"]
-            better = [
-                n
-                for n, r in deepest.iterrows()
-                if n != "none" and analysis.differs(r, plain) and r.test_acc > plain.test_acc
-            ]
-            same = [n for n, r in deepest.iterrows() if n != "none" and n not in better]
-            if better:
-                parts.append(
-                    f"Normalization helps at this depth: {', '.join(better)} beat no "
-                    "normalization beyond the seed spread."
-                )
-            if same:
-                parts.append(
-                    f"{', '.join(same)}: no benefit over no normalization measured at depth "
-                    f"{depth} (the difference is within the seed spread, or there is one seed)."
-                )
+            for norm, row in deepest.iterrows():
+                if norm == "none":
+                    continue
+                if row.outcome != plain.outcome:
+                    verdict = f"{row.outcome}, where no normalization {plain.outcome}"
+                elif analysis.differs(row, plain):
+                    verdict = "better" if row.test_acc > plain.test_acc else "worse"
+                    verdict += " than no normalization beyond the seed spread"
+                else:
+                    verdict = "no difference from no normalization beyond the seed spread"
+                parts.append(f"{norm} at depth {depth}: {verdict}.")
         return " ".join(parts)
 
     def figures(self, store, headline):
