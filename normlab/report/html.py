@@ -123,9 +123,9 @@ def _guide(summary: pd.DataFrame) -> str:
         if len(lr):
             best = lr.idxmax()
             lines.append(
-                f"CNNs trained with large per-device batches: {best} trained at the largest "
-                f"learning rate here ({lr.max():g}; no normalization: "
-                f"{lr.get('none', math.nan):g})."
+                f"Learning rate: {best} trained well at the largest learning rate here "
+                f"({lr.max():g}); BatchNorm {lr.get('batchnorm', math.nan):g}, no "
+                f"normalization {lr.get('none', math.nan):g} (the CNN, one epoch)."
             )
     independent = [t for t in table.index if t != "none" and not registry.spec(t).batch_dependent]
     measured = [c for c in table.columns if c.startswith("acc @ batch")]

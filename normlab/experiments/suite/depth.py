@@ -37,6 +37,18 @@ class Depth(Experiment):
     )
     grid = {"depth": (4, 8, 16, 32)}
     quick = {"steps": 20, "train_size": 256, "test_size": 200}
+    full_norms = (
+        "none",
+        "batchnorm",
+        "layernorm",
+        "groupnorm",
+        "rmsnorm",
+        "batchrenorm",
+        "ghostbatchnorm",
+        "evonorm_s0",
+        "scalenorm",
+        "dyt",
+    )  # those whose statistics are defined on (N, features): not FRN, IN, EvoNorm-B0, SN
     seeds = 3
     section = "problem"
     order = 50

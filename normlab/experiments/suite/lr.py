@@ -25,7 +25,24 @@ class LearningRate(Experiment):
     grid = {"lr": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)}
     quick = {"epochs": 1, "train_size": 256, "test_size": 200}
     full = {"epochs": 3}
-    full_norms = ("none", "batchnorm", "layernorm_chw", "groupnorm", "instancenorm", "frn", "dyt")
+    full_norms = (  # every technique for (N, C, H, W) but frozen BatchNorm (fine-tuning only)
+        "none",
+        "batchnorm",
+        "layernorm_chw",
+        "groupnorm",
+        "instancenorm",
+        "frn",
+        "dyt",
+        "layernorm",
+        "rmsnorm",
+        "lrn",
+        "batchrenorm",
+        "ghostbatchnorm",
+        "evonorm_b0",
+        "evonorm_s0",
+        "switchable",
+        "scalenorm",
+    )
     seeds = 3
     section = "problem"
     order = 30

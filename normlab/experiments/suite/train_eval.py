@@ -22,6 +22,15 @@ class TrainEval(Experiment):
         "of each test batch, same batch size as in training), per batch size."
     )
     default_norms = ("batchnorm", "groupnorm")
+    # the techniques whose train and eval modes differ, and GroupNorm as the control
+    full_norms = (
+        "batchnorm",
+        "batchrenorm",
+        "ghostbatchnorm",
+        "evonorm_b0",
+        "switchable",
+        "groupnorm",
+    )
     # The batch-size study's training (lr 0.05 x batch/32, warm-up); 992 test images, a
     # multiple of every batch size, so both modes are scored on the same images.
     base = LAB_CNN.replace(
