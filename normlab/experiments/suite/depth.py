@@ -67,8 +67,13 @@ class Depth(Experiment):
             per_layer = analysis.layer_gradient_norms(
                 store.monitor(run.run_id), run.get("weight_layers", "")
             )
-            ratio = per_layer.iloc[0] / per_layer.iloc[-2] if len(per_layer) > 2 else math.nan
-            ratios.append({"norm": run.norm, "depth": run.depth, "log_ratio": math.log10(ratio)})
+            ratio = math.nan
+            if len(per_layer) > 2:
+                first, last = float(per_layer.iloc[0]), float(per_layer.iloc[-2])
+                ratio = first / last if last > 0 else math.inf if first > 0 else math.nan
+            # a gradient that vanished to exactly 0 (dead ReLUs) is a ratio of 0, not an error
+            log_ratio = math.log10(ratio) if ratio > 0 else -math.inf if ratio == 0 else math.nan
+            ratios.append({"norm": run.norm, "depth": run.depth, "log_ratio": log_ratio})
         if ratios:
             geo = pd.DataFrame(ratios).groupby(["norm", "depth"]).log_ratio.mean().reset_index()
             geo["first_to_last_grad_ratio"] = 10**geo.log_ratio
