@@ -187,3 +187,18 @@ LAB_CNN = RunConfig(
         ("batchrenorm:d_max_steps", 200),
     ),
 )
+
+# The techniques whose statistics are defined on an MLP's (N, features) activations
+# (not FRN, InstanceNorm, EvoNorm-B0 or Switchable Norm, which need spatial axes).
+FEATURE_TECHNIQUES = (
+    "none",
+    "batchnorm",
+    "layernorm",
+    "groupnorm",
+    "rmsnorm",
+    "batchrenorm",
+    "ghostbatchnorm",
+    "evonorm_s0",
+    "scalenorm",
+    "dyt",
+)

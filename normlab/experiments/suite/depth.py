@@ -10,7 +10,7 @@ import pandas as pd
 
 from normlab.experiments import analysis
 from normlab.experiments.config import RunConfig
-from normlab.experiments.experiment import Experiment
+from normlab.experiments.experiment import FEATURE_TECHNIQUES, Experiment
 
 
 class Depth(Experiment):
@@ -37,18 +37,7 @@ class Depth(Experiment):
     )
     grid = {"depth": (4, 8, 16, 32)}
     quick = {"steps": 20, "train_size": 256, "test_size": 200}
-    full_norms = (
-        "none",
-        "batchnorm",
-        "layernorm",
-        "groupnorm",
-        "rmsnorm",
-        "batchrenorm",
-        "ghostbatchnorm",
-        "evonorm_s0",
-        "scalenorm",
-        "dyt",
-    )  # those whose statistics are defined on (N, features): not FRN, IN, EvoNorm-B0, SN
+    full_norms = FEATURE_TECHNIQUES
     seeds = 3
     section = "problem"
     order = 50

@@ -7,7 +7,7 @@ import pandas as pd
 
 from normlab.experiments import analysis, plots
 from normlab.experiments.config import RunConfig
-from normlab.experiments.experiment import Expectation, Experiment
+from normlab.experiments.experiment import FEATURE_TECHNIQUES, Expectation, Experiment
 
 
 class Initialization(Experiment):
@@ -35,18 +35,7 @@ class Initialization(Experiment):
     )
     grid = {"init_scale": (0.1, 0.3, 1.0, 3.0, 10.0)}
     quick = {"steps": 30, "train_size": 256, "test_size": 200}
-    full_norms = (
-        "none",
-        "batchnorm",
-        "layernorm",
-        "groupnorm",
-        "rmsnorm",
-        "batchrenorm",
-        "ghostbatchnorm",
-        "evonorm_s0",
-        "scalenorm",
-        "dyt",
-    )  # those whose statistics are defined on (N, features): not FRN, IN, EvoNorm-B0, SN
+    full_norms = FEATURE_TECHNIQUES
     seeds = 3
     section = "problem"
     order = 40
