@@ -115,6 +115,9 @@ def batch_norm(
     who = "batch_norm"
     checks.check_floating(who, input)
     checks.check_min_dims(who, input, 2, _LAYOUT)
+    checks.check_channel_vectors(
+        who, input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
+    )
     if training:
         checks.check_per_channel(who, input)
         if eps <= 0:
@@ -141,6 +144,9 @@ def instance_norm(
     checks.check_min_dims(who, input, 3, _LAYOUT)
     if use_input_stats:
         checks.check_spatial(who, input)
+    checks.check_channel_vectors(
+        who, input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
+    )
     impl = _pick("instance_norm", backend)
     return impl(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
 
@@ -248,6 +254,9 @@ def batch_renorm(
         checks.check_per_channel(who, input)
     if r_max < 1 or d_max < 0:
         raise NormInputError(f"{who}: need r_max >= 1 and d_max >= 0, got {r_max} and {d_max}")
+    checks.check_channel_vectors(
+        who, input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
+    )
     impl = _pick("batch_renorm", backend)
     return impl(
         input, running_mean, running_var, weight, bias, training, momentum, eps, r_max, d_max
@@ -275,6 +284,9 @@ def ghost_batch_norm(
     if training and input.shape[0] > 0:
         last = input.shape[0] % virtual_batch_size or virtual_batch_size
         checks.check_per_channel(f"{who} (virtual batch of {last})", input[:last])
+    checks.check_channel_vectors(
+        who, input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
+    )
     impl = _pick("ghost_batch_norm", backend)
     return impl(
         input,

@@ -62,6 +62,17 @@ def check_channels(who: str, x: torch.Tensor, expected: int, dim: int = 1) -> No
         )
 
 
+def check_channel_vectors(who: str, x: torch.Tensor, **vectors: torch.Tensor | None) -> None:
+    """Each given per-channel tensor (running statistics, affine) holds C values."""
+    channels = x.shape[1]
+    for name, vector in vectors.items():
+        if vector is not None and tuple(vector.shape) != (channels,):
+            raise NormInputError(
+                f"{who}: {name} must have shape ({channels},) for an input of shape "
+                f"{shape_str(x.shape)}, got {shape_str(vector.shape)}"
+            )
+
+
 def check_per_channel(who: str, x: torch.Tensor) -> None:
     """Batch statistics need more than one value per channel (N * spatial > 1)."""
     count = x.numel() // x.shape[1] if x.shape[1] else 0

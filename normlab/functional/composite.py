@@ -428,7 +428,7 @@ class _EvoNormB0(torch.autograd.Function):
         dweight = torch.linalg.vecdot(dy, ratio, dim=2).sum(0)
         u = (dy * weight.view(1, -1, 1)).div_(denominator)  # dL/dx through the numerator
         # dL/dD = -weight dy x / D^2 = -u * ratio; below, neg_* hold its negative.
-        neg_q = ratio.mul_(u)
+        neg_q = ratio * u  # not in place: ratio is saved (a retained graph backs through it again)
         # D = max(A, B): the gradient goes to B = v x + s where B > A, else to A.
         neg_d_b = torch.ops.aten.threshold_backward(neg_q, denominator - a.view(1, -1, 1), 0.0)
         d_b_nc = -neg_d_b.sum(2)

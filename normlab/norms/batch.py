@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from normlab import functional as NF
 from normlab.functional import checks
+from normlab.functional.checks import NormInputError
 from normlab.norms._base import RunningStatsNorm
 
 
@@ -228,8 +229,17 @@ class GhostBatchNorm(RunningStatsNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
+        counted = self.num_batches_tracked
         momentum = self._momentum_for_step()
         use_batch_stats = self.training or self.running_mean is None
+        try:
+            return self._ghost(input, use_batch_stats, momentum)
+        except NormInputError:  # e.g. a virtual batch of one: not a batch; uncount it
+            if self.training and self.track_running_stats and counted is not None:
+                counted.sub_(1)
+            raise
+
+    def _ghost(self, input: Tensor, use_batch_stats: bool, momentum: float) -> Tensor:
         return NF.ghost_batch_norm(
             input,
             self.running_mean if self.track_running_stats else None,

@@ -529,6 +529,10 @@ def create(name: str, num_features: int, **kwargs) -> nn.Module:
     divisor of ``num_features`` not above it. ``kwargs`` go to the constructor.
     """
     _, build = _lookup(name)
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+        raise ValueError(
+            f"create({name!r}, {num_features!r}): the feature count must be a positive integer"
+        )
     return build(num_features, **kwargs)
 
 
