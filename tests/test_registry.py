@@ -454,7 +454,8 @@ def test_convert_mlp_from_batchnorm_to_layernorm_and_back():
     assert len(_norms(mlp, normlab.LayerNorm2d)) == 2  # over dim 1 = the features of (N, F)
     x = torch.randn(5, 20)
     h = mlp[0](x)
-    torch.testing.assert_close(mlp[1](h), torch.nn.functional.layer_norm(h, (32,), eps=1e-6))
+    # eps is carried over from the BatchNorm it replaces (1e-5), not LayerNorm2d's default
+    torch.testing.assert_close(mlp[1](h), torch.nn.functional.layer_norm(h, (32,), eps=1e-5))
     normlab.convert(mlp, "batch", momentum=0.5)
     assert [m.momentum for m in _norms(mlp, normlab.BatchNormNd)] == [0.5, 0.5]
     assert mlp(x).shape == (5, 10)

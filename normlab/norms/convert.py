@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -12,7 +14,7 @@ from normlab.norms.batch import BatchNormNd, FrozenBatchNorm2d, SyncBatchNorm
 
 _CHANNELS_LAST = (nn.LayerNorm, nn.RMSNorm, layer.LayerNorm, layer.RMSNorm)
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, batch._BatchNorm)
-_COPIED = ("weight", "bias", "running_mean", "running_var")
+_COPIED = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 Source = str | type[nn.Module] | tuple[type[nn.Module], ...] | None
 
@@ -41,8 +43,8 @@ def _is_channels_last(module: nn.Module) -> bool:
 
 
 def _transfer(old: nn.Module, new: nn.Module) -> nn.Module:
-    """Copy affine parameters and running statistics where shapes agree; match
-    the old module's device, dtype and train/eval mode."""
+    """Copy affine parameters (with their requires_grad), running statistics and the
+    batch count where shapes agree; match the old module's device, dtype and mode."""
     tensors = [*old.parameters(), *old.buffers()]
     reference = next((t for t in tensors if t.is_floating_point()), None)
     if reference is not None:
@@ -53,18 +55,64 @@ def _transfer(old: nn.Module, new: nn.Module) -> nn.Module:
             if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor):
                 if src.shape == dst.shape:
                     dst.copy_(src)
+                    if isinstance(dst, nn.Parameter):
+                        dst.requires_grad_(src.requires_grad)
     return new.train(old.training)
 
 
 def _replace(
-    model: nn.Module, matches: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]
+    model: nn.Module,
+    matches: Callable[[nn.Module], bool],
+    make: Callable[[nn.Module], nn.Module],
+    done: dict[int, nn.Module] | None = None,
 ) -> nn.Module:
-    """Replace, in place and recursively, every submodule that ``matches``."""
+    """Replace, in place and recursively, every submodule that ``matches``; a module
+    reached through several parents is replaced once, and stays shared."""
+    done = {} if done is None else done
+    if id(model) in done:
+        return done[id(model)]
     if matches(model):
-        return _transfer(model, make(model))
+        done[id(model)] = _transfer(model, make(model))
+        return done[id(model)]
+    done[id(model)] = model
     for name, child in model.named_children():
-        setattr(model, name, _replace(child, matches, make))
+        setattr(model, name, _replace(child, matches, make, done))
     return model
+
+
+# Constructor arguments a replacement takes over from the layer it replaces, where
+# both have them (LayerNorm calls its affine switch elementwise_affine).
+_CARRIED = ("eps", "momentum", "affine", "track_running_stats")
+
+
+def _settings(old: nn.Module) -> dict:
+    values = {name: getattr(old, name) for name in _CARRIED if hasattr(old, name)}
+    if "affine" not in values and hasattr(old, "elementwise_affine"):
+        values["affine"] = old.elementwise_affine
+    return values
+
+
+def _accepted(probe: nn.Module) -> set[str]:
+    """The constructor arguments of the class a builder made (builders may be lambdas);
+    LayerNorm's elementwise_affine answers to affine."""
+    names = set(inspect.signature(type(probe).__init__).parameters)
+    return names | {"affine"} if "elementwise_affine" in names else names
+
+
+def _lost(old: nn.Module, new: nn.Module, settings: dict, accepted: set[str]) -> list[str]:
+    """What ``new`` cannot carry of ``old``: statistics it keeps no place for, settings
+    its constructor does not take."""
+    lost = []
+    if (
+        getattr(old, "running_mean", None) is not None
+        and getattr(new, "running_mean", None) is None
+    ):
+        lost.append("running statistics")
+    for name, value in settings.items():
+        default_like = (name == "affine" and value is True) or name == "track_running_stats"
+        if name not in accepted and not default_like:
+            lost.append(f"{name}={value}")
+    return lost
 
 
 def _source_types(source: Source) -> tuple[type[nn.Module], ...]:
@@ -94,14 +142,36 @@ def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> n
     """
     spec = registry.spec(target)
     types = _source_types(source)
+    dropped: dict[str, int] = {}
 
     def make(old: nn.Module) -> nn.Module:
         c = num_features_of(old)
-        if spec.channels_last and not _is_channels_last(old) and spec.channels_first:
-            return spec.channels_first(c, **kwargs)
-        return registry.create(target, c, **kwargs)
+        build = (
+            spec.channels_first
+            if spec.channels_last and not _is_channels_last(old) and spec.channels_first
+            else lambda n, **kw: registry.create(target, n, **kw)
+        )
+        accepted = _accepted(build(c, **kwargs))
+        settings = {k: v for k, v in _settings(old).items() if k not in kwargs}
+        values = {**{k: v for k, v in settings.items() if k in accepted}, **kwargs}
+        if "affine" in values and "elementwise_affine" in accepted:
+            values["elementwise_affine"] = values.pop("affine")
+        new = build(c, **values)
+        for item in _lost(old, new, settings, accepted):
+            dropped[item] = dropped.get(item, 0) + 1
+        return new
 
-    return _replace(model, lambda m: isinstance(m, types), make)
+    result = _replace(model, lambda m: isinstance(m, types), make)
+    if dropped:
+        warnings.warn(
+            f"convert to {spec.name!r}: the new layers cannot carry "
+            + ", ".join(
+                f"{item} ({count} layer{'s' * (count > 1)})" for item, count in dropped.items()
+            ),
+            UserWarning,
+            stacklevel=2,
+        )
+    return result
 
 
 def freeze_batchnorm(model: nn.Module) -> nn.Module:
