@@ -116,6 +116,7 @@ class ResultsStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.runs = self.root / "runs"
+        self._verified: dict[str, tuple[tuple, tuple[dict, dict]]] = {}
         try:
             self.runs.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -161,8 +162,17 @@ class ResultsStore:
         if not directory.exists():
             return None
         try:
-            return _read_record(directory)
-        except ValueError as e:
+            # A record is read back in full once per version of its files, not on every
+            # query: a report asks for the same runs many times.
+            version = tuple(
+                (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                for f in sorted(directory.iterdir())
+            )
+            cached = self._verified.get(run_id)
+            if cached is None or cached[0] != version:
+                self._verified[run_id] = cached = (version, _read_record(directory))
+            return cached[1]
+        except (ValueError, OSError) as e:  # OSError: a file vanished meanwhile
             warnings.warn(
                 f"{e}: run {run_id} counts as unfinished (a sweep redoes it)",
                 DamagedRunWarning,
