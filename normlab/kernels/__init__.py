@@ -1,8 +1,9 @@
 """Fused Triton kernels for the normalizations that dominate GPU time.
 
 ``layer_norm``, ``rms_norm``, ``group_norm`` and ``batch_norm`` take
-torch.nn.functional's arguments; each is a kernel set beside its
-autograd.Function (``layer.py``, ``group.py``, ``batch.py``, like normlab.norms).
+torch.nn.functional's arguments; each file (``layer.py``, ``group.py``,
+``batch.py``) holds a kernel set beside the ``torch.library`` custom ops
+(``torch.ops.normlab.*``) that ``torch.compile`` sees as single ops.
 Statistics and accumulation run in float32 whatever the input dtype; mean and
 rstd are saved in float32. :func:`unsupported` says why an input is not
 covered; :mod:`normlab.functional` then falls back to the native backend.
@@ -12,14 +13,13 @@ from __future__ import annotations
 
 import torch
 
+from normlab.functional.backend import KERNEL_OPS as OPS
 from normlab.kernels import _launch
 from normlab.kernels.batch import batch_norm
 from normlab.kernels.group import fits, group_norm
 from normlab.kernels.layer import layer_norm, rms_norm
 
 __all__ = ["OPS", "batch_norm", "group_norm", "layer_norm", "rms_norm", "unsupported"]
-
-OPS = ("batch_norm", "group_norm", "layer_norm", "rms_norm")
 
 
 def unsupported(op: str, call: tuple) -> str | None:
@@ -38,6 +38,8 @@ def unsupported(op: str, call: tuple) -> str | None:
         return "an empty input"
     if op == "group_norm" and not fits(input.shape[1], args[0]):
         return f"groups of {input.shape[1] // args[0]} channels (more than a tile holds)"
+    if op == "batch_norm" and isinstance(args[5], torch.Tensor):
+        return "a tensor momentum (momentum=None's running average)"
     if op == "batch_norm" and not args[4] and (args[0] is None or args[1] is None):
         return "eval without running statistics"
     return None

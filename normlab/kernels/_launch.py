@@ -53,6 +53,31 @@ def num_warps(tile: int) -> int:
     return max(1, min(16, tile // 512))
 
 
+def placeholder(x: torch.Tensor) -> torch.Tensor:
+    """An empty float32 tensor, returned for an output an op does not compute (ops cannot
+    return None), e.g. a gradient nobody asked for."""
+    return x.new_empty(0, dtype=torch.float32)
+
+
+def only_first_differentiable(ctx, output: tuple) -> None:
+    """For a setup_context: y (``output[0]``) has a gradient; the statistics returned after
+    it get none, and autograd makes no zero gradients up for them."""
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+
+
+def refuse_double_backward(op) -> None:
+    """Give the backward custom op ``op`` an autograd that refuses to be differentiated."""
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"{op._qualname}: the Triton kernels have no double backward "
+            "(differentiate twice on backend='native')"
+        )
+
+    op.register_autograd(backward)
+
+
 def pow2(n: int) -> int:
     return triton.next_power_of_2(max(1, n))
 

@@ -1,4 +1,4 @@
-"""BatchNorm on (N, C, *) tensors, NCHW or channels_last: Triton kernels, autograd.Function.
+"""BatchNorm on (N, C, *) tensors, NCHW or channels_last: Triton kernels and custom ops.
 
 Per channel c over the batch and spatial axes, R = N * S values (Ioffe & Szegedy, 2015):
 
@@ -26,6 +26,13 @@ BLOCK_R consecutive spatial positions; for channels_last (and (N, C) inputs)
 the batch and spatial axes flatten to rows r with one stride, and a tile is
 BLOCK_R rows of BLOCK_C consecutive channels. Grid axis 0 runs over tiles (or
 splits of them), axis 1 over channel blocks.
+
+Ops: ``normlab::batch_norm_train_fwd`` -> (y, mean, rstd: float32 per channel,
+and the updated running mean and var), ``normlab::batch_norm_eval_fwd`` -> y,
+and ``normlab::batch_norm_bwd``, which the autograd registered on both calls.
+The training op is functional (PyTorch registers autograd on functional ops
+only): the kernels update copies of the running statistics, and
+:func:`batch_norm` copies them back in place with ``copy_``.
 """
 
 from __future__ import annotations
@@ -33,8 +40,18 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from normlab.kernels._launch import channel_view, dense_like, max_programs, num_warps, pow2
+from normlab.kernels._launch import (
+    channel_view,
+    dense_like,
+    max_programs,
+    num_warps,
+    only_first_differentiable,
+    placeholder,
+    pow2,
+    refuse_double_backward,
+)
 
 
 @triton.jit
@@ -442,84 +459,172 @@ class _Tiling:
         return dict(self._meta)
 
 
-class BatchNormFunction(torch.autograd.Function):
-    """BatchNorm of an (N, C, *) tensor: batch statistics (``training``) or running ones."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
-        x, sizes, strides = channel_view(x)
-        t = _Tiling(x, sizes, strides)
-        y = torch.empty_like(x)
-        w = x if weight is None else weight
-        b = x if bias is None else bias
-        flags = {"HAS_W": weight is not None, "HAS_B": bias is not None, **t.meta()}
-        if training:
-            mean = torch.empty(t.c, device=x.device, dtype=torch.float32)
-            spread = torch.empty_like(mean)  # rstd
-            update = running_mean is not None
-            running = (running_mean, running_var) if update else (mean, mean)
-            if t.fused:
-                _bn_forward_fused[(1, t.channel_blocks)](
-                    x, y, mean, spread, *running, w, b, t.c, *t.shape, t.tiles, *t.address,
-                    eps, momentum, UPDATE=update, **flags,
-                )  # fmt: skip
-            else:
-                partial = torch.empty((3, t.splits, t.c), device=x.device, dtype=torch.float32)
-                _bn_partial_moments[(t.splits, t.channel_blocks)](
-                    x, *partial, t.c, *t.shape, t.tiles, t.tiles_per_split, *t.address,
-                    **t.meta(),
-                )  # fmt: skip
-                _bn_finalize[(triton.cdiv(t.c, 128),)](
-                    *partial, mean, spread, *running, t.c, t.splits, eps, momentum,
-                    UPDATE=update, BLOCK_C=128,
-                )  # fmt: skip
-        else:
-            mean, spread = running_mean, running_var  # spread: var
-        if not (training and t.fused):
-            _bn_apply[(t.tiles, t.channel_blocks)](
-                x, y, mean, spread, w, b, t.c, *t.shape, *t.address, eps,
-                FROM_VAR=not training, **flags,
-            )  # fmt: skip
-        ctx.save_for_backward(x, weight, mean, spread)
-        ctx.tiling, ctx.training, ctx.eps = t, training, eps
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, weight, mean, spread = ctx.saved_tensors
-        t = ctx.tiling
-        dy = dense_like(dy, x)
-        dx = torch.empty_like(x)
-        w = x if weight is None else weight
-        flags = {"FROM_VAR": not ctx.training, "HAS_W": weight is not None, **t.meta()}
+def _forward(x, mean, spread, weight, bias, eps, training, running=None, momentum=0.0):
+    """y, in training after the statistics kernels have filled mean and rstd (``spread``)
+    and updated ``running``; in eval from the running mean and var (``spread``)."""
+    x, sizes, strides = channel_view(x)
+    t = _Tiling(x, sizes, strides)
+    y = torch.empty_like(x)
+    w = x if weight is None else weight
+    b = x if bias is None else bias
+    flags = {"HAS_W": weight is not None, "HAS_B": bias is not None, **t.meta()}
+    if training:
+        update = running is not None
+        running = running if update else (mean, mean)
         if t.fused:
-            sums = torch.empty((2, t.c), device=x.device, dtype=torch.float32)
-            _bn_backward_fused[(1, t.channel_blocks)](
-                x, dy, dx, mean, spread, w, sums[1], sums[0], t.c, *t.shape, t.tiles,
-                *t.address, ctx.eps, TRAINING=ctx.training, **flags,
+            _bn_forward_fused[(1, t.channel_blocks)](
+                x, y, mean, spread, *running, w, b, t.c, *t.shape, t.tiles, *t.address,
+                eps, momentum, UPDATE=update, **flags,
             )  # fmt: skip
         else:
-            partial = torch.empty((2, t.splits, t.c), device=x.device, dtype=torch.float32)
-            _bn_partial_grads[(t.splits, t.channel_blocks)](
-                x, dy, mean, spread, partial, t.c, *t.shape, t.tiles, t.tiles_per_split,
-                *t.address, ctx.eps, FROM_VAR=not ctx.training, **t.meta(),
+            partial = torch.empty((3, t.splits, t.c), device=x.device, dtype=torch.float32)
+            _bn_partial_moments[(t.splits, t.channel_blocks)](
+                x, *partial, t.c, *t.shape, t.tiles, t.tiles_per_split, *t.address,
+                **t.meta(),
             )  # fmt: skip
-            sums = partial.sum(1)  # (sum dy, sum dy * xhat) per channel
-            _bn_dx[(t.tiles, t.channel_blocks)](
-                x, dy, dx, mean, spread, w, sums, t.c, *t.shape, *t.address, ctx.eps,
-                TRAINING=ctx.training, **flags,
+            _bn_finalize[(triton.cdiv(t.c, 128),)](
+                *partial, mean, spread, *running, t.c, t.splits, eps, momentum,
+                UPDATE=update, BLOCK_C=128,
             )  # fmt: skip
-        dweight = sums[1].to(weight.dtype) if weight is not None else None
-        dbias = sums[0].to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
-        return dx, dweight, dbias, None, None, None, None, None
+    if not (training and t.fused):
+        _bn_apply[(t.tiles, t.channel_blocks)](
+            x, y, mean, spread, w, b, t.c, *t.shape, *t.address, eps,
+            FROM_VAR=not training, **flags,
+        )  # fmt: skip
+    return y
+
+
+def _fake_y(x):
+    return torch.empty_like(channel_view(x)[0])
+
+
+@torch.library.custom_op("normlab::batch_norm_train_fwd", mutates_args=())
+def batch_norm_train_fwd(
+    x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+    weight: Tensor | None, bias: Tensor | None, momentum: float, eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """BatchNorm on batch statistics: y (x's layout if dense), each channel's mean and rstd,
+    and the updated running mean and var (empty without running statistics), which
+    :func:`batch_norm` copies back: an op with autograd cannot mutate its inputs."""
+    mean = torch.empty(x.shape[1], device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    running = None
+    if running_mean is not None:
+        running = (running_mean.clone(), running_var.clone())  # the kernels update these
+    y = _forward(x, mean, rstd, weight, bias, eps, True, running, momentum)
+    return y, mean, rstd, *(running or (placeholder(x), placeholder(x)))
+
+
+@batch_norm_train_fwd.register_fake
+def _(x, running_mean, running_var, weight, bias, momentum, eps):
+    stats = x.new_empty(x.shape[1], dtype=torch.float32)
+    if running_mean is None:
+        running = (placeholder(x), placeholder(x))
+    else:
+        running = (torch.empty_like(running_mean), torch.empty_like(running_var))
+    return _fake_y(x), stats, torch.empty_like(stats), *running
+
+
+@torch.library.custom_op("normlab::batch_norm_eval_fwd", mutates_args=())
+def batch_norm_eval_fwd(
+    x: Tensor, running_mean: Tensor, running_var: Tensor,
+    weight: Tensor | None, bias: Tensor | None, eps: float,
+) -> Tensor:  # fmt: skip
+    """BatchNorm on the running statistics: y (x's layout if dense)."""
+    return _forward(x, running_mean, running_var, weight, bias, eps, False)
+
+
+@batch_norm_eval_fwd.register_fake
+def _(x, running_mean, running_var, weight, bias, eps):
+    return _fake_y(x)
+
+
+@torch.library.custom_op("normlab::batch_norm_bwd", mutates_args=())
+def batch_norm_bwd(
+    dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, spread: Tensor,
+    training: bool, eps: float,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """dx (in the forward output's layout) and float32 sums of shape (2, C): row 0 is
+    dbias, row 1 dweight. ``spread`` is rstd in training, running_var in eval."""
+    x, sizes, strides = channel_view(x)
+    t = _Tiling(x, sizes, strides)
+    dy = dense_like(dy, x)
+    dx = torch.empty_like(x)
+    w = x if weight is None else weight
+    flags = {"FROM_VAR": not training, "HAS_W": weight is not None, **t.meta()}
+    if t.fused:
+        sums = torch.empty((2, t.c), device=x.device, dtype=torch.float32)
+        _bn_backward_fused[(1, t.channel_blocks)](
+            x, dy, dx, mean, spread, w, sums[1], sums[0], t.c, *t.shape, t.tiles,
+            *t.address, eps, TRAINING=training, **flags,
+        )  # fmt: skip
+    else:
+        partial = torch.empty((2, t.splits, t.c), device=x.device, dtype=torch.float32)
+        _bn_partial_grads[(t.splits, t.channel_blocks)](
+            x, dy, mean, spread, partial, t.c, *t.shape, t.tiles, t.tiles_per_split,
+            *t.address, eps, FROM_VAR=not training, **t.meta(),
+        )  # fmt: skip
+        sums = partial.sum(1)  # (sum dy, sum dy * xhat) per channel
+        _bn_dx[(t.tiles, t.channel_blocks)](
+            x, dy, dx, mean, spread, w, sums, t.c, *t.shape, *t.address, eps,
+            TRAINING=training, **flags,
+        )  # fmt: skip
+    return dx, sums
+
+
+@batch_norm_bwd.register_fake
+def _(dy, x, weight, mean, spread, training, eps):
+    return _fake_y(x), x.new_empty((2, x.shape[1]), dtype=torch.float32)
+
+
+def _setup_train(ctx, inputs, output):
+    x, _running_mean, _running_var, weight, bias, _momentum, eps = inputs
+    only_first_differentiable(ctx, output)
+    ctx.save_for_backward(x, weight, *output[1:3])
+    ctx.training, ctx.eps = True, eps
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _setup_eval(ctx, inputs, output):
+    x, running_mean, running_var, weight, bias, eps = inputs
+    ctx.save_for_backward(x, weight, running_mean, running_var)
+    ctx.training, ctx.eps = False, eps
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _grads(ctx, dy):
+    x, weight, mean, spread = ctx.saved_tensors
+    dx, sums = batch_norm_bwd(dy, x, weight, mean, spread, ctx.training, ctx.eps)
+    dweight = sums[1].to(weight.dtype) if weight is not None else None
+    dbias = sums[0].to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+    return dx, dweight, dbias
+
+
+def _backward_train(ctx, dy, *_stats):
+    dx, dweight, dbias = _grads(ctx, dy)
+    return dx, None, None, dweight, dbias, None, None
+
+
+def _backward_eval(ctx, dy):
+    dx, dweight, dbias = _grads(ctx, dy)
+    return dx, None, None, dweight, dbias, None
+
+
+batch_norm_train_fwd.register_autograd(_backward_train, setup_context=_setup_train)
+batch_norm_eval_fwd.register_autograd(_backward_eval, setup_context=_setup_eval)
+refuse_double_backward(batch_norm_bwd)
 
 
 def batch_norm(
     x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
 ):
     """``torch.nn.functional.batch_norm`` on the Triton kernels."""
-    return BatchNormFunction.apply(
-        x, weight, bias, running_mean, running_var, training, momentum, eps
+    if not training:
+        return batch_norm_eval_fwd(x, running_mean, running_var, weight, bias, float(eps))
+    y, _mean, _rstd, new_mean, new_var = batch_norm_train_fwd(
+        x, running_mean, running_var, weight, bias, float(momentum), float(eps)
     )
+    if running_mean is not None:
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
+    return y

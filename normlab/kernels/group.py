@@ -1,4 +1,4 @@
-"""GroupNorm on (N, C, *) tensors, NCHW or channels_last: Triton kernels, autograd.Function.
+"""GroupNorm on (N, C, *) tensors, NCHW or channels_last: Triton kernels and custom ops.
 
 Per sample n and group g of C/G channels (Wu & He, 2018):
 
@@ -15,6 +15,9 @@ strides, so the same kernel reads NCHW (channel stride S) and channels_last
 (channel stride 1) memory; a group too large for registers is streamed in
 several passes. Per-(n, c) dgamma/dbeta partials (an (N, C) float32 buffer)
 are summed over n at the end.
+
+Ops: ``normlab::group_norm_fwd`` -> (y in x's layout, mean, rstd: float32, one
+per (n, g)) and ``normlab::group_norm_bwd``, which the registered autograd calls.
 """
 
 from __future__ import annotations
@@ -22,8 +25,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from normlab.kernels._launch import MAX_TILE, channel_view, dense_like, num_warps, pow2
+from normlab.kernels._launch import (
+    MAX_TILE,
+    channel_view,
+    dense_like,
+    num_warps,
+    only_first_differentiable,
+    pow2,
+    refuse_double_backward,
+)
 
 
 @triton.jit
@@ -156,59 +168,82 @@ def fits(channels: int, num_groups: int) -> bool:
     return pow2(channels // num_groups) <= MAX_TILE
 
 
-class GroupNormFunction(torch.autograd.Function):
-    """GroupNorm over ``num_groups`` channel groups of an (N, C, *) tensor."""
+@torch.library.custom_op("normlab::group_norm_fwd", mutates_args=())
+def group_norm_fwd(
+    x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """GroupNorm: y (x's layout if dense, else contiguous), and each (n, g)'s mean and rstd."""
+    x, (n, c, s), (sn, sc, ss) = channel_view(x)
+    y = torch.empty_like(x)
+    mean = torch.empty(n * num_groups, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    cg = c // num_groups
+    block_c, block_s, single = _tiles(cg, s)
+    if x.numel():
+        _group_norm_fwd[(n * num_groups,)](
+            x, y, x if weight is None else weight, x if bias is None else bias,
+            mean, rstd, s, num_groups, cg, sn, sc, ss, eps,
+            HAS_W=weight is not None, HAS_B=bias is not None,
+            BLOCK_C=block_c, BLOCK_S=block_s, SINGLE=single,
+            num_warps=num_warps(block_c * block_s),
+        )  # fmt: skip
+    return y, mean, rstd
 
-    @staticmethod
-    def forward(ctx, x, num_groups, weight, bias, eps):
-        x, (n, c, s), (sn, sc, ss) = channel_view(x)
-        y = torch.empty_like(x)
-        mean = torch.empty(n * num_groups, device=x.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
-        cg = c // num_groups
-        block_c, block_s, single = _tiles(cg, s)
-        if x.numel():
-            _group_norm_fwd[(n * num_groups,)](
-                x, y, x if weight is None else weight, x if bias is None else bias,
-                mean, rstd, s, num_groups, cg, sn, sc, ss, eps,
-                HAS_W=weight is not None, HAS_B=bias is not None,
-                BLOCK_C=block_c, BLOCK_S=block_s, SINGLE=single,
-                num_warps=num_warps(block_c * block_s),
-            )  # fmt: skip
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.layout = (n, c, s, sn, sc, ss, num_groups)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return y
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        n, c, s, sn, sc, ss, num_groups = ctx.layout
-        dy = dense_like(dy, x)
-        dx = torch.empty_like(x)
-        dw = torch.zeros((n, c), device=x.device, dtype=torch.float32)
-        db = torch.zeros_like(dw)
-        cg = c // num_groups
-        block_c, block_s, single = _tiles(cg, s)
-        if x.numel():
-            _group_norm_bwd[(n * num_groups,)](
-                x, dy, dx, x if weight is None else weight, mean, rstd, dw, db,
-                c, s, num_groups, cg, sn, sc, ss,
-                HAS_W=weight is not None, BLOCK_C=block_c, BLOCK_S=block_s, SINGLE=single,
-                num_warps=num_warps(block_c * block_s),
-            )  # fmt: skip
-        dweight = (
-            dw.sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
-        )
-        dbias = (
-            db.sum(0).to(ctx.bias_dtype)
-            if ctx.bias_dtype is not None and ctx.needs_input_grad[3]
-            else None
-        )
-        return dx, None, dweight, dbias, None
+@group_norm_fwd.register_fake
+def _(x, num_groups, weight, bias, eps):
+    stats = x.new_empty(x.shape[0] * num_groups, dtype=torch.float32)
+    return torch.empty_like(channel_view(x)[0]), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("normlab::group_norm_bwd", mutates_args=())
+def group_norm_bwd(
+    dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, rstd: Tensor, num_groups: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """dx (in the forward output's layout), and float32 dweight and dbias of shape (C,)."""
+    x, (n, c, s), (sn, sc, ss) = channel_view(x)
+    dy = dense_like(dy, x)
+    dx = torch.empty_like(x)
+    dw = torch.zeros((n, c), device=x.device, dtype=torch.float32)
+    db = torch.zeros_like(dw)
+    cg = c // num_groups
+    block_c, block_s, single = _tiles(cg, s)
+    if x.numel():
+        _group_norm_bwd[(n * num_groups,)](
+            x, dy, dx, x if weight is None else weight, mean, rstd, dw, db,
+            c, s, num_groups, cg, sn, sc, ss,
+            HAS_W=weight is not None, BLOCK_C=block_c, BLOCK_S=block_s, SINGLE=single,
+            num_warps=num_warps(block_c * block_s),
+        )  # fmt: skip
+    return dx, dw.sum(0), db.sum(0)
+
+
+@group_norm_bwd.register_fake
+def _(dy, x, weight, mean, rstd, num_groups):
+    grad = x.new_empty(x.shape[1], dtype=torch.float32)
+    return torch.empty_like(channel_view(x)[0]), grad, torch.empty_like(grad)
+
+
+def _setup_context(ctx, inputs, output):
+    x, num_groups, weight, bias, _eps = inputs
+    only_first_differentiable(ctx, output)
+    ctx.save_for_backward(x, weight, *output[1:])
+    ctx.num_groups = num_groups
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    dx, dw, db = group_norm_bwd(dy, x, weight, mean, rstd, ctx.num_groups)
+    dweight = dw.to(weight.dtype) if ctx.needs_input_grad[2] else None
+    dbias = db.to(ctx.bias_dtype) if ctx.needs_input_grad[3] else None
+    return dx, None, dweight, dbias, None
+
+
+group_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward(group_norm_bwd)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """``torch.nn.functional.group_norm`` on the Triton kernels."""
-    return GroupNormFunction.apply(x, num_groups, weight, bias, eps)
+    return group_norm_fwd(x, num_groups, weight, bias, float(eps))[0]

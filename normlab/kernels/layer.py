@@ -1,4 +1,4 @@
-"""LayerNorm and RMSNorm over the last axis: Triton kernels and their autograd.Function.
+"""LayerNorm and RMSNorm over the last axis: Triton kernels and their custom ops.
 
 Each row x of N features (Ba et al., 2016; Zhang & Sennrich, 2019 for RMS):
 
@@ -20,17 +20,32 @@ the device size, not by M. Backward of streamed rows: one program per row
 sums mean(g * xhat) and mean(g); then a (row groups, column blocks) grid
 writes dx and sums each column block's dgamma/dbeta over its row group the
 same way.
+
+Ops (torch.library, so torch.compile keeps each as one node and never traces
+the launches): ``normlab::layer_norm_fwd`` -> (y, mean, rstd),
+``normlab::rms_norm_fwd`` -> (y, rstd), and their ``_bwd`` ops, which the
+registered autograd calls; mean and rstd are float32, one per row.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from normlab.kernels._launch import MAX_TILE, max_programs, num_warps, pow2
+from normlab.kernels._launch import (
+    MAX_TILE,
+    max_programs,
+    num_warps,
+    only_first_differentiable,
+    placeholder,
+    pow2,
+    refuse_double_backward,
+)
 
 
 @triton.jit
@@ -201,90 +216,198 @@ def _tiles(n: int) -> tuple[int, int, bool]:
     return 1, min(4096, MAX_TILE), False
 
 
-class RowNormFunction(torch.autograd.Function):
-    """LayerNorm (``rms=False``) or RMSNorm (``rms=True``) over the trailing ``n`` features."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, n, eps, rms):
-        x2 = x.reshape(-1, n).contiguous()
-        m = x2.shape[0]
-        y = torch.empty_like(x2)
-        mean = torch.empty(m, device=x.device, dtype=torch.float32)
-        rstd = torch.empty(m, device=x.device, dtype=torch.float32)
-        w = None if weight is None else weight.reshape(-1).contiguous()
-        b = None if bias is None else bias.reshape(-1).contiguous()
-        block_m, block_n, single = _tiles(n)
-        if m:
-            _row_norm_fwd[(triton.cdiv(m, block_m),)](
-                x2, y, x2 if w is None else w, x2 if b is None else b, mean, rstd, m, n, eps,
-                RMS=rms, HAS_W=w is not None, HAS_B=b is not None,
-                BLOCK_M=block_m, BLOCK_N=block_n, SINGLE=single,
-                num_warps=num_warps(block_m * block_n),
-            )  # fmt: skip
-        ctx.save_for_backward(x2, w, mean, rstd)
-        ctx.shape, ctx.n, ctx.rms = x.shape, n, rms
-        ctx.weight_meta = None if weight is None else (weight.shape, weight.dtype)
-        ctx.bias_meta = None if bias is None else (bias.shape, bias.dtype)
-        return y.view(x.shape)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x2, w, mean, rstd = ctx.saved_tensors
-        n, m = ctx.n, x2.shape[0]
-        dy2 = dy.reshape(-1, n).contiguous()
-        dx = torch.empty_like(x2)
-        need_dw = w is not None and ctx.needs_input_grad[1]
-        need_db = ctx.bias_meta is not None and ctx.needs_input_grad[2]
-        block_m, block_n, single = _tiles(n)
-        flags = {"RMS": ctx.rms, "HAS_W": w is not None}
-        w_arg = x2 if w is None else w
-        if single:
-            groups = max(1, min(triton.cdiv(m, block_m), max_programs(x2)))
-        else:
-            column_blocks = triton.cdiv(n, block_n)
-            groups = max(1, min(m, max_programs(x2) // column_blocks))
-        dw = torch.empty((groups, n), device=x2.device, dtype=torch.float32)
-        db = torch.empty_like(dw) if need_db else None
-        if m == 0:
-            dw.zero_()
-            db = None if db is None else db.zero_()
-        elif single:
-            _row_norm_bwd[(groups,)](
-                x2, dy2, dx, w_arg, mean, rstd, dw, dw if db is None else db, m, n,
-                **flags, HAS_B=need_db, BLOCK_M=block_m, BLOCK_N=block_n,
-                num_warps=num_warps(block_m * block_n),
-            )  # fmt: skip
-        else:
-            c1 = torch.empty(m, device=x2.device, dtype=torch.float32)
-            c2 = torch.empty_like(c1)
-            _row_norm_bwd_sums[(m,)](
-                x2, dy2, w_arg, mean, rstd, c1, c2, n, **flags, BLOCK_N=block_n,
-                num_warps=num_warps(block_n),
-            )  # fmt: skip
-            _row_norm_bwd_columns[(groups, column_blocks)](
-                x2, dy2, dx, w_arg, mean, rstd, c1, c2, dw, dw if db is None else db, m, n,
-                triton.cdiv(m, groups), **flags, HAS_B=need_db, BLOCK_N=block_n,
-                num_warps=num_warps(block_n),
-            )  # fmt: skip
-        dweight = _reduce(dw, *ctx.weight_meta) if need_dw else None
-        dbias = _reduce(db, *ctx.bias_meta) if need_db else None
-        return dx.view(ctx.shape), dweight, dbias, None, None, None
+def _forward(x, n, weight, bias, eps, rms):
+    """y (x's shape, contiguous), mean (None for RMS) and rstd of the rows of ``n`` features."""
+    x2 = x.reshape(-1, n).contiguous()
+    m = x2.shape[0]
+    y = torch.empty_like(x2)
+    rstd = torch.empty(m, device=x.device, dtype=torch.float32)
+    mean = None if rms else torch.empty_like(rstd)
+    w = None if weight is None else weight.reshape(-1).contiguous()
+    b = None if bias is None else bias.reshape(-1).contiguous()
+    block_m, block_n, single = _tiles(n)
+    if m:
+        _row_norm_fwd[(triton.cdiv(m, block_m),)](
+            x2, y, x2 if w is None else w, x2 if b is None else b,
+            rstd if mean is None else mean, rstd, m, n, eps,
+            RMS=rms, HAS_W=w is not None, HAS_B=b is not None,
+            BLOCK_M=block_m, BLOCK_N=block_n, SINGLE=single,
+            num_warps=num_warps(block_m * block_n),
+        )  # fmt: skip
+    return y.view(x.shape), mean, rstd
 
 
-def _reduce(partials, shape, dtype):
-    """The dgamma/dbeta partial rows summed (one row: no sum launch) in the parameter's dtype."""
-    total = partials[0] if partials.shape[0] == 1 else partials.sum(0)
-    return total.to(dtype).view(shape)
+def _backward(dy, x, weight, mean, rstd, n, rms, need_dw, need_db):
+    """dx, and the float32 dgamma / dbeta of shape (n,) where asked for (else empty)."""
+    x2 = x.reshape(-1, n).contiguous()
+    m = x2.shape[0]
+    dy2 = dy.reshape(-1, n).contiguous()
+    w = None if weight is None else weight.reshape(-1).contiguous()
+    dx = torch.empty_like(x2)
+    block_m, block_n, single = _tiles(n)
+    flags = {"RMS": rms, "HAS_W": w is not None}
+    w_arg = x2 if w is None else w
+    mean_arg = rstd if mean is None else mean
+    if single:
+        groups = max(1, min(triton.cdiv(m, block_m), max_programs(x2)))
+    else:
+        column_blocks = triton.cdiv(n, block_n)
+        groups = max(1, min(m, max_programs(x2) // column_blocks))
+    dw = torch.empty((groups, n), device=x2.device, dtype=torch.float32)
+    db = torch.empty_like(dw) if need_db else None
+    if m == 0:
+        dw.zero_()
+        db = None if db is None else db.zero_()
+    elif single:
+        _row_norm_bwd[(groups,)](
+            x2, dy2, dx, w_arg, mean_arg, rstd, dw, dw if db is None else db, m, n,
+            **flags, HAS_B=need_db, BLOCK_M=block_m, BLOCK_N=block_n,
+            num_warps=num_warps(block_m * block_n),
+        )  # fmt: skip
+    else:
+        c1 = torch.empty(m, device=x2.device, dtype=torch.float32)
+        c2 = torch.empty_like(c1)
+        _row_norm_bwd_sums[(m,)](
+            x2, dy2, w_arg, mean_arg, rstd, c1, c2, n, **flags, BLOCK_N=block_n,
+            num_warps=num_warps(block_n),
+        )  # fmt: skip
+        _row_norm_bwd_columns[(groups, column_blocks)](
+            x2, dy2, dx, w_arg, mean_arg, rstd, c1, c2, dw, dw if db is None else db, m, n,
+            triton.cdiv(m, groups), **flags, HAS_B=need_db, BLOCK_N=block_n,
+            num_warps=num_warps(block_n),
+        )  # fmt: skip
+    dweight = _reduce(dw) if need_dw else placeholder(x)
+    dbias = _reduce(db) if need_db else placeholder(x)
+    return dx.view(x.shape), dweight, dbias
+
+
+def _reduce(partials):
+    """The dgamma/dbeta partial rows summed (one row: no sum launch)."""
+    return partials[0] if partials.shape[0] == 1 else partials.sum(0)
+
+
+def _fake_stats(x, normalized_shape):
+    return x.new_empty(x.numel() // math.prod(normalized_shape), dtype=torch.float32)
+
+
+def _param_grad(grad, dtype, shape):
+    """A float32 dgamma/dbeta in its parameter's dtype and shape."""
+    return grad.to(dtype).view(shape)
+
+
+@torch.library.custom_op("normlab::layer_norm_fwd", mutates_args=())
+def layer_norm_fwd(
+    x: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """LayerNorm over the trailing dims: y (contiguous), and each row's mean and rstd."""
+    return _forward(x, math.prod(normalized_shape), weight, bias, eps, rms=False)
+
+
+@layer_norm_fwd.register_fake
+def _(x, normalized_shape, weight, bias, eps):
+    stats = _fake_stats(x, normalized_shape)
+    return x.new_empty(x.shape), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("normlab::layer_norm_bwd", mutates_args=())
+def layer_norm_bwd(
+    dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, rstd: Tensor,
+    normalized_shape: Sequence[int], weight_grad: bool, bias_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """dx, and float32 dweight and dbias of shape (N,) (empty unless asked for)."""
+    n = math.prod(normalized_shape)
+    return _backward(dy, x, weight, mean, rstd, n, False, weight_grad, bias_grad)
+
+
+@layer_norm_bwd.register_fake
+def _(dy, x, weight, mean, rstd, normalized_shape, weight_grad, bias_grad):
+    n = math.prod(normalized_shape)
+    dweight = x.new_empty(n if weight_grad else 0, dtype=torch.float32)
+    dbias = x.new_empty(n if bias_grad else 0, dtype=torch.float32)
+    return x.new_empty(x.shape), dweight, dbias
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    x, normalized_shape, weight, bias, _eps = inputs
+    only_first_differentiable(ctx, output)
+    ctx.save_for_backward(x, weight, *output[1:])
+    ctx.normalized_shape = normalized_shape
+    ctx.bias_meta = None if bias is None else (bias.dtype, bias.shape)
+
+
+def _layer_norm_backward(ctx, dy, _dmean, _drstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    need_dw, need_db = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+    dx, dw, db = layer_norm_bwd(dy, x, weight, mean, rstd, ctx.normalized_shape, need_dw, need_db)
+    dweight = _param_grad(dw, weight.dtype, weight.shape) if need_dw else None
+    dbias = _param_grad(db, *ctx.bias_meta) if need_db else None
+    return dx, None, dweight, dbias, None
+
+
+layer_norm_fwd.register_autograd(_layer_norm_backward, setup_context=_layer_norm_setup)
+refuse_double_backward(layer_norm_bwd)
+
+
+@torch.library.custom_op("normlab::rms_norm_fwd", mutates_args=())
+def rms_norm_fwd(
+    x: Tensor, normalized_shape: Sequence[int], weight: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """RMSNorm over the trailing dims: y (contiguous) and each row's rstd."""
+    y, _mean, rstd = _forward(x, math.prod(normalized_shape), weight, None, eps, rms=True)
+    return y, rstd
+
+
+@rms_norm_fwd.register_fake
+def _(x, normalized_shape, weight, eps):
+    return x.new_empty(x.shape), _fake_stats(x, normalized_shape)
+
+
+@torch.library.custom_op("normlab::rms_norm_bwd", mutates_args=())
+def rms_norm_bwd(
+    dy: Tensor, x: Tensor, weight: Tensor | None, rstd: Tensor,
+    normalized_shape: Sequence[int], weight_grad: bool,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """dx, and the float32 dweight of shape (N,) (empty unless asked for)."""
+    n = math.prod(normalized_shape)
+    dx, dweight, _dbias = _backward(dy, x, weight, None, rstd, n, True, weight_grad, False)
+    return dx, dweight
+
+
+@rms_norm_bwd.register_fake
+def _(dy, x, weight, rstd, normalized_shape, weight_grad):
+    n = math.prod(normalized_shape)
+    return x.new_empty(x.shape), x.new_empty(n if weight_grad else 0, dtype=torch.float32)
+
+
+def _rms_norm_setup(ctx, inputs, output):
+    x, normalized_shape, weight, _eps = inputs
+    only_first_differentiable(ctx, output)
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.normalized_shape = normalized_shape
+
+
+def _rms_norm_backward(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    need_dw = ctx.needs_input_grad[2]
+    dx, dw = rms_norm_bwd(dy, x, weight, rstd, ctx.normalized_shape, need_dw)
+    return dx, None, _param_grad(dw, weight.dtype, weight.shape) if need_dw else None, None
+
+
+rms_norm_fwd.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup)
+refuse_double_backward(rms_norm_bwd)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """``torch.nn.functional.layer_norm`` on the Triton kernels."""
-    return RowNormFunction.apply(x, weight, bias, math.prod(normalized_shape), eps, False)
+    return layer_norm_fwd(x, normalized_shape, weight, bias, float(eps))[0]
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None):
     """``torch.nn.functional.rms_norm`` on the Triton kernels (eps=None: the dtype's eps)."""
     if eps is None:
         eps = torch.finfo(x.dtype).eps
-    return RowNormFunction.apply(x, weight, None, math.prod(normalized_shape), eps, True)
+    return rms_norm_fwd(x, normalized_shape, weight, float(eps))[0]

@@ -1,0 +1,271 @@
+"""The Triton kernels as torch.library custom ops (issue 14, point 2).
+
+Each public kernel function is a forward op and a backward op in the
+``normlab`` namespace, with a fake (meta) implementation and a registered
+autograd: ``torch.library.opcheck`` checks every op, and torch.compile keeps
+each as one graph node, never tracing into the launches, with no graph break
+and the eager results. Numerics against float64 torch are tests/test_kernels.py's.
+Without a GPU these run on tiny CPU tensors under Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton", reason="the Triton kernels need the triton package")
+
+from torch._dynamo.testing import AotEagerAndRecordGraphs  # noqa: E402
+
+from normlab import kernels  # noqa: E402
+from normlab.kernels import _launch  # noqa: E402
+
+GPU = torch.cuda.is_available()
+# As in tests/test_kernels.py: triton's CPU interpreter before 3.9 cannot run the kernels.
+INTERPRETER_OK = tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9)
+if _launch.interpreting() and not INTERPRETER_OK:
+    pytest.skip(
+        f"the kernels' CPU tests need triton >= 3.9's interpreter, found {triton.__version__}",
+        allow_module_level=True,
+    )
+if not GPU and not _launch.interpreting():
+    pytest.skip("the kernels need a GPU, or TRITON_INTERPRET=1", allow_module_level=True)
+DEVICE = "cuda" if GPU else "cpu"
+
+SCHEMAS = {
+    "layer_norm_fwd": "(Tensor x, SymInt[] normalized_shape, Tensor? weight, Tensor? bias, "
+    "float eps) -> (Tensor, Tensor, Tensor)",
+    "layer_norm_bwd": "(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor rstd, "
+    "SymInt[] normalized_shape, bool weight_grad, bool bias_grad) -> (Tensor, Tensor, Tensor)",
+    "rms_norm_fwd": "(Tensor x, SymInt[] normalized_shape, Tensor? weight, float eps) "
+    "-> (Tensor, Tensor)",
+    "rms_norm_bwd": "(Tensor dy, Tensor x, Tensor? weight, Tensor rstd, "
+    "SymInt[] normalized_shape, bool weight_grad) -> (Tensor, Tensor)",
+    "group_norm_fwd": "(Tensor x, SymInt num_groups, Tensor? weight, Tensor? bias, float eps) "
+    "-> (Tensor, Tensor, Tensor)",
+    "group_norm_bwd": "(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor rstd, "
+    "SymInt num_groups) -> (Tensor, Tensor, Tensor)",
+    "batch_norm_train_fwd": "(Tensor x, Tensor? running_mean, Tensor? running_var, "
+    "Tensor? weight, Tensor? bias, float momentum, float eps) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "batch_norm_eval_fwd": "(Tensor x, Tensor running_mean, Tensor running_var, "
+    "Tensor? weight, Tensor? bias, float eps) -> Tensor",
+    "batch_norm_bwd": "(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor spread, "
+    "bool training, float eps) -> (Tensor, Tensor)",
+}
+
+
+def _op(name):
+    return getattr(torch.ops.normlab, name).default
+
+
+def test_every_kernel_is_a_custom_op_with_this_schema():
+    for name, schema in SCHEMAS.items():
+        assert str(_op(name)._schema) == f"normlab::{name}{schema}"
+
+
+# --- opcheck -------------------------------------------------------------------------
+
+
+def _rand(*shape, grad=False, seed=0, channels_last=False):
+    gen = torch.Generator().manual_seed(seed + sum(shape))
+    t = (torch.rand(shape, generator=gen) + 0.5).to(DEVICE)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_(grad)
+
+
+def _affine(shape, affine, grad=True):
+    if not affine:
+        return None, None
+    return _rand(*shape, grad=grad, seed=1), _rand(*shape, grad=grad, seed=2)
+
+
+def _row_cases():
+    for shape, norm, affine in [((3, 2, 8), [8], True), ((3, 2, 8), [2, 8], True),
+                                ((3, 8), [8], False)]:  # fmt: skip
+        tag = f"{shape}-{norm}-{'affine' if affine else 'plain'}"
+
+        def fwd(shape=shape, norm=norm, affine=affine, rms=False):
+            w, b = _affine(norm, affine)
+            x = _rand(*shape, grad=True)
+            return (x, norm, w, 1e-5) if rms else (x, norm, w, b, 1e-5)
+
+        def bwd(shape=shape, norm=norm, affine=affine, rms=False):
+            x, w = _rand(*shape), _affine(norm, affine, grad=False)[0]
+            dy = _rand(*shape, seed=3)
+            if rms:
+                _, rstd = _op("rms_norm_fwd")(x, norm, w, 1e-5)
+                return dy, x, w, rstd, norm, affine
+            _, mean, rstd = _op("layer_norm_fwd")(x, norm, w, None, 1e-5)
+            return dy, x, w, mean, rstd, norm, affine, affine
+
+        yield f"layer_fwd-{tag}", "layer_norm_fwd", fwd
+        yield f"layer_bwd-{tag}", "layer_norm_bwd", bwd
+        yield f"rms_fwd-{tag}", "rms_norm_fwd", functools.partial(fwd, rms=True)
+        yield f"rms_bwd-{tag}", "rms_norm_bwd", functools.partial(bwd, rms=True)
+
+
+def _group_cases():
+    for channels_last, affine in [(False, True), (True, True), (False, False)]:
+        tag = f"{'cl' if channels_last else 'nchw'}-{'affine' if affine else 'plain'}"
+
+        def fwd(channels_last=channels_last, affine=affine):
+            x = _rand(2, 4, 3, 3, grad=True, channels_last=channels_last)
+            return (x, 2, *_affine((4,), affine), 1e-5)
+
+        def bwd(channels_last=channels_last, affine=affine):
+            x = _rand(2, 4, 3, 3, channels_last=channels_last)
+            w = _affine((4,), affine, grad=False)[0]
+            _, mean, rstd = _op("group_norm_fwd")(x, 2, w, None, 1e-5)
+            return _rand(2, 4, 3, 3, seed=3), x, w, mean, rstd, 2
+
+        yield f"group_fwd-{tag}", "group_norm_fwd", fwd
+        yield f"group_bwd-{tag}", "group_norm_bwd", bwd
+
+
+def _running(running=True):
+    return (_rand(3, seed=4) - 0.5, _rand(3, seed=5)) if running else (None, None)
+
+
+def _batch_cases():
+    for channels_last, affine, running in [(False, True, True), (True, True, True),
+                                           (False, False, False)]:  # fmt: skip
+        tag = f"{'cl' if channels_last else 'nchw'}-{'affine' if affine else 'plain'}"
+        tag += "-running" if running else ""
+
+        def fwd(channels_last=channels_last, affine=affine, running=running, training=True):
+            x = _rand(4, 3, 2, 2, grad=True, channels_last=channels_last)
+            w, b = _affine((3,), affine)
+            if training:
+                return (x, *_running(running), w, b, 0.1, 1e-5)
+            return (x, *_running(), w, b, 1e-5)
+
+        def bwd(channels_last=channels_last, affine=affine, training=True):
+            x = _rand(4, 3, 2, 2, channels_last=channels_last)
+            w = _affine((3,), affine, grad=False)[0]
+            stats = _running()
+            if training:
+                stats = _op("batch_norm_train_fwd")(x, None, None, w, None, 0.1, 1e-5)[1:3]
+            return _rand(4, 3, 2, 2, seed=3), x, w, *stats, training, 1e-5
+
+        yield f"batch_train-{tag}", "batch_norm_train_fwd", fwd
+        yield f"batch_eval-{tag}", "batch_norm_eval_fwd", functools.partial(fwd, training=False)
+        yield f"batch_bwd_train-{tag}", "batch_norm_bwd", bwd
+        yield f"batch_bwd_eval-{tag}", "batch_norm_bwd", functools.partial(bwd, training=False)
+
+
+OPCHECK_CASES = [*_row_cases(), *_group_cases(), *_batch_cases()]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    ("name", "make_args"), [pytest.param(n, f, id=i) for i, n, f in OPCHECK_CASES]
+)
+def test_opcheck(name, make_args):
+    """Schema (no undeclared mutation or aliasing), fake tensors, autograd registration,
+    and aot_autograd with dynamic shapes against eager, forward and backward."""
+    torch.library.opcheck(_op(name), make_args())
+
+
+def test_opcheck_covers_every_op():
+    assert {name for _, name, _ in OPCHECK_CASES} == set(SCHEMAS)
+
+
+# --- torch.compile -------------------------------------------------------------------
+
+
+def _layer(x, w, b):
+    return kernels.layer_norm(x, (8,), w, b)
+
+
+def _rms(x, w):
+    return kernels.rms_norm(x, (8,), w)
+
+
+def _group(x, w, b):
+    return kernels.group_norm(x, 2, w, b)
+
+
+def _batch_train(x, w, b, running_mean, running_var):
+    return kernels.batch_norm(x, running_mean, running_var, w, b, True, 0.1, 1e-5)
+
+
+def _batch_eval(x, w, b, running_mean, running_var):
+    return kernels.batch_norm(x, running_mean, running_var, w, b, False, 0.1, 1e-5)
+
+
+# name (its forward op is name + "_fwd"): function, input shape
+COMPILE_CASES = {
+    "layer_norm": (_layer, (3, 2, 8)),
+    "rms_norm": (_rms, (3, 2, 8)),
+    "group_norm": (_group, (2, 4, 3, 3)),
+    "batch_norm_train": (_batch_train, (4, 3, 2, 2)),
+    "batch_norm_eval": (_batch_eval, (4, 3, 2, 2)),
+}
+
+
+def _compile_args(name, shape):
+    """x (channels_last if 4-d), weight, bias (not for RMSNorm), running mean and var
+    (BatchNorm)."""
+    x = _rand(*shape, grad=True, channels_last=len(shape) == 4)
+    channels = shape[-1] if len(shape) == 3 else shape[1]
+    w, b = _affine((channels,), True)
+    if name == "rms_norm":
+        return [x, w]
+    if name.startswith("batch_norm"):
+        return [x, w, b, *_running()]
+    return [x, w, b]
+
+
+def _copy(args):
+    return [a.detach().clone().requires_grad_(a.requires_grad) for a in args]
+
+
+def _run(fn, args):
+    y = fn(*args)
+    dy = _rand(*y.shape, seed=7)
+    leaves = [a for a in args if a.requires_grad]
+    return [y, *torch.autograd.grad(y, leaves, dy)]
+
+
+# AotEagerAndRecordGraphs (aot_eager that keeps the graphs) returns unboxed functions.
+@pytest.mark.filterwarnings("ignore:Your compiler for AOTAutograd:UserWarning")
+@pytest.mark.parametrize("name", COMPILE_CASES)
+def test_compiled_kernels_are_single_ops_without_graph_breaks(name):
+    fn, shape = COMPILE_CASES[name]
+    args = _compile_args(name, shape)
+
+    explained = torch._dynamo.explain(fn)(*_copy(args))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+    backend = AotEagerAndRecordGraphs()
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    eager_args, compiled_args = _copy(args), _copy(args)
+    expected = _run(fn, eager_args)
+    got = _run(compiled, compiled_args)
+    names = ["output", "dx", "dweight", "dbias"][: len(expected)]
+    for what, a, e in zip(names, got, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=0, atol=0, msg=lambda m, w=what: f"{w}: {m}")
+    for a, e in zip(compiled_args[3:], eager_args[3:], strict=True):  # running statistics
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+    if name == "batch_norm_train":
+        assert not torch.equal(compiled_args[3], args[3]), "running mean not updated"
+
+    forward_op = _op(f"{name}_fwd")
+    backward_op = _op(f"{name.removesuffix('_train').removesuffix('_eval')}_bwd")
+    (fw,), (bw,) = backend.fw_graphs, backend.bw_graphs
+    fw_targets = [n.target for n in fw.graph.nodes if n.op == "call_function"]
+    bw_targets = [n.target for n in bw.graph.nodes if n.op == "call_function"]
+    assert fw_targets.count(forward_op) == 1, fw.code
+    assert bw_targets.count(backward_op) == 1, bw.code
+    assert not [t for t in fw_targets + bw_targets if "triton" in str(t)], "traced into Triton"
