@@ -1,6 +1,7 @@
 """The normalization techniques as nn.Modules, one file per family, and the
 registry that builds them by name."""
 
+from normlab.norms._twin import fuser_methods
 from normlab.norms.batch import (
     BatchNorm1d,
     BatchNorm2d,
@@ -19,6 +20,7 @@ from normlab.norms.convert import (
     convert,
     convert_sync_batchnorm,
     freeze_batchnorm,
+    to_torch,
     unfreeze_batchnorm,
 )
 from normlab.norms.dyt import DynamicTanh
@@ -75,7 +77,9 @@ __all__ = [
     "convert_sync_batchnorm",
     "create",
     "freeze_batchnorm",
+    "fuser_methods",
     "spec",
+    "to_torch",
     "unfreeze_batchnorm",
     "weight_norm",
 ]

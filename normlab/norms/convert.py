@@ -1,4 +1,5 @@
-"""Swapping normalization layers inside a model: convert, freeze and unfreeze BatchNorm."""
+"""Swapping normalization layers inside a model: convert, to_torch, freeze and
+unfreeze BatchNorm, convert to SyncBatchNorm."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from normlab._names import did_you_mean
 from normlab.norms import batch, layer, registry
 from normlab.norms.batch import BatchNormNd, FrozenBatchNorm2d, SyncBatchNorm
 
@@ -16,7 +18,7 @@ _CHANNELS_LAST = (nn.LayerNorm, nn.RMSNorm, layer.LayerNorm, layer.RMSNorm)
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, batch._BatchNorm)
 _COPIED = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
-Source = str | type[nn.Module] | tuple[type[nn.Module], ...] | None
+Source = str | type[nn.Module] | tuple[str | type[nn.Module], ...] | None
 
 
 def num_features_of(module: nn.Module) -> int:
@@ -66,18 +68,107 @@ def _replace(
     make: Callable[[nn.Module], nn.Module],
     done: dict[int, nn.Module] | None = None,
 ) -> nn.Module:
-    """Replace, in place and recursively, every submodule that ``matches``; a module
-    reached through several parents is replaced once, and stays shared."""
+    """Replace, in place and recursively, every submodule that ``matches`` with
+    ``make(it)``; a module reached through several parents is replaced once, and
+    stays shared."""
     done = {} if done is None else done
     if id(model) in done:
         return done[id(model)]
     if matches(model):
-        done[id(model)] = _transfer(model, make(model))
+        done[id(model)] = make(model)
         return done[id(model)]
     done[id(model)] = model
     for name, child in model.named_children():
         setattr(model, name, _replace(child, matches, make, done))
     return model
+
+
+def _exact_copy(old: nn.Module, new: nn.Module) -> nn.Module | None:
+    """``new`` holding ``old``'s whole state: the same state_dict (keys, values,
+    dtypes, devices), requires_grad and mode; None where it cannot hold it."""
+    reference = next((t for t in old.state_dict().values() if t.is_floating_point()), None)
+    if reference is not None:
+        new.to(device=reference.device, dtype=reference.dtype)
+    state = old.state_dict()
+    try:
+        new.load_state_dict(state)
+    except (RuntimeError, KeyError):
+        return None
+    held = new.state_dict()
+    if set(held) != set(state) or any(
+        (held[k].dtype, held[k].device) != (v.dtype, v.device) for k, v in state.items()
+    ):
+        return None
+    for name, param in old.named_parameters(recurse=False):
+        getattr(new, name).requires_grad_(param.requires_grad)
+    return new.train(old.training)
+
+
+def _arguments(cls: type[nn.Module], old: nn.Module) -> dict | None:
+    """The constructor arguments of ``cls`` that rebuild ``old`` (a layer of the same
+    technique): each read from the attribute of its name, ``bias`` from whether
+    ``old`` has a bias beside its weight; None if a required one cannot be read."""
+    values = {}
+    for name, param in inspect.signature(cls).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or name in ("device", "dtype"):
+            continue
+        if name == "bias":
+            if getattr(old, "weight", None) is not None and getattr(old, "bias", None) is None:
+                values["bias"] = False
+        elif hasattr(old, name) and not isinstance(getattr(old, name), torch.Tensor):
+            values[name] = getattr(old, name)
+        elif param.default is param.empty:
+            return None
+    return values
+
+
+def _rebuild(
+    cls: type[nn.Module], old: nn.Module, overrides: dict | None = None
+) -> nn.Module | None:
+    """``cls`` built as ``old`` (with ``overrides``) and holding its exact state, or
+    None where it cannot; with overrides, the state is carried where it fits."""
+    values = _arguments(cls, old)
+    if values is None:
+        return None
+    try:
+        new = cls(**{**values, **(overrides or {})})
+    except (TypeError, ValueError):
+        return None
+    return _transfer(old, new) if overrides else _exact_copy(old, new)
+
+
+def _own_classes(spec: registry.NormSpec) -> tuple[type[nn.Module], ...]:
+    """normlab's classes of a technique (``layer_classes`` less the torch.nn ones)."""
+    return spec.classes or (spec.cls,)
+
+
+def _normlab_twin(module: nn.Module, spec: registry.NormSpec) -> type[nn.Module] | None:
+    """normlab's class for ``module`` if it is of technique ``spec``: the one named as
+    its class or as the nearest base of it so named (nn.BatchNorm2d ->
+    BatchNorm2d, a subclass of nn.GroupNorm -> GroupNorm)."""
+    found = registry.spec_of(module)
+    if found is None or found.name != spec.name:
+        return None
+    by_name = {cls.__name__: cls for cls in _own_classes(spec)}
+    return next((by_name[c.__name__] for c in type(module).__mro__ if c.__name__ in by_name), None)
+
+
+def _torch_twin(module: nn.Module) -> type[nn.Module] | None:
+    """The torch.nn class a normlab layer is the drop-in for: torch.nn's class of the
+    same name, if the registry counts it as the same technique (BatchNorm2d ->
+    nn.BatchNorm2d; BatchNormNd, of any input rank, has none)."""
+    spec = registry.spec_of(module)
+    if spec is None or type(module) not in _own_classes(spec):
+        return None
+    cls = getattr(nn, type(module).__name__, None)
+    if isinstance(cls, type) and cls is not type(module) and issubclass(cls, spec.torch_classes):
+        return cls
+    return None
+
+
+def _is_normlab_layer(module: nn.Module) -> bool:
+    spec = registry.spec_of(module)
+    return spec is not None and any(c in _own_classes(spec) for c in type(module).__mro__)
 
 
 # Constructor arguments a replacement takes over from the layer it replaces, where
@@ -115,36 +206,122 @@ def _lost(old: nn.Module, new: nn.Module, settings: dict, accepted: set[str]) ->
     return lost
 
 
-def _source_types(source: Source) -> tuple[type[nn.Module], ...]:
+def _lookup(name: str, role: str) -> registry.NormSpec:
+    """The technique ``name`` (a registry name or an alias) names; an unknown name
+    raises KeyError naming it, the close matches and the techniques."""
+    try:
+        return registry.spec(name)
+    except KeyError:
+        names = [n for t in registry.available() for n in (t, *registry.spec(t).aliases)]
+        hint = did_you_mean(str(name).strip().lower(), names, quote=True)
+        raise KeyError(
+            f"convert: unknown {role} {name!r}{hint}; techniques: "
+            f"{', '.join(registry.available())} (or an alias of one)"
+        ) from None
+
+
+def _named_classes(name: str) -> tuple[type[nn.Module], ...]:
+    """The classes a source name selects: a technique's, torch.nn's and normlab's
+    ('bn': every BatchNorm); an alias that builds one class, that class
+    ('batchnorm2d': BatchNorm2d, whose torch.nn twin matches too)."""
+    spec = _lookup(name, "source")
+    builder = spec.aliases.get(registry.canonical(name))
+    return (builder,) if isinstance(builder, type) else spec.layer_classes
+
+
+def _source_classes(source: Source) -> tuple[type[nn.Module], ...]:
     if source is None:  # every technique with a feature count (not LRN)
         lrn = registry.spec("lrn").layer_classes
         return tuple(cls for cls in registry.norm_classes() if cls not in lrn)
-    if isinstance(source, str):  # the technique's classes, normlab's and torch.nn's
-        return registry.spec(source).layer_classes
-    return source if isinstance(source, tuple) else (source,)
+    classes: list[type[nn.Module]] = []
+    for item in source if isinstance(source, tuple) else (source,):
+        if isinstance(item, str):
+            classes += _named_classes(item)
+        elif isinstance(item, type) and issubclass(item, nn.Module):
+            classes.append(item)
+        else:
+            raise TypeError(
+                "convert: source must be a registry name, an nn.Module class or a tuple "
+                f"of them, got {item!r}"
+            )
+    return tuple(classes)
+
+
+def _matcher(classes: tuple[type[nn.Module], ...]) -> Callable[[nn.Module], bool]:
+    """Whether a module is an instance of ``classes``, or its class's twin (torch.nn's
+    for a normlab layer, normlab's for a torch.nn one) is a subclass of one."""
+
+    def matches(module: nn.Module) -> bool:
+        if isinstance(module, classes):
+            return True
+        spec = registry.spec_of(module)
+        if spec is None:
+            return False
+        twins = [_torch_twin(module)]
+        by_name = {c.__name__: c for c in _own_classes(spec)}
+        twins.append(by_name.get(type(module).__name__))
+        return any(t is not None and issubclass(t, classes) for t in twins)
+
+    return matches
+
+
+def _describe(source: Source) -> str:
+    if source is None:
+        return "None (every normalization layer with a feature count)"
+    items = source if isinstance(source, tuple) else (source,)
+    text = ", ".join(repr(i) if isinstance(i, str) else i.__name__ for i in items)
+    return f"({text})" if isinstance(source, tuple) else text
 
 
 def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> nn.Module:
     """Replace the normalization layers of ``model`` with technique ``target``.
 
     In place, recursing through containers; returns the model (or the new
-    layer, if ``model`` itself is one). ``source`` selects what is replaced: a
-    registry name, a class or a tuple of classes; by default every torch.nn and
-    normlab normalization layer with a feature count (not LocalResponseNorm).
-    Each replacement is ``normlab.create(target, C, **kwargs)`` for the old
-    layer's C — in its channels-first form (LayerNorm2d, RMSNorm2d, ...) where
-    the old layer was channels-first and ``target`` normalizes the last axis.
-    Affine parameters and running statistics are copied where their shapes
-    agree; device, dtype and train/eval mode are kept.
+    layer, if ``model`` itself is one). A layer reached through several
+    parents is replaced once and stays shared.
 
-    A channels-last layer (LayerNorm) replaced by a channels-first technique
+    ``source`` selects what is replaced: a registry name or alias (its
+    technique's torch.nn and normlab layers: ``"bn"`` takes nn.BatchNorm2d,
+    normlab.BatchNorm2d, BatchNormNd, ...; an alias naming one class, such as
+    ``"batchnorm2d"``, takes that class), a class (it and its twin in the
+    other library), or a tuple of these. By default every normalization layer
+    with a feature count (not LocalResponseNorm).
+
+    A layer of ``target``'s own technique (``target`` its registry name, or an
+    alias naming the layer's class) becomes normlab's twin of its class, built
+    with the same arguments and holding the same state (nn.BatchNorm2d ->
+    normlab.BatchNorm2d, nn.GroupNorm(3, 6) -> GroupNorm(3, 6),
+    nn.LayerNorm((4, 5)) -> LayerNorm((4, 5))): equal state_dict,
+    bitwise-equal outputs. Any other
+    layer becomes ``normlab.create(target, C, **kwargs)`` for its C, in the
+    channels-first form (LayerNorm2d, ...) where it was channels-first and
+    ``target`` normalizes the last axis; it takes eps, momentum, affine and
+    track_running_stats where its constructor does, and affine parameters,
+    running statistics and num_batches_tracked where shapes agree.
+    ``kwargs`` override any carried argument. Every replacement keeps the old
+    layer's requires_grad, dtype, device and train/eval mode.
+
+    Warns (one UserWarning) naming what the new layers cannot carry (running
+    statistics, a momentum, ...), and when no layer matches ``source``. An
+    unknown target or source name raises KeyError with the choices. A
+    channels-last layer (LayerNorm) replaced by a channels-first technique
     (BatchNorm) only fits inputs whose features are at dim 1, e.g. (N, C).
+    See :func:`to_torch` for the way back.
     """
-    spec = registry.spec(target)
-    types = _source_types(source)
+    spec = _lookup(target, "target")
+    named = spec.aliases.get(registry.canonical(target))  # an alias's own builder
+    matches = _matcher(_source_classes(source))
     dropped: dict[str, int] = {}
+    converted = 0
 
     def make(old: nn.Module) -> nn.Module:
+        nonlocal converted
+        converted += 1
+        twin = _normlab_twin(old, spec)
+        if twin is not None and named in (None, twin):
+            new = _rebuild(twin, old, kwargs)
+            if new is not None:
+                return new
         c = num_features_of(old)
         build = (
             spec.channels_first
@@ -159,14 +336,63 @@ def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> n
         new = build(c, **values)
         for item in _lost(old, new, settings, accepted):
             dropped[item] = dropped.get(item, 0) + 1
-        return new
+        return _transfer(old, new)
 
-    result = _replace(model, lambda m: isinstance(m, types), make)
+    result = _replace(model, matches, make)
+    if not converted:
+        warnings.warn(
+            f"convert to {spec.name!r}: no layer matches source {_describe(source)}; "
+            "nothing was converted",
+            UserWarning,
+            stacklevel=2,
+        )
     if dropped:
         warnings.warn(
             f"convert to {spec.name!r}: the new layers cannot carry "
             + ", ".join(
                 f"{item} ({count} layer{'s' * (count > 1)})" for item, count in dropped.items()
+            ),
+            UserWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def to_torch(model: nn.Module) -> nn.Module:
+    """Replace every normlab layer that twins a torch.nn class with that class
+    (normlab.BatchNorm2d -> nn.BatchNorm2d, LayerNorm, RMSNorm, GroupNorm,
+    InstanceNorm1d/2d/3d, LocalResponseNorm, SyncBatchNorm likewise), built with
+    the same arguments and holding the identical state: state_dict keys and
+    values, requires_grad, dtype, device, train/eval mode. The inverse of
+    ``convert(model, technique)`` on a torch.nn model.
+
+    In place, recursing through containers; returns the model (or the new
+    layer). Shared layers stay shared. Layers torch.nn has no exact class for
+    (BatchNormNd and InstanceNormNd, of any input rank; LayerNorm2d, Ghost
+    BatchNorm, every technique torch lacks) are left in place and named in one
+    UserWarning.
+    """
+    kept: dict[str, int] = {}
+    notes: dict[str, str] = {}
+
+    def make(old: nn.Module) -> nn.Module:
+        cls = _torch_twin(old)
+        new = None if cls is None else _rebuild(cls, old)
+        if new is not None:
+            return new
+        name = type(old).__name__
+        kept[name] = kept.get(name, 0) + 1
+        if name.endswith("Nd"):
+            notes[name] = "; any input rank"
+        return old
+
+    result = _replace(model, _is_normlab_layer, make)
+    if kept:
+        warnings.warn(
+            "to_torch: torch.nn has no exact class for these normlab layers, left in place: "
+            + ", ".join(
+                f"{name} ({count} layer{'s' * (count > 1)}{notes.get(name, '')})"
+                for name, count in kept.items()
             ),
             UserWarning,
             stacklevel=2,
@@ -185,7 +411,7 @@ def freeze_batchnorm(model: nn.Module) -> nn.Module:
     def make(old: nn.Module) -> nn.Module:
         if getattr(old, "running_mean", None) is None:
             raise ValueError(f"freeze_batchnorm: {old} keeps no running statistics to freeze")
-        return FrozenBatchNorm2d(old.num_features, eps=old.eps)
+        return _transfer(old, FrozenBatchNorm2d(old.num_features, eps=old.eps))
 
     return _replace(model, lambda m: isinstance(m, _BATCH_NORMS), make)
 
@@ -197,7 +423,7 @@ def unfreeze_batchnorm(model: nn.Module) -> nn.Module:
     return _replace(
         model,
         lambda m: isinstance(m, FrozenBatchNorm2d),
-        lambda old: BatchNormNd(old.num_features, eps=old.eps),
+        lambda old: _transfer(old, BatchNormNd(old.num_features, eps=old.eps)),
     )
 
 
@@ -217,7 +443,7 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
         )
         if old.num_batches_tracked is not None and new.num_batches_tracked is not None:
             new.num_batches_tracked.copy_(old.num_batches_tracked)
-        return new
+        return _transfer(old, new)
 
     return _replace(
         model, lambda m: isinstance(m, _BATCH_NORMS) and not isinstance(m, SyncBatchNorm), make
