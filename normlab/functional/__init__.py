@@ -45,6 +45,7 @@ __all__ = [
     "local_response_norm",
     "rms_norm",
     "rms_norm_2d",
+    "run",
     "scale_norm",
     "switchable_norm",
     "use_backend",
@@ -55,6 +56,12 @@ logger = logging.getLogger(__name__)
 
 _LAYOUT = "(N, C, *)"
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _debug(message: str, *args) -> None:
+    """A debug log line of eager calls (torch.compile cannot trace a logger)."""
+    if not torch.compiler.is_compiling():
+        logger.debug(message, *args)
 
 
 def _pick(op: str, backend: str | None, native_covers: bool = True, call: tuple = ()):
@@ -87,16 +94,24 @@ def _pick(op: str, backend: str | None, native_covers: bool = True, call: tuple 
         reason = kernels.unsupported(op, call)
         if reason is None:
             return getattr(kernels, op)
-        logger.debug("%s: no Triton kernel for %s; using 'native'", op, reason)
+        _debug("%s: no Triton kernel for %s; using 'native'", op, reason)
         name = "native"
     if name == "native" and not (native_covers and hasattr(native, op)):
         if backend == "native":
             raise NormInputError(
                 f"{op}: torch has no native kernel for this input; use backend='reference'"
             )
-        logger.debug("%s: torch has no native kernel for this input; using 'reference'", op)
+        _debug("%s: torch has no native kernel for this input; using 'reference'", op)
         name = "reference"
     return getattr(native if name == "native" else reference, op)
+
+
+def run(op: str, *call, backend: str | None = None, native_covers: bool = True) -> Tensor:
+    """Run ``op`` (a function of this module, by name) on the chosen backend
+    *without* validating ``call``: for a layer that has validated its input
+    itself, so that nothing is checked twice. ``native_covers=False``: torch has
+    no kernel for this input (see :func:`_pick`)."""
+    return _pick(op, backend, native_covers, call)(*call)
 
 
 def batch_norm(
@@ -205,6 +220,12 @@ def rms_norm(
     return _pick("rms_norm", backend, call=call)(*call)
 
 
+def native_lrn_covers(input: Tensor) -> bool:
+    """Whether torch has a local_response_norm kernel for ``input``: its CPU
+    kernel (avg_pool3d) lacks half precision for inputs of 4D and more."""
+    return not (input.device.type == "cpu" and input.dim() > 3 and input.dtype in _HALF_DTYPES)
+
+
 def local_response_norm(
     input: Tensor,
     size: int,
@@ -220,11 +241,7 @@ def local_response_norm(
     checks.check_min_dims(who, input, 3, _LAYOUT)
     if size < 1:
         raise NormInputError(f"{who}: size must be a positive number of channels, got {size}")
-    # torch's CPU kernel (avg_pool3d) lacks half precision for inputs of 4D and more.
-    native_covers = not (
-        input.device.type == "cpu" and input.dim() > 3 and input.dtype in _HALF_DTYPES
-    )
-    impl = _pick("local_response_norm", backend, native_covers)
+    impl = _pick("local_response_norm", backend, native_lrn_covers(input))
     return impl(input, size, alpha, beta, k)
 
 
@@ -240,19 +257,23 @@ def batch_renorm(
     weight: Tensor | None = None,
     bias: Tensor | None = None,
     training: bool = False,
-    momentum: float = 0.1,
+    momentum: float | Tensor = 0.1,
     eps: float = 1e-5,
-    r_max: float = 3.0,
-    d_max: float = 5.0,
+    r_max: float | Tensor = 3.0,
+    d_max: float | Tensor = 5.0,
     *,
     backend: str | None = None,
 ) -> Tensor:
-    """Batch Renormalization of an (N, C, *) tensor; see ``reference.batch_renorm``."""
+    """Batch Renormalization of an (N, C, *) tensor; see ``reference.batch_renorm``.
+
+    ``momentum``, ``r_max`` and ``d_max`` may be 0-d tensors (a schedule)."""
     who = "batch_renorm"
     _check_channels_first(who, input)
     if training:
         checks.check_per_channel(who, input)
-    if r_max < 1 or d_max < 0:
+    # Limits given as tensors are a layer's schedule, checked where it is built.
+    numbers = not isinstance(r_max, Tensor) and not isinstance(d_max, Tensor)
+    if numbers and (r_max < 1 or d_max < 0):
         raise NormInputError(f"{who}: need r_max >= 1 and d_max >= 0, got {r_max} and {d_max}")
     checks.check_channel_vectors(
         who, input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias

@@ -5,21 +5,24 @@
 else ``"native"`` (torch.nn.functional). ``"reference"`` is the formula in
 composed torch ops (see :mod:`normlab.functional.reference`). All backends
 compute the same function.
+
+The default is a plain module attribute, not a ContextVar: ``torch.compile``
+reads it while tracing and guards on it, so a compiled model follows
+:func:`use_backend` (recompiling once per backend) without a graph break. Like
+torch's own ``torch.backends`` flags it is process-wide, not per thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import functools
 import importlib.util
 from collections.abc import Iterator
 
 BACKENDS: tuple[str, ...] = ("native", "reference", "triton")
+# The ops :mod:`normlab.kernels` has Triton kernels for.
+KERNEL_OPS: tuple[str, ...] = ("batch_norm", "group_norm", "layer_norm", "rms_norm")
 
-_default: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "normlab_backend", default=None
-)
+_default: str | None = None  # set by use_backend; None: chosen per input
 
 
 def _validate(name: str) -> str:
@@ -30,7 +33,7 @@ def _validate(name: str) -> str:
 
 def get_backend() -> str | None:
     """The default set by the innermost :func:`use_backend`, or None (auto)."""
-    return _default.get()
+    return _default
 
 
 @contextlib.contextmanager
@@ -40,21 +43,33 @@ def use_backend(name: str | None) -> Iterator[None]:
     >>> with normlab.use_backend("reference"):
     ...     y = normlab.LayerNorm(8)(x)   # composed-ops reference implementation
     """
-    token = _default.set(None if name is None else _validate(name))
+    global _default
+    outer, _default = _default, (None if name is None else _validate(name))
     try:
         yield
     finally:
-        _default.reset(token)
+        _default = outer
 
 
 def resolve(backend: str | None) -> str | None:
     """The backend a call with ``backend=`` names, or None when it is left to the input."""
     if backend is not None:
         return _validate(backend)
-    return _default.get()
+    return _default
 
 
-@functools.cache
+_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def triton_installed() -> bool:
     """Whether the ``triton`` package can be imported (``pip install 'normlab[triton]'``)."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON
+
+
+def native_for(op: str, input) -> bool:
+    """Whether a call of ``op`` on ``input`` that names no backend runs torch's
+    own kernel: the default is ``"native"``, or it is auto and no Triton kernel
+    takes a CUDA input. Cheap: read on every forward of a torch.nn twin."""
+    if _default is None:
+        return not (input.is_cuda and op in KERNEL_OPS and triton_installed())
+    return _default == "native"

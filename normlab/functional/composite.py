@@ -5,7 +5,7 @@ The reference backend writes each paper's formula literally and lets autograd
 differentiate it: many passes over the tensor and a full-size temporary per
 op. Here each technique is rewritten to touch the tensor as few times as the
 math allows; the results equal the reference's (tests hold them to it in
-float64). These functions support one backward pass (no double backward).
+float64).
 
 Most techniques here are, per sample n and channel c, an affine map of x whose
 coefficients depend only on the moments of x over the spatial axes:
@@ -14,9 +14,11 @@ coefficients depend only on the moments of x over the spatial axes:
 
 Batch, layer, group, switchable and filter-response statistics are all
 combinations of the per-(n, c) moments (by the law of total variance), so
-:class:`_PerChannelAffine` computes those moments once (two passes), writes y
-in one, and in the backward pass needs two reductions of dy and one fused
-write of dx; the gradient through the small function f is left to autograd.
+:class:`_Moments` computes those moments once (two passes) and
+:class:`_ScaleShift` writes y in one; the small function f between them is
+left to autograd. Each autograd.Function has ``setup_context`` and a backward
+of plain tensor ops, so ``torch.compile`` captures it whole and ``torch.func``
+transforms (vmap, grad, jacrev) apply.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from normlab.functional import reference
 from normlab.functional.reference.common import (
     accumulation_dtype,
+    as_like,
     unbiased,
     update_running,
 )
@@ -48,72 +50,63 @@ def _moments_nc(x3: Tensor, centered: bool) -> tuple[Tensor, ...]:
     return mean, torch.linalg.vector_norm(x3 - mean.unsqueeze(2), dim=2).square() / m
 
 
-class _PerChannelAffine(torch.autograd.Function):
-    """y = a[n, c] * x + b[n, c], then max(y, tau[c]) when tau is given, with
-    (a, b) = coefficients(*moments, *params) from the per-(n, c) moments of x
-    (mean and variance if ``centered``, else the mean of squares).
+class _Moments(torch.autograd.Function):
+    """Per-(n, c) moments of an (N, C, M) tensor over M, stacked (k, N, C): mean
+    and biased variance (two-pass) if ``centered``, else the mean of squares.
 
-    Returns (y, moments) with moments stacked (k, N, C) and carrying no
-    gradient, so the caller can update running statistics without another pass.
+    Backward: d mean/dx = 1/M, d var/dx = 2 (x - mean)/M, d mean(x^2)/dx = 2x/M.
     """
 
-    @staticmethod
-    def forward(ctx, x3, coefficients, centered, tau, *params):
-        moments = _moments_nc(x3, centered)
-        a, b = coefficients(*moments, *params)
-        if tau is None:
-            y = torch.addcmul(b.unsqueeze(2), x3, a.unsqueeze(2))
-            above = None
-        else:  # max(y, tau) = relu(y - tau) + tau; relu's mask is the TLU's
-            t = tau.view(1, -1, 1).to(x3.dtype)
-            above = torch.addcmul(b.unsqueeze(2) - t, x3, a.unsqueeze(2)).relu_()
-            y = above + t
-        ctx.coefficients = coefficients
-        ctx.save_for_backward(x3, above, tau, *moments, *params)
-        ctx.n_moments = len(moments)
-        stacked = torch.stack(moments)
-        ctx.mark_non_differentiable(stacked)
-        return y, stacked
+    generate_vmap_rule = True
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, _dmoments):
-        x3, above, tau, *rest = ctx.saved_tensors
-        moments, params = rest[: ctx.n_moments], rest[ctx.n_moments :]
-        dtau = None
-        if tau is not None:
-            total = dy.sum((0, 2))
-            dy = torch.ops.aten.threshold_backward(dy, above, 0.0)
-            dtau = (total - dy.sum((0, 2))).to(tau.dtype)
-        s0 = dy.sum(2)  # dL/db
-        s1 = torch.linalg.vecdot(dy, x3, dim=2)  # dL/da
-        offset = 4  # x3, coefficients, centered, tau
-        wanted = [i for i, p in enumerate(params) if ctx.needs_input_grad[offset + i]]
-        with torch.enable_grad():
-            leaves = [m.detach().requires_grad_() for m in moments]
-            detached = [p.detach() if p is not None else None for p in params]
-            for i in wanted:
-                detached[i].requires_grad_()
-            a, b = ctx.coefficients(*leaves, *detached)
-            inputs = [*leaves, *(detached[i] for i in wanted)]
-            grads = torch.autograd.grad((a, b), inputs, (s1, s0), allow_unused=True)
-        dmoments = [
-            g if g is not None else torch.zeros_like(m)
-            for g, m in zip(grads[: len(moments)], moments, strict=True)
-        ]
+    def forward(x3: Tensor, centered: bool) -> Tensor:
+        return torch.stack(_moments_nc(x3, centered))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x3, ctx.centered = inputs
+        ctx.save_for_backward(x3, output)
+
+    @staticmethod
+    def backward(ctx, dmoments):
+        x3, moments = ctx.saved_tensors
         m = x3.shape[2]
-        dx = dy * a.detach().unsqueeze(2)
-        if len(moments) == 2:
-            # d mean/dx = 1/m, d var/dx = 2 (x - mean) / m
-            (mean, _), (dmean, dvar) = moments, dmoments
-            slope = (2.0 / m) * dvar
-            dx.addcmul_(x3, slope.unsqueeze(2)).add_((dmean / m - slope * mean).unsqueeze(2))
-        else:  # d mean(x^2)/dx = 2 x / m
-            dx.addcmul_(x3, ((2.0 / m) * dmoments[0]).unsqueeze(2))
-        dparams: list[Tensor | None] = [None] * len(params)
-        for i, g in zip(wanted, grads[len(moments) :], strict=True):
-            dparams[i] = g
-        return (dx, None, None, dtau, *dparams)
+        if ctx.centered:
+            slope = (2.0 / m) * dmoments[1]
+            offset = dmoments[0] / m - slope * moments[0]
+            return torch.addcmul(offset.unsqueeze(2), x3, slope.unsqueeze(2)), None
+        return x3 * ((2.0 / m) * dmoments[0]).unsqueeze(2), None
+
+
+class _ScaleShift(torch.autograd.Function):
+    """y = a[n, c] * x + b[n, c] on (N, C, M), then max(y, tau[c]) where ``tau``
+    is given (the TLU). One pass forward; backward two reductions of dy and one
+    write of dx."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x3: Tensor, a: Tensor, b: Tensor, tau: Tensor | None) -> Tensor:
+        y = torch.addcmul(b.unsqueeze(2), x3, a.unsqueeze(2))
+        return y if tau is None else torch.maximum(y, tau.view(1, -1, 1).to(y.dtype))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x3, a, _, tau = inputs
+        ctx.save_for_backward(x3, a, tau, output if tau is not None else None)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x3, a, tau, y = ctx.saved_tensors
+        dtau = None
+        if tau is not None:  # the gradient goes to tau where max(y, tau) took tau
+            passed = torch.where(y > tau.view(1, -1, 1).to(y.dtype), dy, 0.0)
+            dtau = (dy - passed).sum((0, 2)).to(tau.dtype)
+            dy = passed
+        db = dy.sum(2)
+        da = torch.linalg.vecdot(dy, x3, dim=2)
+        return dy * a.unsqueeze(2), da, db, dtau
 
 
 def _as_ncm(input: Tensor) -> Tensor:
@@ -128,11 +121,16 @@ def _per_channel_affine(
     centered: bool = True,
     tau: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run :class:`_PerChannelAffine` on an (N, C, *) input; y in the input's dtype."""
+    """y = a * x + b (then the TLU, with ``tau``) on an (N, C, *) input, with
+    (a, b) = coefficients(*moments, *params) differentiated by autograd (they
+    are (N, C), small). Returns y in the input's dtype and the moments, stacked
+    (k, N, C) and detached, for running statistics."""
     acc = accumulation_dtype(input.dtype)
     x3 = _as_ncm(input).to(acc)
-    y, moments = _PerChannelAffine.apply(x3, coefficients, centered, tau, *params)
-    return y.reshape(input.shape).to(input.dtype), moments
+    moments = _Moments.apply(x3, centered)
+    a, b = coefficients(*moments.unbind(0), *params)
+    y = _ScaleShift.apply(x3, a.expand(x3.shape[:2]), b.expand(x3.shape[:2]), tau)
+    return y.reshape(input.shape).to(input.dtype), moments.detach()
 
 
 def _combine(mean: Tensor, var: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -186,8 +184,10 @@ def batch_renorm(
         sigma_b = torch.sqrt(var_b + eps)
         with torch.no_grad():
             sigma = sigma_run.to(mean.dtype).view(1, -1)
-            r = (sigma_b / sigma).clamp(1.0 / r_max, r_max)
-            d = ((mu_b - mu_run.to(mean.dtype).view(1, -1)) / sigma).clamp(-d_max, d_max)
+            r = (sigma_b / sigma).clamp(1.0 / as_like(r_max, sigma), as_like(r_max, sigma))
+            d = ((mu_b - mu_run.to(mean.dtype).view(1, -1)) / sigma).clamp(
+                -as_like(d_max, sigma), as_like(d_max, sigma)
+            )
         a = (r / sigma_b).expand_as(mean)
         b = (d - mu_b * r / sigma_b).expand_as(mean)
         if weight is not None:
@@ -336,26 +336,31 @@ def filter_response_norm(
 class _EvoNormS0(torch.autograd.Function):
     """y = weight * x * sigmoid(v x) / sqrt(Var_group(x) + eps) + bias on (N, C, M)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x3, num_groups, weight, bias, v, eps):
+    def forward(x3, num_groups, weight, bias, v, eps):
         n, c = x3.shape[:2]
         xg = x3.reshape(n, num_groups, -1)
         mean_g = xg.mean(2)
         var_g = torch.linalg.vector_norm(xg - mean_g.unsqueeze(2), dim=2).square() / xg.shape[2]
         std = torch.sqrt(var_g + eps)  # (N, G)
-        gate = torch.mul(x3, v.view(1, -1, 1)).sigmoid_()
+        gate = torch.sigmoid(x3 * v.view(1, -1, 1))
         h = x3 * gate
         scale = weight.view(1, -1) / std.repeat_interleave(c // num_groups, dim=1)  # (N, C)
         y = torch.addcmul(bias.view(1, -1, 1), h, scale.unsqueeze(2))
-        ctx.save_for_backward(x3, gate, h, mean_g, std, weight, v)
-        ctx.num_groups = num_groups
-        return y
+        return y, gate, h, mean_g, std
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
+    def setup_context(ctx, inputs, output) -> None:
+        x3, ctx.num_groups, weight, _, v, _ = inputs
+        _, gate, h, mean_g, std = output
+        ctx.mark_non_differentiable(gate, h, mean_g, std)
+        ctx.save_for_backward(x3, gate, h, mean_g, std, weight, v)
+
+    @staticmethod
+    def backward(ctx, dy, *_):
         x3, gate, h, mean_g, std, weight, v = ctx.saved_tensors
-        dy = dy.contiguous()  # dx is written through views of it below
         n, c, m = x3.shape
         groups = ctx.num_groups
         per_group = c // groups
@@ -368,16 +373,15 @@ class _EvoNormS0(torch.autograd.Function):
         dh = dy * (weight.view(1, -1) / std_c).unsqueeze(2)
         # h = x * gate, gate = sigmoid(v x): dh/dx = gate + v x gate (1 - gate)
         # and dh/dv = x^2 gate (1 - gate); kx = dh * x * gate (1 - gate)
-        kx = torch.addcmul(gate, gate, gate, value=-1.0).mul_(dh).mul_(x3)
+        kx = torch.addcmul(gate, gate, gate, value=-1.0) * dh * x3
         dv = torch.linalg.vecdot(kx, x3, dim=2).sum(0)
-        dx = dh.mul_(gate).addcmul_(kx, v.view(1, -1, 1))
+        dx = torch.addcmul(dh * gate, kx, v.view(1, -1, 1))
         # std = sqrt(var + eps): d var / d x = 2 (x - mean) / count, d std / d var = 1 / (2 std)
-        coef = dstd / (std * (per_group * m))  # (N, G)
-        dxg = dx.view(n, groups, -1)
-        dxg.addcmul_(x3.reshape(n, groups, -1), coef.unsqueeze(2)).sub_(
-            (coef * mean_g).unsqueeze(2)
+        coef = (dstd / (std * (per_group * m))).unsqueeze(2)  # (N, G, 1)
+        dxg = torch.addcmul(
+            dx.reshape(n, groups, -1) - coef * mean_g.unsqueeze(2), x3.reshape(n, groups, -1), coef
         )
-        return dx, None, dweight, dbias, dv, None
+        return dxg.reshape(n, c, m), None, dweight, dbias, dv, None
 
 
 def evonorm_s0(
@@ -394,15 +398,21 @@ def evonorm_s0(
     acc = accumulation_dtype(input.dtype)
     x3 = _as_ncm(input).to(acc)
     params = (weight.to(acc), bias.to(acc), v.to(acc))
-    y = _EvoNormS0.apply(x3, num_groups, *params, eps)
+    y = _EvoNormS0.apply(x3, num_groups, *params, eps)[0]
     return y.reshape(input.shape).to(input.dtype)
 
 
 class _EvoNormB0(torch.autograd.Function):
-    """y = weight * x / max(sqrt(Var_B + eps), v x + sqrt(Var_I + eps)) + bias on (N, C, M)."""
+    """y = weight * x / max(sqrt(Var_B + eps), v x + sqrt(Var_I + eps)) + bias on (N, C, M).
+
+    Also returns Var_B (the batch's, with ``batch_stats``; else a copy of the
+    given one), without gradient, for the running statistics.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x3, var_b, weight, bias, v, eps, batch_stats):
+    def forward(x3, var_b, weight, bias, v, eps, batch_stats):
         m = x3.shape[2]
         mean_i = x3.mean(2)
         var_i = torch.linalg.vector_norm(x3 - mean_i.unsqueeze(2), dim=2).square() / m
@@ -410,31 +420,38 @@ class _EvoNormB0(torch.autograd.Function):
         mean_b = mean_i.mean(0)
         if batch_stats:  # law of total variance over the samples
             var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
+        else:
+            var_b = var_b.clone()  # an output is never an input
         a = torch.sqrt(var_b + eps)  # (C,)
-        denominator = torch.addcmul(s.unsqueeze(2), x3, v.view(1, -1, 1))
-        torch.maximum(denominator, a.view(1, -1, 1), out=denominator)
-        ratio = torch.div(x3, denominator)
+        denominator = torch.maximum(
+            torch.addcmul(s.unsqueeze(2), x3, v.view(1, -1, 1)), a.view(1, -1, 1)
+        )
+        ratio = x3 / denominator
         y = torch.addcmul(bias.view(1, -1, 1), ratio, weight.view(1, -1, 1))
-        ctx.save_for_backward(x3, denominator, ratio, mean_i, s, mean_b, a, weight, v)
-        ctx.batch_stats = batch_stats
-        return y, var_b
+        return y, var_b, denominator, ratio, mean_i, s, mean_b, a
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, _dvar_b):
+    def setup_context(ctx, inputs, output) -> None:
+        x3, _, weight, _, v, _, ctx.batch_stats = inputs
+        _, var_b, *saved = output
+        ctx.mark_non_differentiable(var_b, *saved)
+        ctx.save_for_backward(x3, *saved, weight, v)
+
+    @staticmethod
+    def backward(ctx, dy, *_):
         x3, denominator, ratio, mean_i, s, mean_b, a, weight, v = ctx.saved_tensors
         n, m = x3.shape[0], x3.shape[2]
         dbias = dy.sum((0, 2))
         dweight = torch.linalg.vecdot(dy, ratio, dim=2).sum(0)
-        u = (dy * weight.view(1, -1, 1)).div_(denominator)  # dL/dx through the numerator
+        u = dy * weight.view(1, -1, 1) / denominator  # dL/dx through the numerator
         # dL/dD = -weight dy x / D^2 = -u * ratio; below, neg_* hold its negative.
-        neg_q = ratio * u  # not in place: ratio is saved (a retained graph backs through it again)
+        neg_q = ratio * u
         # D = max(A, B): the gradient goes to B = v x + s where B > A, else to A.
-        neg_d_b = torch.ops.aten.threshold_backward(neg_q, denominator - a.view(1, -1, 1), 0.0)
+        neg_d_b = torch.where(denominator > a.view(1, -1, 1), neg_q, 0.0)
         d_b_nc = -neg_d_b.sum(2)
         d_a = -neg_q.sum((0, 2)) - d_b_nc.sum(0)  # (C,)
         dv = -torch.linalg.vecdot(neg_d_b, x3, dim=2).sum(0)
-        dx = u.addcmul_(neg_d_b, v.view(1, -1, 1), value=-1.0)
+        dx = torch.addcmul(u, neg_d_b, v.view(1, -1, 1), value=-1.0)
         # s = sqrt(Var_I + eps): ds/dx = (x - mean_i) / (m s)
         coef = d_b_nc / (m * s)
         offset = -coef * mean_i
@@ -442,7 +459,7 @@ class _EvoNormB0(torch.autograd.Function):
             coef_b = d_a / (n * m * a)
             coef = coef + coef_b
             offset = offset - coef_b * mean_b
-        dx.addcmul_(x3, coef.unsqueeze(2)).add_(offset.unsqueeze(2))
+        dx = torch.addcmul(dx + offset.unsqueeze(2), x3, coef.unsqueeze(2))
         return dx, None, dweight, dbias, dv, None, None
 
 
@@ -465,7 +482,7 @@ def evonorm_b0(
     x3 = _as_ncm(input).to(acc)
     var_b = None if training else running_var.detach().to(acc)
     params = (weight.to(acc), bias.to(acc), v.to(acc))
-    y, batch_var = _EvoNormB0.apply(x3, var_b, *params, eps, training)
+    y, batch_var, *_ = _EvoNormB0.apply(x3, var_b, *params, eps, training)
     if training and running_var is not None:
         count = input.numel() // input.shape[1]
         update_running(None, running_var, None, unbiased(batch_var, count), momentum)
@@ -479,23 +496,24 @@ class _AxisScale(torch.autograd.Function):
     else inv = 1 / max(sqrt(ss), eps) (ScaleNorm).
     """
 
-    @staticmethod
-    def forward(ctx, x, w, dim, eps, rms):
-        k = x.shape[dim]
-        norm = _sum_squares(x, dim).sqrt_()
-        if rms:
-            inv = torch.rsqrt(norm.square() / k + eps)
-        else:
-            inv = 1.0 / norm.clamp_min(eps)
-        y = x * inv
-        y.mul_(w)
-        ctx.save_for_backward(x, w, inv, norm)
-        ctx.dim, ctx.eps, ctx.rms = dim, eps, rms
-        return y
+    generate_vmap_rule = True
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
+    def forward(x, w, dim, eps, rms):
+        k = x.shape[dim]
+        norm = _sum_squares(x, dim).sqrt()
+        inv = torch.rsqrt(norm.square() / k + eps) if rms else 1.0 / norm.clamp_min(eps)
+        return x * inv * w, inv, norm
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, w, ctx.dim, ctx.eps, ctx.rms = inputs
+        _, inv, norm = output
+        ctx.mark_non_differentiable(inv, norm)
+        ctx.save_for_backward(x, w, inv, norm)
+
+    @staticmethod
+    def backward(ctx, dy, *_):
         x, w, inv, norm = ctx.saved_tensors
         dim = ctx.dim
         k = x.shape[dim]
@@ -505,9 +523,9 @@ class _AxisScale(torch.autograd.Function):
         if ctx.rms:
             dinv = -0.5 * inv.pow(3) / k
         else:
-            dinv = torch.where(norm > ctx.eps, -0.5 * inv.pow(3), torch.zeros_like(inv))
-        dx = gw.mul_(inv).addcmul_(x, 2.0 * dinv * dot)
-        dwx = (dy * x).mul_(inv)
+            dinv = torch.where(norm > ctx.eps, -0.5 * inv.pow(3), 0.0)
+        dx = torch.addcmul(gw * inv, x, 2.0 * dinv * dot)
+        dwx = dy * x * inv
         dw = dwx.sum() if w.dim() == 0 else _sum_to(dwx, w.shape)
         return dx, dw.to(w.dtype), None, None, None
 
@@ -530,7 +548,7 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
 def scale_norm(input: Tensor, scale: Tensor, eps: float = 1e-5, dim: int = -1) -> Tensor:
     """ScaleNorm; same function as ``reference.scale_norm``."""
     acc = accumulation_dtype(input.dtype)
-    y = _AxisScale.apply(input.to(acc), scale.to(acc), dim, eps, False)
+    y = _AxisScale.apply(input.to(acc), scale.to(acc), dim, eps, False)[0]
     return y.to(input.dtype)
 
 
@@ -545,4 +563,4 @@ def rms_norm_2d(input: Tensor, weight: Tensor | None = None, eps: float | None =
         if weight is None
         else weight.to(acc).view(-1, *([1] * (x.dim() - 2)))
     )
-    return _AxisScale.apply(x, w, 1, eps, True).to(input.dtype)
+    return _AxisScale.apply(x, w, 1, eps, True)[0].to(input.dtype)

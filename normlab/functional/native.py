@@ -8,6 +8,7 @@ passes (:mod:`normlab.functional.composite`).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -40,7 +41,6 @@ __all__ = [
     "switchable_norm",
 ]
 
-batch_norm = F.batch_norm
 instance_norm = F.instance_norm
 layer_norm = F.layer_norm
 group_norm = F.group_norm
@@ -54,3 +54,31 @@ def layer_norm_2d(
     """torch's layer_norm over the channel axis of (N, C, *)."""
     x = input.movedim(1, -1)
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps).movedim(-1, 1)
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | Tensor = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """torch's batch_norm; a tensor ``momentum`` (momentum=None's 1/k, kept a
+    tensor so a compiled model need not read it back) updates the running
+    statistics here, from the batch's mean and unbiased variance, in float64 as
+    torch's CPU kernel does (so the result is torch's, bit for bit)."""
+    if not isinstance(momentum, Tensor):
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    if not training:
+        return F.batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
+    y = F.batch_norm(input, None, None, weight, bias, True, 0.0, eps)
+    if input.numel() > 0:
+        with torch.no_grad():
+            var, mean = torch.var_mean(input.double(), [0, *range(2, input.dim())])
+            for running, value in ((running_mean, mean), (running_var, var)):
+                if running is not None:
+                    running.copy_(momentum * value + (1 - momentum) * running.double())
+    return y

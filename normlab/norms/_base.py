@@ -41,19 +41,13 @@ def reset_affine(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class RunningStatsNorm(nn.Module):
-    """Per-channel affine and running statistics, as in torch.nn's ``_NormBase``."""
+class RunningStatsNorm(nn.modules.batchnorm._NormBase):
+    """Per-channel affine and running statistics: torch.nn's ``_NormBase`` (its
+    state and reset methods), with normlab's input checks and momentum rule."""
 
-    _version = 2  # torch's: version 2 added num_batches_tracked
     # Accepted input ranks and their layout, for messages; None accepts any (N, C, *).
     _dims: tuple[int, ...] | None = None
     _layout: str = "(N, C, *)"
-
-    num_features: int
-    eps: float
-    momentum: float | None
-    affine: bool
-    track_running_stats: bool
 
     def __init__(
         self,
@@ -67,34 +61,20 @@ class RunningStatsNorm(nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
         if num_features <= 0:
             raise ValueError(
                 f"{type(self).__name__}: num_features must be positive, got {num_features}"
             )
-        factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        self.weight: nn.Parameter | None
-        self.bias: nn.Parameter | None
-        add_affine(self, num_features, affine, bias, device, dtype)
-        self.running_mean: Tensor | None
-        self.running_var: Tensor | None
-        self.num_batches_tracked: Tensor | None
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device=device,
+            dtype=dtype,
+            bias=bias,
+        )
 
     @property
     def _who(self) -> str:
@@ -110,30 +90,18 @@ class RunningStatsNorm(nn.Module):
             checks.check_dims(who, input, self._dims, self._layout)
         checks.check_channels(who, input, self.num_features)
 
-    def reset_running_stats(self) -> None:
-        """Running mean to 0, running variance to 1, batch count to 0."""
-        if self.track_running_stats:
-            assert self.running_mean is not None and self.running_var is not None
-            assert self.num_batches_tracked is not None
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Reset the running statistics, weight to 1 and bias to 0."""
-        self.reset_running_stats()
-        reset_affine(self)
-
-    def _momentum_for_step(self) -> float:
+    def _momentum_for_step(self) -> float | Tensor:
         """Count this training batch and return the factor of its statistics.
 
         ``momentum=None`` gives the cumulative moving average: the k-th batch
         gets weight 1/k, so the running value is the mean over all batches.
+        That factor is a 0-d tensor computed from ``num_batches_tracked``, so a
+        compiled model neither breaks its graph nor recompiles on it.
         """
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
-                return 1.0 / float(self.num_batches_tracked)
+                return 1.0 / self.num_batches_tracked.double()
         return 0.0 if self.momentum is None else self.momentum
 
     def extra_repr(self) -> str:

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from normlab.functional.reference.common import (
     affine,
+    as_like,
     channel_shape,
     moments,
     per_channel_count,
@@ -84,8 +85,10 @@ def batch_renorm(
     sigma_b = torch.sqrt(var + eps)
     with torch.no_grad():
         sigma = torch.sqrt(running_view(running_var, x) + eps)
-        r = (sigma_b / sigma).clamp(1.0 / r_max, r_max)
-        d = ((mean - running_view(running_mean, x)) / sigma).clamp(-d_max, d_max)
+        r = (sigma_b / sigma).clamp(1.0 / as_like(r_max, sigma), as_like(r_max, sigma))
+        d = ((mean - running_view(running_mean, x)) / sigma).clamp(
+            -as_like(d_max, sigma), as_like(d_max, sigma)
+        )
     update_running(running_mean, running_var, mean, unbiased(var, per_channel_count(x)), momentum)
     y = (x - mean) / sigma_b * r + d
     return affine(y, weight, bias, channel_shape(x)).to(input.dtype)

@@ -66,13 +66,24 @@ def update_running(
     running_var: Tensor | None,
     mean: Tensor | None,
     unbiased_var: Tensor,
-    momentum: float,
+    momentum: float | Tensor,
 ) -> None:
     """Move running estimates towards a batch's statistics, in place:
-    running <- (1 - momentum) * running + momentum * batch."""
+    running <- (1 - momentum) * running + momentum * batch. ``momentum`` may be
+    a 0-d tensor (a count-based factor, so that torch.compile need not
+    specialize on it)."""
     for running, value in ((running_mean, mean), (running_var, unbiased_var)):
         if running is not None and value is not None:
-            running.mul_(1.0 - momentum).add_(value.flatten().to(running.dtype), alpha=momentum)
+            value = value.flatten().to(running.dtype)
+            if isinstance(momentum, Tensor):
+                running.mul_(1.0 - momentum).add_(value * momentum)
+            else:
+                running.mul_(1.0 - momentum).add_(value, alpha=momentum)
+
+
+def as_like(value: float | Tensor, like: Tensor) -> Tensor:
+    """A number or 0-d tensor (a scheduled limit, say) in ``like``'s dtype and device."""
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
 def running_view(running: Tensor, x: Tensor) -> Tensor:
