@@ -119,7 +119,7 @@ def test_errors_are_value_and_runtime_errors_like_torchs():
         (
             normlab.GroupNorm(2, 2),
             torch.randn(1, 2),
-            r"group_norm: expected more than 1 value per group",
+            r"GroupNorm\(2, 2\): expected more than 1 value per group",
         ),
     ],
 )

@@ -9,9 +9,10 @@ from normlab import functional as NF
 from normlab.functional import checks
 from normlab.functional.checks import NormInputError
 from normlab.norms._base import RunningStatsNorm
+from normlab.norms._twin import TorchTwin
 
 
-class _BatchNorm(RunningStatsNorm):
+class _BatchNorm(TorchTwin, RunningStatsNorm):
     r"""Batch Normalization (Ioffe & Szegedy, 2015, "Batch Normalization:
     Accelerating Deep Network Training by Reducing Internal Covariate Shift").
 
@@ -24,19 +25,38 @@ class _BatchNorm(RunningStatsNorm):
     batch variance; ``momentum=None`` makes them cumulative averages (the k-th
     batch weighs 1/k). In eval they replace the batch statistics, unless
     ``track_running_stats=False``, in which case the batch's are used always.
-    Drop-in for the ``torch.nn`` class of the same name: same arguments,
-    defaults, state_dict keys and behaviour.
+    A subclass of the ``torch.nn`` class of the same name (see
+    :mod:`normlab.norms._twin`): same arguments, state and behaviour.
     """
 
-    def forward(self, input: Tensor) -> Tensor:
-        self._check_input(input)
+    _op = "batch_norm"
+
+    def _runs_torch(self, input: Tensor) -> bool:
+        # momentum=None: torch reads the batch count back as a float, which breaks a compiled
+        # graph; there normlab's path keeps the factor a tensor (eager stays torch's, exactly)
+        cumulative = self.momentum is None and self.training and self.track_running_stats
+        if cumulative and torch.compiler.is_compiling():
+            return False
+        return super()._runs_torch(input)
+
+    def _undo_torch_forward(self) -> None:
+        # torch counts the batch before it checks it; a batch that raised is not counted
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.sub_(1)
+
+    def _check_input(self, input: Tensor) -> None:
+        super()._check_input(input)
         if self.training:
             checks.check_per_channel(self._who, input)
+
+    def _forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
         momentum = self._momentum_for_step()
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         # Buffers are passed only when they are read (eval) or updated (tracked training).
         pass_buffers = not self.training or self.track_running_stats
-        return NF.batch_norm(
+        return NF.run(
+            "batch_norm",
             input,
             self.running_mean if pass_buffers else None,
             self.running_var if pass_buffers else None,
@@ -48,28 +68,32 @@ class _BatchNorm(RunningStatsNorm):
         )
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
     __doc__ = (_BatchNorm.__doc__ or "") + "\n    Input (N, C) or (N, C, L).\n"
     _dims = (2, 3)
     _layout = "(N, C) or (N, C, L)"
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
     __doc__ = (_BatchNorm.__doc__ or "") + "\n    Input (N, C, H, W).\n"
     _dims = (4,)
     _layout = "(N, C, H, W)"
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
     __doc__ = (_BatchNorm.__doc__ or "") + "\n    Input (N, C, D, H, W).\n"
     _dims = (5,)
     _layout = "(N, C, D, H, W)"
 
 
-class BatchNormNd(_BatchNorm):
+class BatchNormNd(_BatchNorm, nn.modules.batchnorm._BatchNorm):
     __doc__ = (_BatchNorm.__doc__ or "") + (
         "\n    Input (N, C, *) of any rank from 2: what ``normlab.create('batch', C)`` builds.\n"
     )
+
+    def _check_input_dim(self, input: Tensor) -> None:  # torch's forward asks
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
 
 class BatchRenorm(RunningStatsNorm):
@@ -125,18 +149,18 @@ class BatchRenorm(RunningStatsNorm):
         self.r_max_steps = r_max_steps
         self.d_max_steps = d_max_steps
 
-    def _ramp(self, final: float, start: float, end_step: int, step: int) -> float:
-        if step < self.warmup_steps:
-            return start
+    def _ramp(self, final: float, start: float, end_step: int, step: Tensor) -> Tensor:
         if end_step <= self.warmup_steps:
-            return final
-        progress = min(1.0, (step - self.warmup_steps) / (end_step - self.warmup_steps))
+            return torch.where(step < self.warmup_steps, start, final)
+        progress = ((step - self.warmup_steps) / (end_step - self.warmup_steps)).clamp(0.0, 1.0)
         return start + (final - start) * progress
 
-    def current_limits(self) -> tuple[float, float]:
-        """(r_max, d_max) for the next training step, from the schedule."""
+    def current_limits(self) -> tuple[Tensor, Tensor]:
+        """(r_max, d_max) for the next training step, from the schedule, as 0-d
+        float64 tensors (computed from ``num_batches_tracked`` without reading it
+        back, so a compiled model neither breaks its graph nor recompiles)."""
         assert self.num_batches_tracked is not None
-        step = int(self.num_batches_tracked)
+        step = self.num_batches_tracked.double()
         return (
             self._ramp(self.r_max, 1.0, self.r_max_steps, step),
             self._ramp(self.d_max, 0.0, self.d_max_steps, step),
@@ -323,7 +347,7 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
-class SyncBatchNorm(_BatchNorm):
+class SyncBatchNorm(BatchNormNd):
     r"""Batch Normalization with statistics over a whole process group.
 
     .. math::
@@ -337,6 +361,9 @@ class SyncBatchNorm(_BatchNorm):
     on GPUs only. Outside an initialized process group, with a world of one,
     or in eval, it is exactly :class:`BatchNormNd` and communicates nothing.
     Input (N, C, *) of any rank from 2. See :func:`normlab.convert_sync_batchnorm`.
+
+    A ``torch.nn.modules.batchnorm._BatchNorm`` but not a ``torch.nn.SyncBatchNorm``:
+    torch's DistributedDataParallel refuses the latter on CPU, where this one works.
     """
 
     def __init__(

@@ -9,10 +9,11 @@ from torch import Tensor, nn
 
 from normlab import functional as NF
 from normlab.functional import checks
-from normlab.norms._base import RunningStatsNorm, add_affine, reset_affine
+from normlab.norms._base import RunningStatsNorm, reset_affine
+from normlab.norms._twin import TorchTwin
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(TorchTwin, nn.GroupNorm):
     r"""Group Normalization (Wu & He, 2018, "Group Normalization").
 
     .. math::
@@ -23,13 +24,10 @@ class GroupNorm(nn.Module):
     all spatial axes. ``num_groups=1`` is LayerNorm over (C, *), ``num_groups=C``
     is InstanceNorm. The affine (``weight``, ``bias``) is per channel, not per
     group. Independent of the batch size; same in train and eval.
-    Drop-in for ``torch.nn.GroupNorm``.
+    A ``torch.nn.GroupNorm`` (subclass; see :mod:`normlab.norms._twin`).
     """
 
-    num_groups: int
-    num_channels: int
-    eps: float
-    affine: bool
+    _op = "group_norm"
 
     def __init__(
         self,
@@ -42,33 +40,19 @@ class GroupNorm(nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
         checks.check_groups(f"GroupNorm({num_groups}, {num_channels})", num_channels, num_groups)
-        self.num_groups = num_groups
-        self.num_channels = num_channels
-        self.eps = eps
-        self.affine = affine
-        self.weight: nn.Parameter | None
-        self.bias: nn.Parameter | None
-        add_affine(self, num_channels, affine, bias, device, dtype)
-        self.reset_parameters()
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
 
-    def reset_parameters(self) -> None:
-        """Weight to 1, bias to 0."""
-        reset_affine(self)
-
-    def forward(self, input: Tensor) -> Tensor:
+    def _check_input(self, input: Tensor) -> None:
         who = f"GroupNorm({self.num_groups}, {self.num_channels})"
         checks.check_floating(who, input)
         checks.check_min_dims(who, input, 2, "(N, C, *)")
         checks.check_channels(who, input, self.num_channels)
-        return NF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        checks.check_group_values(who, input, self.num_groups)
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
-            f"bias={self.bias is not None}"
-        )
+    def _forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        return NF.run("group_norm", input, self.num_groups, self.weight, self.bias, self.eps)
 
 
 class LayerNormCHW(GroupNorm):
@@ -97,7 +81,7 @@ class LayerNormCHW(GroupNorm):
         super().__init__(1, num_channels, eps, affine, device, dtype, bias=bias)
 
 
-class _InstanceNorm(RunningStatsNorm):
+class _InstanceNorm(TorchTwin, RunningStatsNorm):
     r"""Instance Normalization (Ulyanov, Vedaldi & Lempitsky, 2016, "Instance
     Normalization: The Missing Ingredient for Fast Stylization").
 
@@ -139,54 +123,61 @@ class _InstanceNorm(RunningStatsNorm):
             bias=bias,
         )
 
-    def forward(self, input: Tensor) -> Tensor:
+    _op = "instance_norm"
+
+    def _check_input(self, input: Tensor) -> None:
         who = self._who
         checks.check_floating(who, input)
         if self._dims is None:
             checks.check_min_dims(who, input, 3, self._layout)
         else:
             checks.check_dims(who, input, self._dims, self._layout)
-        unbatched = self._dims is not None and input.dim() == self._dims[0]
-        channel_dim = 0 if unbatched else 1
+        if self.affine or self.track_running_stats:
+            checks.check_channels(who, input, self.num_features, self._channel_dim(input))
+        if self.training or not self.track_running_stats:
+            checks.check_spatial(who, input if self._channel_dim(input) else input.unsqueeze(0))
+
+    def _channel_dim(self, input: Tensor) -> int:
+        return 0 if self._dims is not None and input.dim() == self._dims[0] else 1
+
+    def _forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        channel_dim = self._channel_dim(input)
         if input.shape[channel_dim] != self.num_features:
-            if self.affine or self.track_running_stats:
-                checks.check_channels(who, input, self.num_features, channel_dim)
             warnings.warn(
-                f"{who}: input has {input.shape[channel_dim]} channels at dim {channel_dim}, "
-                f"not num_features={self.num_features}; num_features is unused since "
-                "affine=False and track_running_stats=False",
-                stacklevel=2,
+                f"{self._who}: input has {input.shape[channel_dim]} channels at dim "
+                f"{channel_dim}, not num_features={self.num_features}; num_features is unused "
+                "since affine=False and track_running_stats=False",
+                stacklevel=3,
             )
-        x = input.unsqueeze(0) if unbatched else input
-        use_input_stats = self.training or not self.track_running_stats
-        if use_input_stats:
-            checks.check_spatial(who, x)
-        y = NF.instance_norm(
+        x = input if channel_dim else input.unsqueeze(0)
+        y = NF.run(
+            "instance_norm",
             x,
             self.running_mean,
             self.running_var,
             self.weight,
             self.bias,
-            use_input_stats,
+            self.training or not self.track_running_stats,
             self.momentum if self.momentum is not None else 0.0,
             self.eps,
         )
-        return y.squeeze(0) if unbatched else y
+        return y if channel_dim else y.squeeze(0)
 
 
-class InstanceNorm1d(_InstanceNorm):
+class InstanceNorm1d(_InstanceNorm, nn.InstanceNorm1d):
     __doc__ = (_InstanceNorm.__doc__ or "") + "\n    Input (N, C, L) or unbatched (C, L).\n"
     _dims = (2, 3)
     _layout = "(C, L) or (N, C, L)"
 
 
-class InstanceNorm2d(_InstanceNorm):
+class InstanceNorm2d(_InstanceNorm, nn.InstanceNorm2d):
     __doc__ = (_InstanceNorm.__doc__ or "") + "\n    Input (N, C, H, W) or unbatched (C, H, W).\n"
     _dims = (3, 4)
     _layout = "(C, H, W) or (N, C, H, W)"
 
 
-class InstanceNorm3d(_InstanceNorm):
+class InstanceNorm3d(_InstanceNorm, nn.InstanceNorm3d):
     __doc__ = (
         _InstanceNorm.__doc__ or ""
     ) + "\n    Input (N, C, D, H, W) or unbatched (C, D, H, W).\n"
@@ -199,6 +190,9 @@ class InstanceNormNd(_InstanceNorm):
         "\n    Input (N, C, *) of any rank from 3 (always batched): what\n"
         "    ``normlab.create('instance', C)`` builds.\n"
     )
+
+    def _runs_torch(self, input: Tensor) -> bool:
+        return False  # torch's InstanceNorm classes each take one rank
 
 
 class EvoNorm2dS0(nn.Module):

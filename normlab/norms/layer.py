@@ -10,11 +10,12 @@ from torch import Tensor, nn
 from normlab import functional as NF
 from normlab.functional import checks
 from normlab.norms._base import add_affine, reset_affine
+from normlab.norms._twin import TorchTwin
 
 ShapeLike = int | Sequence[int] | torch.Size
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(TorchTwin, nn.LayerNorm):
     r"""Layer Normalization (Ba, Kiros & Hinton, 2016, "Layer Normalization").
 
     .. math::
@@ -24,12 +25,10 @@ class LayerNorm(nn.Module):
     ``len(normalized_shape)`` axes, which must equal ``normalized_shape``.
     ``elementwise_affine`` adds ``weight`` (and, with ``bias=True``, ``bias``) of
     that shape. Independent of the batch; same in train and eval.
-    Drop-in for ``torch.nn.LayerNorm``.
+    A ``torch.nn.LayerNorm`` (subclass; see :mod:`normlab.norms._twin`).
     """
 
-    normalized_shape: tuple[int, ...]
-    eps: float
-    elementwise_affine: bool
+    _op = "layer_norm"
 
     def __init__(
         self,
@@ -40,33 +39,20 @@ class LayerNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.normalized_shape = checks.as_normalized_shape("LayerNorm", normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        self.weight: nn.Parameter | None
-        self.bias: nn.Parameter | None
-        add_affine(self, self.normalized_shape, elementwise_affine, bias, device, dtype)
-        self.reset_parameters()
+        shape = checks.as_normalized_shape("LayerNorm", normalized_shape)
+        super().__init__(shape, eps, elementwise_affine, bias, device, dtype)
 
-    def reset_parameters(self) -> None:
-        """Weight to 1, bias to 0."""
-        reset_affine(self)
-
-    def forward(self, input: Tensor) -> Tensor:
+    def _check_input(self, input: Tensor) -> None:
         who = f"LayerNorm({self.normalized_shape})"
         checks.check_floating(who, input)
         checks.check_trailing_shape(who, input, self.normalized_shape)
-        return NF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, "
-            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
-        )
+    def _forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        return NF.run("layer_norm", input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(TorchTwin, nn.RMSNorm):
     r"""Root Mean Square Layer Normalization (Zhang & Sennrich, 2019).
 
     .. math::
@@ -76,12 +62,11 @@ class RMSNorm(nn.Module):
     ``len(normalized_shape)`` axes; no mean is subtracted and there is no bias.
     ``eps=None`` uses the machine epsilon of the computation dtype
     (``torch.finfo(torch.float32).eps`` for float16/bfloat16 and float32
-    inputs, float64's for float64), as torch does. Drop-in for ``torch.nn.RMSNorm``.
+    inputs, float64's for float64), as torch does.
+    A ``torch.nn.RMSNorm`` (subclass; see :mod:`normlab.norms._twin`).
     """
 
-    normalized_shape: tuple[int, ...]
-    eps: float | None
-    elementwise_affine: bool
+    _op = "rms_norm"
 
     def __init__(
         self,
@@ -91,34 +76,17 @@ class RMSNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.normalized_shape = checks.as_normalized_shape("RMSNorm", normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        self.weight: nn.Parameter | None
-        if elementwise_affine:
-            self.weight = nn.Parameter(
-                torch.empty(self.normalized_shape, device=device, dtype=dtype)
-            )
-        else:
-            self.register_parameter("weight", None)
-        self.reset_parameters()
+        shape = checks.as_normalized_shape("RMSNorm", normalized_shape)
+        super().__init__(shape, eps, elementwise_affine, device, dtype)
 
-    def reset_parameters(self) -> None:
-        """Weight to 1."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-
-    def forward(self, x: Tensor) -> Tensor:
+    def _check_input(self, input: Tensor) -> None:
         who = f"RMSNorm({self.normalized_shape})"
-        checks.check_floating(who, x)
-        checks.check_trailing_shape(who, x, self.normalized_shape)
-        return NF.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+        checks.check_floating(who, input)
+        checks.check_trailing_shape(who, input, self.normalized_shape)
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
-        )
+    def _forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        return NF.run("rms_norm", input, self.normalized_shape, self.weight, self.eps)
 
 
 class _ChannelsFirst(nn.Module):

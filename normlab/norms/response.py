@@ -8,9 +8,10 @@ from torch import Tensor, nn
 from normlab import functional as NF
 from normlab.functional import checks
 from normlab.norms._base import reset_affine
+from normlab.norms._twin import TorchTwin
 
 
-class LocalResponseNorm(nn.Module):
+class LocalResponseNorm(TorchTwin, nn.LocalResponseNorm):
     r"""Local Response Normalization across channels (Krizhevsky, Sutskever &
     Hinton, 2012, "ImageNet Classification with Deep Convolutional Neural Networks").
 
@@ -21,31 +22,31 @@ class LocalResponseNorm(nn.Module):
     with ``n = size``: each channel is divided by a power of the energy of its
     ``size`` neighbouring channels (zero-padded at the ends). Input (N, C, *),
     at least 3D. No parameters; same in train and eval.
-    Drop-in for ``torch.nn.LocalResponseNorm``.
+    A ``torch.nn.LocalResponseNorm`` (subclass; see :mod:`normlab.norms._twin`).
     """
 
-    size: int
-    alpha: float
-    beta: float
-    k: float
+    _op = "local_response_norm"
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
-        super().__init__()
         if size < 1:
             raise ValueError(f"LocalResponseNorm: size must be a positive integer, got {size}")
-        self.size = size
-        self.alpha = alpha
-        self.beta = beta
-        self.k = k
+        super().__init__(size, alpha, beta, k)
 
-    def forward(self, input: Tensor) -> Tensor:
+    def _check_input(self, input: Tensor) -> None:
         who = f"LocalResponseNorm({self.size})"
         checks.check_floating(who, input)
         checks.check_min_dims(who, input, 3, "(N, C, *)")
-        return NF.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
 
-    def extra_repr(self) -> str:
-        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+    def _runs_torch(self, input: Tensor) -> bool:
+        # torch's LRN takes integer tensors silently; normlab's path refuses them
+        floating = input.is_floating_point()
+        return floating and super()._runs_torch(input) and NF.native_lrn_covers(input)
+
+    def _forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        covers = NF.native_lrn_covers(input)
+        call = (input, self.size, self.alpha, self.beta, self.k)
+        return NF.run("local_response_norm", *call, native_covers=covers)
 
 
 def _per_channel(num_features: int, value: float, factory: dict) -> nn.Parameter:
