@@ -27,6 +27,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -84,19 +85,23 @@ def alternate(ours: Callable, theirs: Callable, rounds: int, number: int) -> dic
     }
 
 
+def _call(layer: nn.Module, x: torch.Tensor) -> None:
+    layer(x)
+
+
+def _step(layer: nn.Module, x: torch.Tensor) -> None:
+    layer(x).sum().backward()
+
+
 def eager_rows(rounds: int, number: int) -> list[dict]:
     rows = []
     for case, make_ours, make_theirs, shape in CASES:
         x = torch.randn(shape)
         xg = x.clone().requires_grad_()
         ours, theirs = make_ours(), make_theirs()
-
-        def step(layer):
-            return lambda: layer(xg).sum().backward()
-
         for kind, a, b in (
-            ("call", lambda: ours(x), lambda: theirs(x)),
-            ("step", step(ours), step(theirs)),
+            ("call", partial(_call, ours, x), partial(_call, theirs, x)),
+            ("step", partial(_step, ours, xg), partial(_step, theirs, xg)),
         ):
             row = {"case": case, "kind": kind, **alternate(a, b, rounds, number)}
             rows.append(row)
@@ -135,10 +140,7 @@ def compiled_rows(rounds: int, number: int) -> list[dict]:
         torch.manual_seed(0)
         theirs = build(theirs_norm)
         x = torch.randn(shape)
-        steps = []
-        for model in (ours, theirs):
-            compiled = torch.compile(model)
-            steps.append(lambda compiled=compiled: compiled(x).sum().backward())
+        steps = [partial(_step, torch.compile(model), x) for model in (ours, theirs)]
         row = {"case": name, "kind": "compiled step", **alternate(*steps, rounds, number)}
         rows.append(row)
         print(

@@ -19,6 +19,7 @@ from torch.func import functional_call, grad, jacrev, vmap
 
 import normlab
 from normlab.norms import registry
+from normlab.norms._twin import TorchTwin
 
 TECHNIQUES = [name for name in normlab.available() if name != "none"]
 SHAPE = (4, 8, 3, 3)
@@ -99,6 +100,30 @@ def test_every_technique_compiles_to_one_graph_and_matches_eager(name, training,
         torch.testing.assert_close(bc, be, msg=key)
 
 
+@pytest.mark.parametrize("name", TECHNIQUES)
+def test_every_technique_compiles_without_breaks_on_the_reference_backend(name, gen):
+    layer = _layer(name, gen)
+    with normlab.use_backend("reference"):
+        explained = torch._dynamo.explain(layer)(_x(gen))
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+
+
+@pytest.mark.parametrize("name", ["batchnorm", "layernorm", "groupnorm", "rmsnorm"])
+def test_the_layers_with_triton_kernels_compile_without_breaks_on_that_backend(name, gen):
+    pytest.importorskip("triton")
+    from normlab.kernels import _launch
+
+    if not (torch.cuda.is_available() or _launch.interpreting()):
+        pytest.skip("needs a GPU or Triton's interpreter (TRITON_INTERPRET=1)")
+    layer = registry.factory(
+        name, "channels_last" if name in ("layernorm", "rmsnorm") else "channels_first"
+    )(8)
+    x = _x(gen, (4, 3, 8) if name in ("layernorm", "rmsnorm") else (4, 8, 3, 3))
+    with normlab.use_backend("triton"):
+        explained = torch._dynamo.explain(layer)(x)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+
+
 class _CountingBackend:
     """A torch.compile backend that counts the graphs it is given."""
 
@@ -172,6 +197,26 @@ def test_a_compiled_cnn_of_normlab_layers_is_one_graph(gen):
     model = cnn(lambda name: registry.factory(name)(8))
     explained = torch._dynamo.explain(model)(_x(gen, (2, 3, 6, 6)))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+# --- each input validated once -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("name", TECHNIQUES)
+def test_each_call_validates_its_input_once(name, backend, gen, monkeypatch):
+    """A layer checks its input itself and dispatches without the functional API
+    checking it again; a torch.nn twin on the native backend leaves it to torch."""
+    from normlab.functional import checks
+
+    calls = []
+    real = checks.check_floating
+    monkeypatch.setattr(checks, "check_floating", lambda *a: calls.append(a) or real(*a))
+    layer, x = _layer(name, gen), _x(gen)
+    with normlab.use_backend(backend):
+        layer(x)
+    twin_on_torch = backend == "native" and isinstance(layer, TorchTwin) and layer._torch_takes(x)
+    assert len(calls) == (0 if twin_on_torch else 1)
 
 
 # --- subclasses of torch.nn ------------------------------------------------------------

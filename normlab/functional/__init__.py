@@ -302,9 +302,8 @@ def ghost_batch_norm(
     _check_channels_first(who, input)
     if virtual_batch_size < 1:
         raise NormInputError(f"{who}: virtual_batch_size must be >= 1, got {virtual_batch_size}")
-    if training and input.shape[0] > 0:
-        last = input.shape[0] % virtual_batch_size or virtual_batch_size
-        checks.check_per_channel(f"{who} (virtual batch of {last})", input[:last])
+    if training:
+        checks.check_virtual_batches(who, input, virtual_batch_size)
     checks.check_channel_vectors(
         who, input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
     )

@@ -66,10 +66,10 @@ def triton_installed() -> bool:
     return _TRITON
 
 
-def native_for(op: str, input) -> bool:
-    """Whether a call of ``op`` on ``input`` that names no backend runs torch's
-    own kernel: the default is ``"native"``, or it is auto and no Triton kernel
-    takes a CUDA input. Cheap: read on every forward of a torch.nn twin."""
-    if _default is None:
-        return not (input.is_cuda and op in KERNEL_OPS and triton_installed())
-    return _default == "native"
+def runs_torch(input) -> bool:
+    """Whether a torch.nn twin may run torch's own forward on ``input``: the
+    default is ``"native"``, or it is auto and ``input`` is not on CUDA (where
+    a Triton kernel may apply, the layer dispatches through
+    :mod:`normlab.functional`). Read on every forward, so kept to one
+    attribute read and one test."""
+    return (_default is None and not input.is_cuda) or _default == "native"

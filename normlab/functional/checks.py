@@ -83,6 +83,14 @@ def check_per_channel(who: str, x: torch.Tensor) -> None:
         )
 
 
+def check_virtual_batches(who: str, x: torch.Tensor, virtual_batch_size: int) -> None:
+    """Ghost BatchNorm's virtual batches each need more than one value per channel;
+    the last (the smallest) decides."""
+    if x.shape[0] > 0:
+        last = x.shape[0] % virtual_batch_size or virtual_batch_size
+        check_per_channel(f"{who} (virtual batch of {last})", x[:last])
+
+
 def check_spatial(who: str, x: torch.Tensor) -> None:
     """Per-sample statistics over the spatial axes need more than one element."""
     count = 1

@@ -14,37 +14,39 @@ validates once and dispatches through :mod:`normlab.functional`.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from torch import Tensor, nn
 
-from normlab.functional.backend import native_for
+from normlab.functional.backend import runs_torch
 
 
 class TorchTwin(nn.Module):
     """Mixin placed before the torch.nn class in a twin's bases.
 
-    Subclasses set ``_op`` (the functional op that picks the backend) and define
-    ``_check_input`` (raise a named error for a bad input) and ``_forward``
-    (validate once and run the chosen backend).
+    Subclasses define ``_check_input`` (raise a named error for a bad input)
+    and ``_forward`` (validate once and run the chosen backend). Twins whose
+    torch forward is one functional call override ``forward`` with that call
+    (the same shape as below), which spares a Python frame per call.
     """
 
-    _op: ClassVar[str]
-
     def forward(self, input: Tensor) -> Tensor:
-        if self._runs_torch(input):
+        if runs_torch(input) and self._torch_takes(input):
             try:
                 return super().forward(input)
             except (RuntimeError, ValueError):
-                self._undo_torch_forward()
-                self._check_input(input)  # raises the same failure, naming the layer
+                self._explain(input)
                 raise
         return self._forward(input)
 
-    def _runs_torch(self, input: Tensor) -> bool:
-        """Whether torch.nn's forward computes this call (overridden where a
-        setting of the layer needs normlab's own path)."""
-        return native_for(self._op, input)
+    def _torch_takes(self, input: Tensor) -> bool:
+        """Whether torch.nn's forward computes this call as normlab would
+        (overridden where a setting or an input needs normlab's own path)."""
+        return True
+
+    def _explain(self, input: Tensor) -> None:
+        """After torch's forward raised: undo what it changed, and raise the
+        failure again as normlab's error naming the layer (if the checks find it)."""
+        self._undo_torch_forward()
+        self._check_input(input)
 
     def _undo_torch_forward(self) -> None:
         """Undo what torch's forward changed before it raised (nothing, by default)."""

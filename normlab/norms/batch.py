@@ -7,7 +7,6 @@ from torch import Tensor, nn
 
 from normlab import functional as NF
 from normlab.functional import checks
-from normlab.functional.checks import NormInputError
 from normlab.norms._base import RunningStatsNorm
 from normlab.norms._twin import TorchTwin
 
@@ -29,15 +28,11 @@ class _BatchNorm(TorchTwin, RunningStatsNorm):
     :mod:`normlab.norms._twin`): same arguments, state and behaviour.
     """
 
-    _op = "batch_norm"
-
-    def _runs_torch(self, input: Tensor) -> bool:
+    def _torch_takes(self, input: Tensor) -> bool:
         # momentum=None: torch reads the batch count back as a float, which breaks a compiled
         # graph; there normlab's path keeps the factor a tensor (eager stays torch's, exactly)
         cumulative = self.momentum is None and self.training and self.track_running_stats
-        if cumulative and torch.compiler.is_compiling():
-            return False
-        return super()._runs_torch(input)
+        return not (cumulative and torch.compiler.is_compiling())
 
     def _undo_torch_forward(self) -> None:
         # torch counts the batch before it checks it; a batch that raised is not counted
@@ -172,7 +167,8 @@ class BatchRenorm(RunningStatsNorm):
             checks.check_per_channel(self._who, input)
         r_max, d_max = self.current_limits()
         momentum = self._momentum_for_step()
-        return NF.batch_renorm(
+        return NF.run(
+            "batch_renorm",
             input,
             self.running_mean,
             self.running_var,
@@ -253,18 +249,12 @@ class GhostBatchNorm(RunningStatsNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        counted = self.num_batches_tracked
-        momentum = self._momentum_for_step()
         use_batch_stats = self.training or self.running_mean is None
-        try:
-            return self._ghost(input, use_batch_stats, momentum)
-        except NormInputError:  # e.g. a virtual batch of one: not a batch; uncount it
-            if self.training and self.track_running_stats and counted is not None:
-                counted.sub_(1)
-            raise
-
-    def _ghost(self, input: Tensor, use_batch_stats: bool, momentum: float) -> Tensor:
-        return NF.ghost_batch_norm(
+        if use_batch_stats:  # checked before the batch is counted
+            checks.check_virtual_batches(self._who, input, self.virtual_batch_size)
+        momentum = self._momentum_for_step()
+        return NF.run(
+            "ghost_batch_norm",
             input,
             self.running_mean if self.track_running_stats else None,
             self.running_var if self.track_running_stats else None,
@@ -339,8 +329,16 @@ class FrozenBatchNorm2d(nn.Module):
         checks.check_floating(who, input)
         checks.check_min_dims(who, input, 2, "(N, C, *)")
         checks.check_channels(who, input, self.num_features)
-        return NF.batch_norm(
-            input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        return NF.run(
+            "batch_norm",
+            input,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            False,
+            0.0,
+            self.eps,
         )
 
     def extra_repr(self) -> str:

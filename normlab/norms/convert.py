@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from normlab._names import did_you_mean
-from normlab.norms import batch, layer, registry
+from normlab.norms import registry
 from normlab.norms.batch import BatchNormNd, FrozenBatchNorm2d, SyncBatchNorm
 
-_CHANNELS_LAST = (nn.LayerNorm, nn.RMSNorm, layer.LayerNorm, layer.RMSNorm)
-_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, batch._BatchNorm)
+# normlab's LayerNorm, RMSNorm and BatchNorms are these classes' subclasses.
+_CHANNELS_LAST = (nn.LayerNorm, nn.RMSNorm)
+_BATCH_NORMS = nn.modules.batchnorm._BatchNorm
 _COPIED = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 Source = str | type[nn.Module] | tuple[str | type[nn.Module], ...] | None

@@ -52,7 +52,7 @@ class DynamicTanh(nn.Module):
         checks.check_min_dims(who, input, 1 if self.channels_last else 2, "(*, C)")
         dim = input.dim() - 1 if self.channels_last else 1
         checks.check_channels(who, input, self.num_features, dim)
-        return NF.dynamic_tanh(input, self.alpha, self.weight, self.bias, self.channels_last)
+        return NF.run("dynamic_tanh", input, self.alpha, self.weight, self.bias, self.channels_last)
 
     def extra_repr(self) -> str:
         return (

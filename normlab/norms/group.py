@@ -5,10 +5,12 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab import functional as NF
 from normlab.functional import checks
+from normlab.functional.backend import runs_torch
 from normlab.norms._base import RunningStatsNorm, reset_affine
 from normlab.norms._twin import TorchTwin
 
@@ -27,8 +29,6 @@ class GroupNorm(TorchTwin, nn.GroupNorm):
     A ``torch.nn.GroupNorm`` (subclass; see :mod:`normlab.norms._twin`).
     """
 
-    _op = "group_norm"
-
     def __init__(
         self,
         num_groups: int,
@@ -42,6 +42,15 @@ class GroupNorm(TorchTwin, nn.GroupNorm):
     ) -> None:
         checks.check_groups(f"GroupNorm({num_groups}, {num_channels})", num_channels, num_groups)
         super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if runs_torch(input):
+            try:
+                return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+            except (RuntimeError, ValueError):
+                self._explain(input)
+                raise
+        return self._forward(input)
 
     def _check_input(self, input: Tensor) -> None:
         who = f"GroupNorm({self.num_groups}, {self.num_channels})"
@@ -123,8 +132,6 @@ class _InstanceNorm(TorchTwin, RunningStatsNorm):
             bias=bias,
         )
 
-    _op = "instance_norm"
-
     def _check_input(self, input: Tensor) -> None:
         who = self._who
         checks.check_floating(who, input)
@@ -191,7 +198,7 @@ class InstanceNormNd(_InstanceNorm):
         "    ``normlab.create('instance', C)`` builds.\n"
     )
 
-    def _runs_torch(self, input: Tensor) -> bool:
+    def _torch_takes(self, input: Tensor) -> bool:
         return False  # torch's InstanceNorm classes each take one rank
 
 
@@ -238,7 +245,7 @@ class EvoNorm2dS0(nn.Module):
         checks.check_floating(who, input)
         checks.check_min_dims(who, input, 2, "(N, C, *)")
         checks.check_channels(who, input, self.num_features)
-        return NF.evonorm_s0(input, self.groups, self.weight, self.bias, self.v, self.eps)
+        return NF.run("evonorm_s0", input, self.groups, self.weight, self.bias, self.v, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, groups={self.groups}, eps={self.eps}"

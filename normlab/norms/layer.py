@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab import functional as NF
 from normlab.functional import checks
+from normlab.functional.backend import runs_torch
 from normlab.norms._base import add_affine, reset_affine
 from normlab.norms._twin import TorchTwin
 
@@ -28,8 +30,6 @@ class LayerNorm(TorchTwin, nn.LayerNorm):
     A ``torch.nn.LayerNorm`` (subclass; see :mod:`normlab.norms._twin`).
     """
 
-    _op = "layer_norm"
-
     def __init__(
         self,
         normalized_shape: ShapeLike,
@@ -41,6 +41,15 @@ class LayerNorm(TorchTwin, nn.LayerNorm):
     ) -> None:
         shape = checks.as_normalized_shape("LayerNorm", normalized_shape)
         super().__init__(shape, eps, elementwise_affine, bias, device, dtype)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if runs_torch(input):
+            try:
+                return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+            except (RuntimeError, ValueError):
+                self._explain(input)
+                raise
+        return self._forward(input)
 
     def _check_input(self, input: Tensor) -> None:
         who = f"LayerNorm({self.normalized_shape})"
@@ -66,8 +75,6 @@ class RMSNorm(TorchTwin, nn.RMSNorm):
     A ``torch.nn.RMSNorm`` (subclass; see :mod:`normlab.norms._twin`).
     """
 
-    _op = "rms_norm"
-
     def __init__(
         self,
         normalized_shape: ShapeLike,
@@ -78,6 +85,15 @@ class RMSNorm(TorchTwin, nn.RMSNorm):
     ) -> None:
         shape = checks.as_normalized_shape("RMSNorm", normalized_shape)
         super().__init__(shape, eps, elementwise_affine, device, dtype)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if runs_torch(input):
+            try:
+                return F.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+            except (RuntimeError, ValueError):
+                self._explain(input)
+                raise
+        return self._forward(input)
 
     def _check_input(self, input: Tensor) -> None:
         who = f"RMSNorm({self.normalized_shape})"
@@ -153,7 +169,7 @@ class LayerNorm2d(_ChannelsFirst):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        return NF.layer_norm_2d(input, self.weight, self.bias, self.eps)
+        return NF.run("layer_norm_2d", input, self.weight, self.bias, self.eps)
 
 
 class RMSNorm2d(_ChannelsFirst):
@@ -178,7 +194,7 @@ class RMSNorm2d(_ChannelsFirst):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        return NF.rms_norm_2d(input, self.weight, self.eps)
+        return NF.run("rms_norm_2d", input, self.weight, self.eps)
 
 
 class ScaleNorm(nn.Module):
@@ -221,7 +237,7 @@ class ScaleNorm(nn.Module):
         dim = -1 if self.channels_last else 1
         checks.check_min_dims(who, input, 1 if self.channels_last else 2, "(*, C)")
         checks.check_channels(who, input, self.num_features, dim % input.dim())
-        return NF.scale_norm(input, self.scale, self.eps, dim)
+        return NF.run("scale_norm", input, self.scale, self.eps, dim)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, channels_last={self.channels_last}"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab import functional as NF
 from normlab.functional import checks
+from normlab.functional.backend import runs_torch
 from normlab.norms._base import reset_affine
 from normlab.norms._twin import TorchTwin
 
@@ -25,8 +27,6 @@ class LocalResponseNorm(TorchTwin, nn.LocalResponseNorm):
     A ``torch.nn.LocalResponseNorm`` (subclass; see :mod:`normlab.norms._twin`).
     """
 
-    _op = "local_response_norm"
-
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
         if size < 1:
             raise ValueError(f"LocalResponseNorm: size must be a positive integer, got {size}")
@@ -37,10 +37,16 @@ class LocalResponseNorm(TorchTwin, nn.LocalResponseNorm):
         checks.check_floating(who, input)
         checks.check_min_dims(who, input, 3, "(N, C, *)")
 
-    def _runs_torch(self, input: Tensor) -> bool:
-        # torch's LRN takes integer tensors silently; normlab's path refuses them
-        floating = input.is_floating_point()
-        return floating and super()._runs_torch(input) and NF.native_lrn_covers(input)
+    def forward(self, input: Tensor) -> Tensor:
+        # torch's LRN runs integer tensors silently (normlab's path refuses them)
+        # and has no CPU kernel for half inputs of 4D and more (the reference has)
+        if runs_torch(input) and input.is_floating_point() and NF.native_lrn_covers(input):
+            try:
+                return F.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
+            except (RuntimeError, ValueError):
+                self._explain(input)
+                raise
+        return self._forward(input)
 
     def _forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
@@ -106,7 +112,7 @@ class FilterResponseNorm2d(nn.Module):
         checks.check_min_dims(who, input, 2, "(N, C, *)")
         checks.check_channels(who, input, self.num_features)
         eps = self.eps if self.learned_eps is None else self.eps + self.learned_eps.abs()
-        return NF.filter_response_norm(input, self.weight, self.bias, self.tau, eps)
+        return NF.run("filter_response_norm", input, self.weight, self.bias, self.tau, eps)
 
     def extra_repr(self) -> str:
         return (
@@ -160,7 +166,10 @@ class EvoNorm2dB0(nn.Module):
         checks.check_floating(who, input)
         checks.check_min_dims(who, input, 2, "(N, C, *)")
         checks.check_channels(who, input, self.num_features)
-        return NF.evonorm_b0(
+        if self.training:
+            checks.check_per_channel(who, input)
+        return NF.run(
+            "evonorm_b0",
             input,
             self.running_var,
             self.weight,

@@ -52,7 +52,8 @@ class SwitchableNorm2d(RunningStatsNorm):
         if self.training:
             checks.check_per_channel(self._who, input)
         momentum = self._momentum_for_step()
-        return NF.switchable_norm(
+        return NF.run(
+            "switchable_norm",
             input,
             self.running_mean,
             self.running_var,
