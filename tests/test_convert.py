@@ -292,3 +292,70 @@ def test_the_device_is_kept():
     normlab.to_torch(model)
     assert type(model[0]) is nn.GroupNorm and type(model[1]) is nn.LayerNorm
     assert {t.device.type for t in model.state_dict().values()} == {"meta"}
+
+
+# --- found by a review as a user (issue 14) ------------------------------------------------
+
+
+def test_a_layer_held_in_two_slots_of_one_parent_is_converted_in_both():
+    bn = nn.BatchNorm2d(3)
+    model = nn.Sequential(bn, nn.ReLU(), bn)
+    model.alias = bn  # an attribute alias too
+    normlab.convert(model, "batchnorm")
+    assert _is_normlab(model[0]) and model[0] is model[2] is model.alias
+    normlab.to_torch(model)
+    assert type(model[0]) is nn.BatchNorm2d and model[0] is model[2] is model.alias
+
+
+class _BatchNormAct2d(nn.BatchNorm2d):
+    """A BatchNorm extended with an activation, as timm's BatchNormAct2d."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+def test_a_class_that_extends_a_norm_is_left_alone_unless_named():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), _BatchNormAct2d(4)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    before = model(x)
+    with pytest.warns(UserWarning, match=r"extend a normalization layer.*_BatchNormAct2d \(1\)"):
+        normlab.convert(model, "batchnorm")
+    assert type(model[1]) is _BatchNormAct2d
+    assert torch.equal(model(x), before)
+    normlab.convert(model, "batchnorm", source=_BatchNormAct2d)  # asked for by name
+    assert isinstance(model[1], normlab.BatchNorm2d)
+
+
+@pytest.mark.parametrize("target", ["layernorm", "batchnorm", "groupnorm", "scalenorm"])
+def test_rmsnorm_eps_none_becomes_the_targets_default(target):
+    model = nn.Sequential(nn.RMSNorm(8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        normlab.convert(model, target)
+    assert model[0].eps == registry.create(target, 8).eps
+    assert torch.isfinite(model(torch.randn(3, 8))).all()
+
+
+@pytest.mark.parametrize("target", ["rmsnorm", "dyt", "scalenorm"])
+def test_converted_norms_are_what_runs_in_a_torch_transformer_encoder(target):
+    """torch's inference fast path of nn.TransformerEncoderLayer computes LayerNorm
+    from norm1/norm2's weights itself; after convert the converted norms run."""
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        normlab.convert(model, target, source="layernorm")
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        fast_path_allowed = model(x)
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            slow_path = model(x)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+    # (attention's own fast path may round differently: close, not bitwise)
+    torch.testing.assert_close(fast_path_allowed, slow_path)

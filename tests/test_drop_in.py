@@ -40,10 +40,14 @@ TWINS = [
 TWIN_IDS = [twin.__name__ for twin, *_ in TWINS]
 
 
+# Batch Renorm past its warm-up, so that r and d are not 1 and 0 (BatchNorm).
+SETTINGS = {"batchrenorm": {"warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0}}
+
+
 def _layer(name: str, gen: torch.Generator) -> nn.Module:
     """Technique ``name`` in its (N, C, *) form, with a random affine and, where it
     keeps them, running statistics that are not the defaults."""
-    layer = registry.factory(name, "channels_first")(SHAPE[1])
+    layer = registry.factory(name, "channels_first", **SETTINGS.get(name, {}))(SHAPE[1])
     randomize_affine(layer, gen)
     with torch.no_grad():
         for key, buffer in layer.named_buffers():
@@ -146,14 +150,26 @@ class _CountingBackend:
 )
 def test_count_based_factors_compile_once_and_follow_eager(make, gen):
     """momentum=None's 1/k and Batch Renorm's r_max/d_max schedule change every
-    step: one graph serves them all, and the running statistics follow eager's."""
+    step: one graph serves them all, and outputs, gradients and running statistics
+    follow eager's (Batch Renorm's r and d leave 1 and 0 after its warm-up)."""
     eager, layer = make(), make()
-    backend = _CountingBackend()
-    compiled = torch.compile(layer, fullgraph=True, backend=backend)
+    for m in (eager, layer):
+        randomize_affine(m, torch.Generator().manual_seed(0))
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     for _ in range(7):
-        x = _x(gen)
-        torch.testing.assert_close(compiled(x), eager(x))
-    assert backend.graphs == 1
+        x = _x(gen) * 3  # a batch variance far from the running one
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye, yc = eager(xe), compiled(xc)
+        torch.testing.assert_close(yc, ye)
+        dy = torch.randn(ye.shape, generator=gen)
+        ye.backward(dy)
+        yc.backward(dy)
+        torch.testing.assert_close(xc.grad, xe.grad)
+        for pe, pc in zip(eager.parameters(), layer.parameters(), strict=True):
+            torch.testing.assert_close(pc.grad, pe.grad)
+            pe.grad = pc.grad = None
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert int(layer.num_batches_tracked) == int(eager.num_batches_tracked) == 7
     torch.testing.assert_close(layer.running_mean, eager.running_mean)
     torch.testing.assert_close(layer.running_var, eager.running_var)
@@ -236,6 +252,27 @@ def test_each_twin_is_its_torch_class_with_the_same_state(twin, torch_cls, args,
         assert torch.equal(ours(x), theirs(x))
     for key, value in theirs.state_dict().items():
         assert torch.equal(ours.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize(
+    "x", [torch.randn(2, 4), torch.randn(1, 4, 1, 1)], ids=["wrong-rank", "one-value"]
+)
+def test_a_batchnorm_call_that_raised_counts_nothing(x, momentum):
+    layer = normlab.BatchNorm2d(4, momentum=momentum)
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(4\)"):
+        layer(x)
+    assert int(layer.num_batches_tracked) == 0
+    layer(torch.randn(4, 4, 2, 2))  # and the next batch is the first
+    assert int(layer.num_batches_tracked) == 1
+    assert torch.isfinite(layer.running_var).all()
+
+
+def test_an_empty_batch_leaves_instance_norm_statistics_untouched():
+    layer = normlab.create("instance", 4, track_running_stats=True)
+    assert layer(torch.randn(0, 4, 3, 3)).shape == (0, 4, 3, 3)
+    assert torch.equal(layer.running_mean, torch.zeros(4))
+    assert torch.equal(layer.running_var, torch.ones(4))
 
 
 def test_the_batchnorms_are_torch_batchnorms_but_sync_is_not_torch_sync():

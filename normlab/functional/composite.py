@@ -188,6 +188,9 @@ def batch_renorm(
             d = ((mu_b - mu_run.to(mean.dtype).view(1, -1)) / sigma).clamp(
                 -as_like(d_max, sigma), as_like(d_max, sigma)
             )
+        # Detached outside no_grad too: else torch.compile's backward recomputes them
+        # from the running statistics, which the update below has overwritten by then.
+        r, d = r.detach(), d.detach()
         a = (r / sigma_b).expand_as(mean)
         b = (d - mu_b * r / sigma_b).expand_as(mean)
         if weight is not None:

@@ -45,10 +45,10 @@ class TorchTwin(nn.Module):
     def _explain(self, input: Tensor) -> None:
         """After torch's forward raised: undo what it changed, and raise the
         failure again as normlab's error naming the layer (if the checks find it)."""
-        self._undo_torch_forward()
+        self._undo_torch_forward(input)
         self._check_input(input)
 
-    def _undo_torch_forward(self) -> None:
+    def _undo_torch_forward(self, input: Tensor) -> None:
         """Undo what torch's forward changed before it raised (nothing, by default)."""
 
     def torch_class(self) -> type[nn.Module]:

@@ -34,9 +34,14 @@ class _BatchNorm(TorchTwin, RunningStatsNorm):
         cumulative = self.momentum is None and self.training and self.track_running_stats
         return not (cumulative and torch.compiler.is_compiling())
 
-    def _undo_torch_forward(self) -> None:
-        # torch counts the batch before it checks it; a batch that raised is not counted
+    def _undo_torch_forward(self, input: Tensor) -> None:
+        # torch counts a batch of the right rank before it checks the rest; a batch
+        # that raised is not counted
         if self.training and self.num_batches_tracked is not None:
+            try:
+                self._check_input_dim(input)
+            except ValueError:
+                return  # refused before counting
             self.num_batches_tracked.sub_(1)
 
     def _check_input(self, input: Tensor) -> None:

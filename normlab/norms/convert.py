@@ -13,6 +13,7 @@ from torch import nn
 from normlab._names import did_you_mean
 from normlab.norms import registry
 from normlab.norms.batch import BatchNormNd, FrozenBatchNorm2d, SyncBatchNorm
+from normlab.norms.layer import LayerNorm as layer_norm_twin
 
 # normlab's LayerNorm, RMSNorm and BatchNorms are these classes' subclasses.
 _CHANNELS_LAST = (nn.LayerNorm, nn.RMSNorm)
@@ -79,8 +80,10 @@ def _replace(
         done[id(model)] = make(model)
         return done[id(model)]
     done[id(model)] = model
-    for name, child in model.named_children():
-        setattr(model, name, _replace(child, matches, make, done))
+    # _modules, not named_children(): that skips a child held in a second slot too
+    for name, child in list(model._modules.items()):
+        if child is not None:
+            setattr(model, name, _replace(child, matches, make, done))
     return model
 
 
@@ -179,6 +182,8 @@ _CARRIED = ("eps", "momentum", "affine", "track_running_stats")
 
 def _settings(old: nn.Module) -> dict:
     values = {name: getattr(old, name) for name in _CARRIED if hasattr(old, name)}
+    if values.get("eps", 0) is None:  # RMSNorm's "the dtype's epsilon": the target's default
+        del values["eps"]
     if "affine" not in values and hasattr(old, "elementwise_affine"):
         values["affine"] = old.elementwise_affine
     return values
@@ -266,6 +271,25 @@ def _matcher(classes: tuple[type[nn.Module], ...]) -> Callable[[nn.Module], bool
     return matches
 
 
+def _given_classes(source: Source) -> tuple[type[nn.Module], ...]:
+    """The classes ``source`` names itself (not through a registry name)."""
+    items = source if isinstance(source, tuple) else (source,)
+    return tuple(item for item in items if isinstance(item, type))
+
+
+def _keep_transformer_layers_exact(model: nn.Module) -> None:
+    """torch's inference fast path of nn.TransformerEncoderLayer (and so of
+    nn.TransformerEncoder) reads norm1 and norm2's weight, bias and eps and
+    computes LayerNorm itself; for layers whose norms are no longer LayerNorms,
+    turn it off (its flag ``activation_relu_or_gelu`` serves nothing else), so
+    that the converted norms are what runs."""
+    for layer in model.modules():
+        if isinstance(layer, nn.TransformerEncoderLayer) and not all(
+            type(norm) in (nn.LayerNorm, layer_norm_twin) for norm in (layer.norm1, layer.norm2)
+        ):
+            layer.activation_relu_or_gelu = False
+
+
 def _describe(source: Source) -> str:
     if source is None:
         return "None (every normalization layer with a feature count)"
@@ -313,7 +337,22 @@ def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> n
     named = spec.aliases.get(registry.canonical(target))  # an alias's own builder
     matches = _matcher(_source_classes(source))
     dropped: dict[str, int] = {}
+    extended: dict[str, int] = {}
     converted = 0
+    given = _given_classes(source)
+
+    def selected(module: nn.Module) -> bool:
+        """A layer ``source`` matches, unless it is of a class from outside torch and
+        normlab that extends one (its own forward or submodules would be lost)
+        and ``source`` does not name that class itself."""
+        if not matches(module):
+            return False
+        cls = type(module)
+        if cls.__module__.startswith(("torch.", "normlab.")) or cls in given:
+            return True
+        name = type(module).__name__
+        extended[name] = extended.get(name, 0) + 1
+        return False
 
     def make(old: nn.Module) -> nn.Module:
         nonlocal converted
@@ -339,8 +378,18 @@ def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> n
             dropped[item] = dropped.get(item, 0) + 1
         return _transfer(old, new)
 
-    result = _replace(model, matches, make)
-    if not converted:
+    result = _replace(model, selected, make)
+    _keep_transformer_layers_exact(result)
+    if extended:
+        warnings.warn(
+            "convert: left as they are, layers of classes that extend a normalization "
+            "layer (their own forward or submodules would be lost): "
+            + ", ".join(f"{name} ({count})" for name, count in extended.items())
+            + "; name the class in source= to convert them anyway",
+            UserWarning,
+            stacklevel=2,
+        )
+    if not converted and not extended:
         warnings.warn(
             f"convert to {spec.name!r}: no layer matches source {_describe(source)}; "
             "nothing was converted",

@@ -158,14 +158,17 @@ class _InstanceNorm(TorchTwin, RunningStatsNorm):
                 stacklevel=3,
             )
         x = input if channel_dim else input.unsqueeze(0)
+        use_input_stats = self.training or not self.track_running_stats
+        # an empty batch has no statistics: it leaves the running ones untouched
+        update = x.numel() > 0 or not use_input_stats
         y = NF.run(
             "instance_norm",
             x,
-            self.running_mean,
-            self.running_var,
+            self.running_mean if update else None,
+            self.running_var if update else None,
             self.weight,
             self.bias,
-            self.training or not self.track_running_stats,
+            use_input_stats,
             self.momentum if self.momentum is not None else 0.0,
             self.eps,
         )

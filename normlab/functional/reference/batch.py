@@ -89,6 +89,9 @@ def batch_renorm(
         d = ((mean - running_view(running_mean, x)) / sigma).clamp(
             -as_like(d_max, sigma), as_like(d_max, sigma)
         )
+    # Detached outside no_grad too: else torch.compile's backward recomputes them from
+    # the running statistics, which the update below has overwritten by then.
+    r, d = r.detach(), d.detach()
     update_running(running_mean, running_var, mean, unbiased(var, per_channel_count(x)), momentum)
     y = (x - mean) / sigma_b * r + d
     return affine(y, weight, bias, channel_shape(x)).to(input.dtype)
