@@ -326,3 +326,19 @@ def test_sketches_hold_each_records_quantiles():
     np.testing.assert_allclose(
         row.value, np.quantile(x.numpy().astype(np.float64), row.level), rtol=1e-5, atol=1e-6
     )
+
+
+def test_a_tensor_modified_in_place_later_is_recorded_as_it_was():
+    """The monitor gathers its samples late (at the next step) where it can; a
+    BatchNorm output that a ReLU(inplace=True) overwrites must still be recorded
+    as the BatchNorm gave it (with its negative values)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(inplace=True))
+    with normlab.Monitor(model, modules=["1", "2"]) as monitor:
+        for _ in range(4):
+            model(torch.randn(32, 6)).sum().backward()
+    frame = monitor.to_frame()
+    bn_min = frame[(frame.module == "1") & (frame.quantity == "min")].value
+    relu_dead = frame[(frame.module == "2") & (frame.quantity == "dead")].value
+    assert len(bn_min) == 4 and (bn_min < 0).all()
+    assert len(relu_dead) == 4 and (relu_dead > 0.2).all()

@@ -143,3 +143,29 @@ def test_probe_runs_every_k_steps_and_times_itself():
     assert set(frame.columns) >= {"step", "layer", "ics_l2", "ics_cosine", "seconds"}
     with pytest.raises(ValueError, match="every must be >= 1"):
         Probe(loss_landscape, every=0)
+
+
+def test_probes_are_invisible_to_an_attached_monitor():
+    """docs/monitor.md's loop: a Monitor attached while the probes run each step.
+    Only the real steps count, and the update ratios are the real updates'."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Sigmoid(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    loss_fn = nn.functional.cross_entropy
+    expected_ratios = []
+    with normlab.Monitor(model, optimizer=opt, grad_every=1) as monitor:
+        for _ in range(4):
+            x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            internal_covariate_shift(model, loss_fn, x, y, opt)
+            loss_landscape(model, loss_fn, x, y, optimizer=opt)
+            before = model[0].weight.detach().clone()
+            opt.step()
+            moved = (model[0].weight.detach() - before).norm() / before.norm()
+            expected_ratios.append(moved.item())
+    assert monitor.step == 3  # steps 0..3: the four real ones
+    frame = monitor.to_frame()
+    assert sorted(frame.step.unique()) == [0, 1, 2, 3]
+    ratios = frame[(frame.module == "0.weight") & (frame.quantity == "update_ratio")]
+    assert ratios.value.to_numpy() == pytest.approx(expected_ratios, rel=1e-5)

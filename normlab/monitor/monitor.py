@@ -3,8 +3,9 @@ model trains, recorded through hooks, with no change to the model."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,21 @@ DEAD = (nn.ReLU, nn.ReLU6)
 
 Selector = str | type[nn.Module] | Callable[[str, nn.Module], bool]
 
+_unrecorded = 0  # > 0 while passes run that no Monitor may see (see unrecorded())
+
+
+@contextlib.contextmanager
+def unrecorded() -> Iterator[None]:
+    """Forward and backward passes and optimizer steps run inside are invisible to
+    every attached :class:`Monitor`: not counted as steps, not recorded. The
+    probes (:mod:`normlab.monitor.probes`) run their trial passes in it."""
+    global _unrecorded
+    _unrecorded += 1
+    try:
+        yield
+    finally:
+        _unrecorded -= 1
+
 
 @dataclass
 class _Site:
@@ -49,12 +65,15 @@ class _Site:
     saturation: float | None
     dead: bool
     rows: Tensor | None = None  # (capacity, width) ring of samples
-    row_views: list[Tensor] = field(default_factory=list)  # its rows, made once
+    targets: list[Tensor] = field(default_factory=list)  # its rows' first `kept` values
+    kept: int = 0  # values a record keeps: min(numel, width)
+    dtype: torch.dtype | None = None  # the dtype gathered straight into rows (None: widened)
     grad_norms: Tensor | None = None  # (capacity,)
+    grad_views: list[Tensor] = field(default_factory=list)  # its elements, made once
     lengths: list[int] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     grad_slots: list[int] = field(default_factory=list)  # slots whose gradient is recorded
-    sample_index: Tensor | None = None  # positions sampled from tensors above the width
+    sample_index: Tensor | None = None  # the positions recorded, in random order
     sample_numel: int = -1  # the size sample_index was drawn for
 
 
@@ -96,7 +115,7 @@ class Monitor:
 
     Tensors above ``sample_size`` elements are summarized by a fixed random
     sample of that many elements (exact below; percentiles and the quantile
-    sketch use at most 512 values). Samples are copied into a buffer on the
+    sketch use at most 512 of them, a random subset). Samples are copied into a buffer on the
     tensor's device and summarized every ``flush_every`` steps (or on
     :meth:`flush`, :meth:`to_frame`, :meth:`detach`): the host is not
     synchronized every step, and the buffer never grows.
@@ -225,6 +244,8 @@ class Monitor:
         self.detach()
 
     def _on_step(self, module, args) -> None:
+        if _unrecorded:
+            return
         if not (module.training or self.record_eval):
             self._recording = False
             return
@@ -241,7 +262,7 @@ class Monitor:
         calls, sites, record = self._calls, self._sites, self._record
 
         def hook(module, args, output=None):
-            if not self._recording:
+            if not self._recording or _unrecorded:
                 return
             tensor = args[0] if watch_input else output
             if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
@@ -257,49 +278,57 @@ class Monitor:
         return hook
 
     def _record(self, site: _Site, tensor: Tensor) -> None:
-        # The hot path (every step, every site): one copy or gather into the
-        # ring buffer; the statistics wait for flush().
-        flat = tensor.detach().reshape(-1)
-        numel = flat.numel()
-        if site.rows is None:  # as wide as the first record needs, at most sample_size
-            width = max(1, min(numel, self.sample_size))
-            site.rows = torch.empty(self.flush_every, width, device=flat.device)
-            site.row_views = list(site.rows)
-            site.grad_norms = torch.empty(self.flush_every, device=flat.device)
+        # The hot path (every step, every site): one gather into the ring buffer,
+        # as few torch calls as it takes; the statistics wait for flush().
+        source = tensor.detach()
         slot = len(site.steps)
-        row = site.row_views[slot]
-        width = row.shape[0]
-        if numel == width:
-            row.copy_(flat)
-        elif numel > width:
-            if site.sample_numel != numel:
-                site.sample_index = self._index(numel, width, flat.device)
-                site.sample_numel = numel
-            if flat.dtype == row.dtype:
-                torch.index_select(flat, 0, site.sample_index, out=row)
-            else:  # half precision: gather, then widen the sample only
-                row.copy_(flat.index_select(0, site.sample_index))
+        if source.numel() == site.sample_numel and source.dtype == site.dtype:
+            torch.take(source, site.sample_index, out=site.targets[slot])  # flat positions
         else:
-            row[:numel].copy_(flat)
-        site.lengths.append(numel if numel < width else width)
+            self._record_new_shape(site, source, slot)
+        site.lengths.append(site.kept)
         site.steps.append(self.step)
         if self._gradients and tensor.requires_grad:
-            site.grad_norms[slot] = float("nan")  # stays NaN if no backward comes
             site.grad_slots.append(slot)
-            tensor.register_hook(self._grad_norm_hook(site, slot))
+            tensor.register_hook(self._grad_norm_hook(site.grad_views[slot]))
+
+    def _record_new_shape(self, site: _Site, source: Tensor, slot: int) -> None:
+        """The first record of a site, or one of a new size or dtype: set the site's
+        buffers, sample positions and row views up, then record."""
+        numel = source.numel()
+        if site.rows is None:  # as wide as the first record needs, at most sample_size
+            width = max(1, min(numel, self.sample_size))
+            # zeros, not empty: the pages are touched once here, not one per step
+            site.rows = torch.zeros(self.flush_every, width, device=source.device)
+            # NaN until a gradient arrives: a slot whose backward never comes stays NaN
+            site.grad_norms = torch.full((self.flush_every,), float("nan"), device=source.device)
+            site.grad_views = list(site.grad_norms)
+        width = site.rows.shape[1]
+        site.kept = min(numel, width)
+        site.sample_index = self._index(numel, site.kept, source.device)
+        site.sample_numel = numel
+        site.dtype = source.dtype if source.dtype == site.rows.dtype else None
+        site.targets = list(site.rows[:, : site.kept])
+        if site.dtype is None:  # half precision: gather, then widen the sample only
+            site.targets[slot].copy_(source.take(site.sample_index))
+        else:
+            torch.take(source, site.sample_index, out=site.targets[slot])
 
     @staticmethod
-    def _index(numel: int, width: int, device: torch.device) -> Tensor:
-        """A fixed random sample of ``width`` positions out of ``numel``."""
+    def _index(numel: int, kept: int, device: torch.device) -> Tensor:
+        """``kept`` of ``numel`` flat positions, fixed per size, in random order: a
+        record is a random sample, and every prefix of it one too (the quantiles
+        are read off a prefix: :func:`~normlab.monitor.statistics.summarize`)."""
         generator = torch.Generator().manual_seed(numel)
-        chosen = torch.randperm(numel, generator=generator)[:width]
-        return chosen.sort().values.to(device)
+        return torch.randperm(numel, generator=generator)[:kept].to(device)
 
     @staticmethod
-    def _grad_norm_hook(site: _Site, slot: int):
+    def _grad_norm_hook(out: Tensor):
         def hook(grad: Tensor) -> None:
-            assert site.grad_norms is not None
-            site.grad_norms[slot] = torch.linalg.vector_norm(grad.detach())
+            if grad.dtype == out.dtype:
+                torch.linalg.vector_norm(grad.detach(), out=out)
+            else:
+                out.copy_(torch.linalg.vector_norm(grad.detach()))
 
         return hook
 
@@ -312,13 +341,13 @@ class Monitor:
 
     def _grad_hook(self, i: int):
         def hook(p: Tensor) -> None:
-            if self._gradients and p.grad is not None:
+            if self._gradients and p.grad is not None and not _unrecorded:
                 self._param_row()[0, i] = torch.linalg.vector_norm(p.grad.detach())
 
         return hook
 
     def _before_step(self, optimizer, args, kwargs) -> None:
-        if not self._gradients:
+        if not self._gradients or _unrecorded:
             return
         params = [p.detach() for _, p in self._params]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._params]
@@ -331,7 +360,7 @@ class Monitor:
             torch._foreach_copy_(self._snapshot, params)
 
     def _after_step(self, optimizer, args, kwargs) -> None:
-        if not self._gradients or self._snapshot is None:
+        if not self._gradients or self._snapshot is None or _unrecorded:
             return
         torch._foreach_sub_(self._snapshot, [p.detach() for _, p in self._params])  # -delta w
         moved = torch.stack(torch._foreach_norm(self._snapshot))
@@ -352,6 +381,7 @@ class Monitor:
             if site.grad_slots:
                 slots = torch.tensor(site.grad_slots, device=grad.device)
                 grad[slots] = site.grad_norms[slots].to(torch.float64)
+                site.grad_norms.fill_(float("nan"))
             stats["grad_norm"] = grad
             self._append(site.name, site.steps, stats, sketch)
             site.lengths.clear()

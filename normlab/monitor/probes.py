@@ -5,7 +5,8 @@ smoothness of the loss landscape (their Figure 4).
 Both evaluate the model on one batch at parameters other than the current
 ones; :class:`preserved_state` puts back, bitwise, the parameters, their
 gradients, every buffer (BatchNorm running statistics included), the
-optimizer's state and the random number generators.
+optimizer's state and the random number generators, and hides the probe's
+passes from any attached :class:`~normlab.monitor.Monitor`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from normlab.monitor.monitor import unrecorded
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -28,6 +31,8 @@ class preserved_state:  # lower case: used like torch.no_grad
         self.optimizer = optimizer
 
     def __enter__(self) -> preserved_state:
+        self._unseen = unrecorded()  # attached Monitors see none of the probe's passes
+        self._unseen.__enter__()
         self.params = [p.detach().clone() for p in self.model.parameters()]
         self.grads = [None if p.grad is None else p.grad.clone() for p in self.model.parameters()]
         self.buffers = [b.clone() for b in self.model.buffers()]
@@ -60,7 +65,10 @@ class preserved_state:  # lower case: used like torch.no_grad
         self.restore_rng()
 
     def __exit__(self, *exc) -> None:
-        self.restore()
+        try:
+            self.restore()
+        finally:
+            self._unseen.__exit__(*exc)
 
 
 def _gradients(model, loss_fn, inputs, targets, state: preserved_state) -> tuple[float, list]:
