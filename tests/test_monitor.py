@@ -342,3 +342,56 @@ def test_a_tensor_modified_in_place_later_is_recorded_as_it_was():
     relu_dead = frame[(frame.module == "2") & (frame.quantity == "dead")].value
     assert len(bn_min) == 4 and (bn_min < 0).all()
     assert len(relu_dead) == 4 and (relu_dead > 0.2).all()
+
+
+def _small_run(steps=3, **kwargs):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Sigmoid(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = {}
+    model[2].register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach()))
+    monitor = normlab.Monitor(model, optimizer=opt, grad_every=1, **kwargs).attach()
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(16, 6)).sum().backward()
+        opt.step()
+    return monitor, seen["x"]
+
+
+def test_latest_gives_each_quantitys_last_value_as_the_frame_holds_it():
+    monitor, _ = _small_run()
+    frame = monitor.to_frame()
+    last = frame[frame.step == frame.step.max()].dropna()
+    expected = {f"{r.module}/{r.quantity}": r.value for r in last.itertuples()}
+    assert monitor.latest() == pytest.approx(expected)
+    only = monitor.latest(["std"])
+    assert only and all(key.endswith("/std") for key in only)
+
+
+def test_histograms_of_the_latest_record_over_fixed_edges_match_numpy():
+    monitor, x = _small_run()  # 16 x 8 = 128 values: the whole tensor is the sample
+    edges = torch.linspace(-2.0, 2.0, 9)
+    counts = monitor.histograms(edges)["2"].numpy()
+    values = x.numpy().ravel()
+    inner, _ = np.histogram(values, edges.numpy())
+    assert counts[0] == (values < -2).sum() and counts[-1] == (values > 2).sum()
+    assert counts.sum() == values.size
+    # numpy's bins are closed on the left, bucketize's on the right: equal off the edges
+    assert np.abs(counts[1:-1] - inner).sum() <= 2 * np.isin(values, edges.numpy()).sum()
+
+
+def test_unscale_gradients_divides_this_steps_activation_gradient_norms():
+    monitor, _ = _small_run(steps=2)
+    monitor.to_frame()  # flushes: the next step is a fresh buffer
+    grads = []
+
+    def watch(module, args):
+        args[0].register_hook(lambda g: grads.append(g.norm().item()))
+
+    monitor.model[2].register_forward_pre_hook(watch)
+    monitor.model(torch.randn(16, 6)).mul(1024.0).sum().backward()  # a "scaled" loss
+    monitor.unscale_gradients(1 / 1024.0)
+    frame = monitor.to_frame()
+    last = frame[(frame.step == frame.step.max()) & (frame.module == "2")]
+    grad_norm = last[last.quantity == "grad_norm"].value.item()
+    assert grad_norm == pytest.approx(grads[-1] / 1024.0, rel=1e-5)

@@ -418,6 +418,54 @@ class Monitor:
         """Watched sites recorded so far: name -> what is watched."""
         return {name: site.what for name, site in self._sites.items()}
 
+    def latest(self, quantities: Iterable[str] | None = None) -> dict[str, float]:
+        """The most recent value of each recorded quantity, as ``{"module/quantity":
+        value}`` (NaN values left out), for loggers; ``quantities`` keeps only
+        those (e.g. ``("std", "grad_norm")``). Flushes, so call it every few
+        dozen steps, not every step."""
+        self.flush()
+        wanted = None if quantities is None else set(quantities)
+        out: dict[str, float] = {}
+        for chunk in reversed(self._chunks):
+            for j, quantity in enumerate(chunk.quantities):
+                key = f"{chunk.module}/{quantity}"
+                if key in out or (wanted is not None and quantity not in wanted):
+                    continue
+                column = chunk.values[:, j]
+                finite = np.flatnonzero(np.isfinite(column))
+                if finite.size:
+                    out[key] = float(column[finite[-1]])
+        return dict(sorted(out.items()))
+
+    def histograms(self, edges: Tensor) -> dict[str, Tensor]:
+        """Per site, the histogram of its latest record's sample over fixed bin
+        ``edges`` (K + 1 increasing values): K + 2 counts, the first and last
+        for values below and above the range. Computed on the record's device;
+        empty when the latest records have been flushed already (call it right
+        after the step: the integrations do)."""
+        out = {}
+        for name, site in self._sites.items():
+            if not site.steps or site.steps[-1] != self.step or site.rows is None:
+                continue
+            sample = site.targets[len(site.steps) - 1][: site.lengths[-1]]
+            bucket = torch.bucketize(sample, edges.to(sample.device, sample.dtype))
+            out[name] = torch.bincount(bucket, minlength=edges.numel() + 1)
+        return out
+
+    def unscale_gradients(self, factor: float) -> None:
+        """Multiply the gradient norms recorded during this step's backward by
+        ``factor``: under mixed precision those are of the scaled loss, so pass
+        1 / the loss scale (the Lightning and Hugging Face callbacks do). The
+        parameter gradients taken around ``optimizer.step()`` are unscaled
+        already and are left alone."""
+        for site in self._sites.values():
+            if site.grad_slots and site.steps and site.steps[-1] == self.step:
+                slot = len(site.steps) - 1
+                if site.grad_slots[-1] == slot:
+                    site.grad_views[slot].mul_(factor)
+        if self.optimizer is None and self._param_steps and self._param_steps[-1] == self.step:
+            self._param_rows[-1][0].mul_(factor)
+
     def nbytes(self) -> int:
         """Bytes held on the host by flushed records."""
         return sum(chunk.nbytes() for chunk in self._chunks)
