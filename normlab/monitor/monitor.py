@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,20 @@ class _Site:
     grad_slots: list[int] = field(default_factory=list)  # slots whose gradient is recorded
     sample_index: Tensor | None = None  # the positions recorded, in random order
     sample_numel: int = -1  # the size sample_index was drawn for
+    spare: tuple[Tensor, Tensor] | None = None  # the other (rows, grad_norms) pair
+
+    def swap_buffers(self) -> None:
+        """Record on into the spare buffers (made on first use) while the filled
+        ones are summarized; the bookkeeping lists start afresh."""
+        assert self.rows is not None and self.grad_norms is not None
+        filled = (self.rows, self.grad_norms)
+        if self.spare is None:
+            self.spare = (torch.zeros_like(self.rows), torch.full_like(self.grad_norms, np.nan))
+        self.rows, self.grad_norms = self.spare
+        self.spare = filled
+        self.targets = list(self.rows[:, : self.kept])
+        self.grad_views = list(self.grad_norms)
+        self.lengths, self.steps, self.grad_slots = [], [], []
 
 
 @dataclass(frozen=True)
@@ -167,12 +182,15 @@ class Monitor:
         self._calls: dict[str, int] = {}
         self._buffered = 0  # recorded steps since the last flush
         self._chunks: list[_Chunk] = []
+        self._summarizer: ThreadPoolExecutor | None = None  # summarizes handed-over records
+        self._summary: Future | None = None  # its last job
         self._selected = self._select(modules)
         self._params = (
             [(self._clean(n), p) for n, p in model.named_parameters() if p.requires_grad]
             if parameters
             else []
         )
+        self._param_data = [p.detach() for _, p in self._params]  # updated in place by steps
         self._param_rows: list[Tensor] = []  # per step: (2, P) grad norms and update ratios
         self._param_steps: list[int] = []
         self._snapshot: list[Tensor] | None = None  # weights before optimizer.step()
@@ -236,6 +254,9 @@ class Monitor:
             handle.remove()
         self._handles.clear()
         self.flush()
+        if self._summarizer is not None:
+            self._summarizer.shutdown()
+            self._summarizer = None
 
     def __enter__(self) -> Monitor:
         return self.attach()
@@ -255,7 +276,7 @@ class Monitor:
         if self._recording:
             self._calls.clear()
             if self._buffered >= self.flush_every:
-                self.flush()
+                self._hand_over()
             self._buffered += 1  # every site holds at most one record per step
 
     def _make_hook(self, name, what, saturation, dead, watch_input):
@@ -349,11 +370,12 @@ class Monitor:
     def _before_step(self, optimizer, args, kwargs) -> None:
         if not self._gradients or _unrecorded:
             return
-        params = [p.detach() for _, p in self._params]
+        params = self._param_data
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._params]
-        row = self._param_row()
-        row[0].copy_(torch.stack(torch._foreach_norm(grads)))
-        self._weight_norms = torch.stack(torch._foreach_norm(params))
+        norms = torch.stack(torch._foreach_norm(grads + params))  # one pass: grads, weights
+        count = len(params)
+        self._param_row()[0].copy_(norms[:count])
+        self._weight_norms = norms[count:]
         if self._snapshot is None:
             self._snapshot = [p.clone() for p in params]
         else:
@@ -362,42 +384,69 @@ class Monitor:
     def _after_step(self, optimizer, args, kwargs) -> None:
         if not self._gradients or self._snapshot is None or _unrecorded:
             return
-        torch._foreach_sub_(self._snapshot, [p.detach() for _, p in self._params])  # -delta w
+        torch._foreach_sub_(self._snapshot, self._param_data)  # -delta w
         moved = torch.stack(torch._foreach_norm(self._snapshot))
-        self._param_row()[1].copy_(moved / self._weight_norms)
+        torch.div(moved, self._weight_norms, out=self._param_row()[1])
 
     # ------------------------------------------------------------ results
 
     def flush(self) -> None:
-        """Summarize the buffered samples and move the results to the host."""
+        """Summarize the buffered samples and move the results to the host (waits
+        for the summaries to be done)."""
+        self._hand_over()
+        self._wait()
+
+    def _hand_over(self) -> None:
+        """Give the buffered records to the summarizing thread and record on into
+        fresh buffers. The statistics (a sort per record, a copy to the host) run
+        beside training instead of stalling it: on a GPU the copy to the host
+        would synchronize the device; on a CPU another core does the work."""
+        self._wait()  # the previous hand-over's buffers are free again
+        jobs = []
         for site in self._sites.values():
             k = len(site.steps)
             if k == 0 or site.rows is None or site.grad_norms is None:
                 continue
-            stats, sketch = summarize(
-                site.rows[:k], site.lengths, self.percentiles, site.saturation, site.dead
-            )
-            grad = torch.full((k,), float("nan"), dtype=torch.float64, device=site.rows.device)
-            if site.grad_slots:
-                slots = torch.tensor(site.grad_slots, device=grad.device)
-                grad[slots] = site.grad_norms[slots].to(torch.float64)
-                site.grad_norms.fill_(float("nan"))
+            jobs.append(
+                (site.name, site.rows[:k], site.lengths, site.steps, site.grad_slots,
+                 site.grad_norms, site.saturation, site.dead)
+            )  # fmt: skip
+            site.swap_buffers()
+        params = (self._param_rows, self._param_steps) if self._param_steps else None
+        self._param_rows, self._param_steps = [], []
+        self._buffered = 0
+        if jobs or params:
+            if self._summarizer is None:
+                self._summarizer = ThreadPoolExecutor(1, thread_name_prefix="normlab-monitor")
+            self._summary = self._summarizer.submit(self._summarize, jobs, params)
+
+    def _wait(self) -> None:
+        """Wait for the summarizing thread's last job (and raise what it raised)."""
+        if self._summary is not None:
+            summary, self._summary = self._summary, None
+            summary.result()
+
+    def _summarize(self, jobs: list, params: tuple | None) -> None:
+        """The statistics of handed-over records (on the summarizing thread)."""
+        for name, rows, lengths, steps, grad_slots, grad_norms, saturation, dead in jobs:
+            stats, sketch = summarize(rows, lengths, self.percentiles, saturation, dead)
+            k = len(steps)
+            grad = torch.full((k,), float("nan"), dtype=torch.float64, device=rows.device)
+            if grad_slots:
+                slots = torch.tensor(grad_slots, device=grad.device)
+                grad[slots] = grad_norms[slots].to(torch.float64)
+                grad_norms.fill_(float("nan"))  # ready for reuse
             stats["grad_norm"] = grad
-            self._append(site.name, site.steps, stats, sketch)
-            site.lengths.clear()
-            site.steps.clear()
-            site.grad_slots.clear()
-        if self._param_steps:
-            rows = torch.stack(self._param_rows).cpu().numpy()  # (k, 2, P)
-            steps = np.asarray(self._param_steps)
+            self._append(name, steps, stats, sketch)
+        if params is not None:
+            param_rows, param_steps = params
+            rows = torch.stack(param_rows).cpu().numpy()  # (k, 2, P)
+            steps = np.asarray(param_steps)
             for i, (name, _) in enumerate(self._params):
                 values = {"grad_norm": rows[:, 0, i]}
                 if self.optimizer is not None:
                     values["update_ratio"] = rows[:, 1, i]
                 self._append(name, steps, values, None)
-            self._param_rows.clear()
-            self._param_steps.clear()
-        self._buffered = 0
 
     def _append(self, module: str, steps, values: dict, sketch: Tensor | None) -> None:
         matrix = np.stack(
@@ -572,3 +621,40 @@ class Monitor:
             )
         columns = ["step", "module", "mean_shift", "std_shift", "w1"]
         return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
+
+    def plot_activations(
+        self,
+        sites: Iterable[str] | None = None,
+        bins: int = 40,
+        path: str | Path | None = None,
+        limits: tuple[float, float] | None = None,
+    ):
+        """fastai's "colorful dimension": per watched site (all, or ``sites``), the
+        histogram of its values at every recorded step, stacked over training
+        (x: step, y: value in ``bins`` bins shared by all steps of the site, over
+        its whole recorded range or ``limits``; colour: the fraction of the values
+        per bin, log scale, one colour bar). Derived from the quantile sketches
+        (:meth:`sketches`; see :func:`normlab.monitor.pictures.sketch_histogram`).
+        Returns the matplotlib Figure, also saved to ``path`` when given."""
+        from normlab.monitor import pictures
+
+        sketches = self.sketches()
+        recorded = pictures.sketch_sites(sketches)
+        if not recorded:
+            raise ValueError("Monitor.plot_activations: no activation records yet")
+        chosen = recorded if sites is None else [sites] if isinstance(sites, str) else list(sites)
+        unknown = [s for s in chosen if s not in recorded]
+        if unknown or not chosen:
+            raise ValueError(
+                f"Monitor.plot_activations: no records of {', '.join(map(repr, unknown))}; "
+                f"recorded sites: {', '.join(recorded)}"
+            )
+        what = self.sites
+        panels = [(f"{s}: {what[s]}" if s in what else s, sketches, s) for s in chosen]
+        fig = pictures.colorful_dimension(
+            panels, bins, limits, title=f"Activations over training ({type(self.model).__name__})"
+        )
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=110)
+        return fig
