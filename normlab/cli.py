@@ -543,3 +543,143 @@ def viz_drift(
     except ValueError as e:
         raise _fail(str(e)) from None
     console.print(f"wrote {out}", markup=False)
+
+
+_ACTIVATIONS_DIR_HELP = (
+    "a run's directory (RESULTS/EXPERIMENT/runs/RUN_ID), or an experiment's results "
+    "directory (holding runs/; pick its run with --norm or --run)"
+)
+
+
+def _pick_run(directory: Path, run: str | None, norm: str | None) -> Path:
+    """The run directory that DIRECTORY, --run and --norm name (see viz activations)."""
+    if not directory.exists():
+        raise _fail(f"{directory} does not exist")
+    if not directory.is_dir():
+        raise _fail(f"{directory} is not a directory")
+    if (directory / "config.json").is_file():
+        if run is not None or norm is not None:
+            raise _fail(
+                f"{directory} is one run's directory: --run and --norm pick a run in an "
+                "experiment's directory (the one holding runs/)"
+            )
+        return directory
+    if not (directory / "runs").is_dir():
+        inside = sorted(p.name for p in directory.iterdir() if (p / "runs").is_dir())
+        hint = f" (it holds experiments: {', '.join(inside)})" if inside else ""
+        raise _fail(
+            f"{directory} is neither a run's directory (with config.json) nor an "
+            f"experiment's results directory (with runs/){hint}"
+        )
+    from normlab.experiments.config import RunConfig
+    from normlab.experiments.store import ResultsStore
+    from normlab.norms.registry import canonical
+
+    table = ResultsStore(directory).summaries(everything=run is not None)
+    if table.empty:
+        raise _fail(f"no finished runs in {directory}")
+    if run is not None:
+        table = table[table.run_id.str.startswith(run.strip().lower())]
+        if table.empty:
+            raise _fail(f"no run {run} in {directory / 'runs'}")
+    if norm is not None:
+        try:
+            name = canonical(norm)
+        except KeyError as e:
+            raise _fail(e.args[0]) from None
+        norms = sorted(table.norm.unique())
+        table = table[table.norm == name]
+        if table.empty:
+            raise _fail(f"no run of {name} in {directory}; its norms: {', '.join(norms)}")
+    fields = [f for f in RunConfig.model_fields if f != "seed" and f in table]
+    differing = [f for f in fields if table[f].astype(str).nunique() > 1]
+    if differing:
+        shown = [
+            f"{r.run_id} ({', '.join(f'{f}={r[f]}' for f in differing)}, seed={r.seed})"
+            for _, r in table.sort_values([*differing, "seed"]).head(8).iterrows()
+        ]
+        more = f", ... ({len(table)} in all)" if len(table) > 8 else ""
+        raise _fail(
+            f"{directory} holds {len(table)} runs that differ in {', '.join(differing)}: "
+            f"pick one with --norm or --run: {', '.join(shown)}{more}"
+        )
+    # Left: one configuration, perhaps several seeds: the lowest seed's run.
+    return directory / "runs" / table.sort_values("seed").run_id.iloc[0]
+
+
+@viz.command("activations")
+def viz_activations(
+    run_dir: Annotated[Path, typer.Argument(help=_ACTIVATIONS_DIR_HELP)],
+    out: Annotated[Path, typer.Option(help="image file (.png, .svg, .pdf)")] = Path(
+        "activations.png"
+    ),
+    norm: Annotated[
+        str | None,
+        typer.Option(
+            help="in an experiment's directory: the run of this norm (lowest seed)",
+            metavar="NAME",
+        ),
+    ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run",
+            help="in an experiment's directory: a run id (or its first digits)",
+            metavar="ID",
+        ),
+    ] = None,
+    sites: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sites",
+            help="watched sites to draw, comma-separated or repeated (default: all)",
+            metavar="NAME[,NAME...]",
+        ),
+    ] = None,
+    bins: Annotated[int, typer.Option(min=2, help="value bins per histogram", metavar="N")] = 40,
+) -> None:
+    """fastai's "colorful dimension": per watched layer, the histogram of its activations
+    at every recorded step, stacked over training (from the run's quantile sketches)."""
+    import pandas as pd
+
+    from normlab.monitor import pictures
+
+    run_dir = _pick_run(run_dir, run, norm)
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        path = run_dir / "sketches.parquet"
+        if not path.is_file():
+            reason = (
+                "it ran with monitor=False"
+                if config.get("monitor") is False
+                else f"{path} is missing"
+            )
+            raise _fail(f"run {run_dir.name} kept no monitor records ({reason})")
+        sketches = pd.read_parquet(path)
+        monitor = run_dir / "monitor.parquet"
+        frame = pd.read_parquet(monitor) if monitor.is_file() else None
+    except (OSError, ValueError) as e:
+        raise _fail(f"cannot read the run in {run_dir}: {e}") from None
+    recorded = pictures.sketch_sites(sketches)
+    if not recorded:
+        raise _fail(f"run {run_dir.name} recorded no activations (no watched site)")
+    chosen = [s.strip() for item in sites or [] for s in item.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in recorded]
+    if unknown:
+        raise _fail(
+            f"no site {', '.join(map(repr, unknown))} in run {run_dir.name}; "
+            f"its sites: {', '.join(recorded)}"
+        )
+    what = pictures.describe_sites(frame)
+    panels = [(f"{s}: {what[s]}" if s in what else s, sketches, s) for s in chosen or recorded]
+    about = ", ".join(
+        f"{k}={config[k]}" for k in ("norm", "model", "activation", "seed") if k in config
+    )
+    fig = pictures.colorful_dimension(
+        panels, bins, title=f"Activations over training: {about} (run {run_dir.name})"
+    )
+    try:
+        fig.savefig(out, dpi=110)
+    except (OSError, ValueError) as e:
+        raise _fail(f"cannot write {out}: {e}", 1) from None
+    console.print(f"wrote {out} (run {run_dir.name}: {about})", markup=False)

@@ -88,6 +88,13 @@ class InternalCovariateShift(Experiment):
                 "The last hidden layer's sigmoid input, seed 0: its distribution at the "
                 "first and last record (top), its percentiles over training (bottom).",
             ),
+            (
+                _colorful_figure(store),
+                'fastai\'s "colorful dimension" of the same input, seed 0: at every recorded '
+                "step (x) the histogram of its values (y, the same bins in both panels), the "
+                "colour the fraction of the values in each bin on a log scale. A distribution "
+                "that drifts draws a band that moves or widens; a steady one, a level band.",
+            ),
             (_accuracy_figure(store), "Test accuracy over training steps."),
         ]
 
@@ -251,6 +258,27 @@ def _drift_figure(store):
         band.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _colorful_figure(store):
+    """Per norm (seed 0): the last sigmoid input's histogram at every recorded step,
+    stacked over training, on one value range for all panels."""
+    from normlab.monitor.pictures import colorful_dimension
+
+    table = store.summaries()
+    if table.empty:
+        return None
+    table = table[table.seed == table.seed.min()]
+    panels = []
+    for _, run in table.sort_values("norm").drop_duplicates("norm").iterrows():
+        sites = analysis.saturating_sites(store.monitor(run.run_id))
+        sketches = store.sketches(run.run_id)
+        if sites and sketches is not None and (sketches.module == sites[-1]).any():
+            title = f"{run.norm}: hidden layer {len(sites)}'s sigmoid input"
+            panels.append((title, sketches, sites[-1]))
+    if not panels:
+        return None
+    return colorful_dimension(panels, share_range=True)
 
 
 def _accuracy_figure(store):
