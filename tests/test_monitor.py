@@ -395,3 +395,15 @@ def test_unscale_gradients_divides_this_steps_activation_gradient_norms():
     last = frame[(frame.step == frame.step.max()) & (frame.module == "2")]
     grad_norm = last[last.quantity == "grad_norm"].value.item()
     assert grad_norm == pytest.approx(grads[-1] / 1024.0, rel=1e-5)
+
+
+def test_a_half_precision_gradient_norm_does_not_overflow():
+    """A loss-scaled float16 gradient's norm overflows float16 (2000 x 64 > 65504);
+    the monitor takes it in float32."""
+    model = nn.Sequential(nn.Sigmoid())
+    x = torch.zeros(4096, dtype=torch.float16, requires_grad=True)
+    with normlab.Monitor(model, grad_every=1) as monitor:
+        model(x * 1).backward(torch.full((4096,), 8000.0, dtype=torch.float16))
+    frame = monitor.to_frame()
+    grad = frame[(frame.module == "0") & (frame.quantity == "grad_norm")].value.item()
+    assert grad == pytest.approx(8000.0 * 0.25 * 4096**0.5, rel=1e-3)

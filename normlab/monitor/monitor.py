@@ -348,6 +348,8 @@ class Monitor:
         def hook(grad: Tensor) -> None:
             if grad.dtype == out.dtype:
                 torch.linalg.vector_norm(grad.detach(), out=out)
+            elif grad.dtype in (torch.float16, torch.bfloat16):  # a scaled fp16 norm overflows
+                torch.linalg.vector_norm(grad.detach(), dtype=out.dtype, out=out)
             else:
                 out.copy_(torch.linalg.vector_norm(grad.detach()))
 
