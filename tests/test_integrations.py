@@ -87,6 +87,15 @@ def test_a_missing_package_names_its_extra(monkeypatch, module):
         importlib.import_module(f"normlab.integrations.{module}")
 
 
+@pytest.mark.parametrize("module", ["lightning", "transformers"])
+@pytest.mark.parametrize("kwarg", ["optimizer", "steps"])
+def test_callbacks_refuse_what_they_decide_themselves(module, kwarg):
+    pytest.importorskip(EXTRAS[module][-1])
+    callback = importlib.import_module(f"normlab.integrations.{module}").MonitorCallback
+    with pytest.raises(TypeError, match=f"do not pass {kwarg}="):
+        callback(**{kwarg: "manual"})
+
+
 # ---------------------------------------------------------------- TensorBoard, W&B
 
 
@@ -195,6 +204,19 @@ def _wandb_history(path) -> list[dict]:
     return rows
 
 
+def _wandb_history_when(path, complete) -> list[dict]:
+    """The history rows once ``complete(rows)`` holds: wandb's service process may
+    still be writing the log after ``finish()`` returns (waits up to 10 s)."""
+    rows: list[dict] = []
+    for _ in range(100):
+        with contextlib.suppress(Exception):  # a record caught half-written
+            rows = _wandb_history(path)
+            if complete(rows):
+                break
+        time.sleep(0.1)
+    return rows
+
+
 def _wandb_offline(monkeypatch, directory):
     """W&B offline, everything it writes under ``directory``."""
     for key, value in {
@@ -232,13 +254,8 @@ def test_wandb_write_offline_reads_back_scalars_and_histograms(tmp_path, monkeyp
     _trained_monitor(2, after=after, sample_size=4096)
     log_file = _wandb_log_file(run)
     run.finish()
-    rows: dict = {}
-    for _ in range(100):  # wandb's service may still be writing the file after finish()
-        with contextlib.suppress(Exception):
-            rows = {row[("_step",)]: row for row in _wandb_history(log_file)}
-        if sorted(rows) == [0, 1]:
-            break
-        time.sleep(0.1)
+    history = _wandb_history_when(log_file, lambda rows: len(rows) >= 2)
+    rows = {row[("_step",)]: row for row in history}
     assert sorted(rows) == [0, 1]
     for step, row in rows.items():
         scalars = {k[0]: v for k, v in row.items() if len(k) == 1 and k[0].startswith("normlab/")}
@@ -399,6 +416,8 @@ def test_lightning_callback_records_the_training_steps_and_logs_them(tmp_path):
     saved = pd.read_parquet(callback.path)
     pd.testing.assert_frame_equal(saved, frame)
     assert monitor._handles == []  # detached at fit end
+    trainer.validate(model, _loader(seed=1), verbose=False)  # after fit: the monitor is left alone
+    assert monitor.step == 23
 
 
 def test_lightning_callback_logs_to_a_wandb_logger(tmp_path, monkeypatch):
@@ -507,7 +526,7 @@ def test_lightning_callback_under_ddp_records_on_global_zero_only(tmp_path):
         max_steps=6,
         accelerator="cpu",
         devices=2,
-        strategy=DDPStrategy(start_method="spawn", timeout=datetime.timedelta(seconds=60)),
+        strategy=DDPStrategy(start_method="spawn", timeout=datetime.timedelta(seconds=180)),
         logger=CSVLogger(tmp_path),
         callbacks=[callback],
         limit_val_batches=2,
@@ -627,7 +646,11 @@ def test_transformers_callback_records_the_training_steps_and_logs_them(tmp_path
     # W&B: the same scalars and histograms, against the Trainer's step key
     log_file = _wandb_log_file(wandb.run)  # the run the Trainer's WandbCallback started
     wandb.finish()
-    rows = [row for row in _wandb_history(log_file) if ("train/global_step",) in row]
+    history = _wandb_history_when(
+        log_file,
+        lambda rows: sum(("normlab/bert.embeddings.LayerNorm/std",) in r for r in rows) >= 3,
+    )
+    rows = [row for row in history if ("train/global_step",) in row]
     ours = [r for r in rows if any(k[0].startswith("normlab/") for k in r)]
     scalars_wb = {
         r[("train/global_step",)]: {k[0]: v for k, v in r.items() if len(k) == 1}

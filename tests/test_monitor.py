@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import normlab
-from normlab.monitor import Monitor
+from normlab.monitor import Monitor, unrecorded
 from normlab.monitor.statistics import summarize, wasserstein_1
 
 
@@ -116,6 +117,100 @@ def test_parameter_gradient_norms_and_update_ratios():
     np.testing.assert_allclose(
         _values(frame, "0.weight", "update_ratio"), [e[1] for e in expected], rtol=1e-4
     )
+
+
+def _hand_step(model, opt, monitor, x, y):
+    """One manual step the way Lightning runs it: the forward and backward
+    inside ``opt.step(closure)``, here two forward passes per step. Returns the
+    parameters' gradient norms and update ratios, computed by hand."""
+    grads, before = {}, {}
+
+    def closure():
+        opt.zero_grad()
+        half = len(x) // 2
+        loss = F.cross_entropy(model(x[:half]), y[:half]) + F.cross_entropy(
+            model(x[half:]), y[half:]
+        )
+        loss.backward()
+        for name, p in model.named_parameters():
+            grads[name], before[name] = p.grad.norm().item(), p.detach().clone()
+        monitor.before_optimizer_step()
+        return loss
+
+    monitor.begin_step()
+    opt.step(closure)
+    monitor.after_optimizer_step()
+    ratios = {
+        n: ((p.detach() - before[n]).norm() / before[n].norm()).item()
+        for n, p in model.named_parameters()
+    }
+    return grads, ratios
+
+
+def test_manual_steps_count_begin_step_and_measure_around_the_update():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    expected = []
+    with Monitor(model, optimizer=opt, grad_every=1, steps="manual") as mon:
+        for _ in range(3):
+            expected.append(
+                _hand_step(model, opt, mon, torch.randn(8, 6), torch.randint(0, 3, (8,)))
+            )
+            mon.begin_step(training=False)  # an evaluation step: not counted, not recorded
+            with torch.no_grad():
+                model(torch.randn(5, 6))
+    assert mon.step == 2  # 3 steps of 2 forward passes each, and 3 evaluation passes
+    frame = mon.to_frame()
+    assert sorted(frame.step.unique()) == [0, 1, 2]
+    assert mon.sites == {"1": "input of Sigmoid", "1#1": "input of Sigmoid"}
+    assert len(_values(frame, "1", "mean")) == len(_values(frame, "1#1", "mean")) == 3
+    for name, _ in model.named_parameters():
+        np.testing.assert_allclose(
+            _values(frame, name, "grad_norm"), [g[name] for g, _ in expected], rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            _values(frame, name, "update_ratio"), [r[name] for _, r in expected], rtol=1e-4
+        )
+
+
+def test_manual_steps_inside_unrecorded_are_invisible():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(2)]
+    with Monitor(model, optimizer=opt, grad_every=1, steps="manual") as mon:
+        grads, ratios = _hand_step(model, opt, mon, *data[0])
+        with unrecorded():
+            _hand_step(model, opt, mon, *data[1])
+    assert mon.step == 0
+    frame = mon.to_frame()
+    assert set(frame.step) == {0} and len(_values(frame, "1", "mean")) == 1
+    assert _values(frame, "0.weight", "grad_norm").item() == pytest.approx(grads["0.weight"])
+    assert _values(frame, "0.weight", "update_ratio").item() == pytest.approx(
+        ratios["0.weight"], rel=1e-4
+    )
+
+
+def test_manual_steps_without_optimizer_and_calls_that_cannot_be_served():
+    model = _mlp()
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    mon = Monitor(model, grad_every=1, steps="manual")
+    with pytest.raises(RuntimeError, match="not attached"):
+        mon.begin_step()
+    with mon:
+        mon.begin_step()
+        F.cross_entropy(model(x), y).backward()  # parameter gradient norms: in the backward
+        with pytest.raises(RuntimeError, match=r"update ratios need Monitor\(optimizer="):
+            mon.before_optimizer_step()
+    frame = mon.to_frame()
+    assert _values(frame, "0.weight", "grad_norm").item() == pytest.approx(
+        model[0].weight.grad.norm().item(), rel=1e-5
+    )
+    assert "update_ratio" not in set(frame.quantity)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, optimizer=opt) as mon:
+        for call in (mon.begin_step, mon.before_optimizer_step, mon.after_optimizer_step):
+            with pytest.raises(RuntimeError, match="steps='manual'"):
+                call()
 
 
 def test_every_and_grad_every_select_steps():
@@ -285,6 +380,7 @@ def test_distributed_data_parallel(tmp_path):
         ({"every": 0}, "every must be an integer >= 1, got 0"),
         ({"grad_every": 1.5}, "grad_every must be an integer"),
         ({"percentiles": (50, 120)}, r"percentiles must lie in \[0, 100\]"),
+        ({"steps": "batch"}, "steps must be 'forward' or 'manual', got 'batch'"),
     ],
 )
 def test_bad_arguments(kwargs, pattern):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -15,7 +14,6 @@ from types import ModuleType
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.hooks import RemovableHandle
 
 from normlab.monitor import Monitor
 
@@ -137,10 +135,10 @@ def records_gradients(monitor: Monitor) -> bool:
 def unscale_now(scaler, optimizer) -> None:
     """Unscale ``optimizer``'s gradients now where it would do so inside its step
     (fused optimizers, ``_step_supports_amp_scaling``: their gradients stay
-    scaled until the step's kernel), so that the Monitor's pre-step hook reads
-    the true gradients. ``GradScaler.step`` then steps as it does after an
-    explicit ``unscale_`` for gradient clipping (same update, same skip on
-    inf/NaN); already unscaled this iteration: nothing to do."""
+    scaled until the step's kernel), so that the Monitor reads the true
+    gradients before the update. ``GradScaler.step`` then steps as it does
+    after an explicit ``unscale_`` for gradient clipping (same update, same
+    skip on inf/NaN); already unscaled this iteration: nothing to do."""
     if scaler is None or not getattr(scaler, "is_enabled", lambda: True)():
         return
     if not getattr(optimizer, "_step_supports_amp_scaling", False):
@@ -151,7 +149,7 @@ def unscale_now(scaler, optimizer) -> None:
 
 def unwrap_optimizer(optimizer):
     """The torch optimizer inside wrappers (accelerate's AcceleratedOptimizer,
-    Lightning's LightningOptimizer): the one whose step hooks run."""
+    Lightning's LightningOptimizer): the one that updates the weights."""
     for _ in range(8):
         inner = getattr(optimizer, "optimizer", None)
         if inner is None:
@@ -160,28 +158,3 @@ def unwrap_optimizer(optimizer):
             break
         optimizer = inner
     return optimizer
-
-
-class StepHooks:
-    """Stands in for an optimizer toward a Monitor: the Monitor's post-step hooks
-    go on the optimizer itself, its pre-step hooks run when :meth:`before_step`
-    is called. For trainers that call ``optimizer.step(closure)`` with the
-    forward and backward pass inside the closure (Lightning): there the
-    optimizer's own pre-step hooks run before the backward, and would read the
-    previous step's gradients."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
-        self._pre_hooks: OrderedDict = OrderedDict()
-
-    def register_step_pre_hook(self, hook) -> RemovableHandle:
-        handle = RemovableHandle(self._pre_hooks)
-        self._pre_hooks[handle.id] = hook
-        return handle
-
-    def register_step_post_hook(self, hook) -> RemovableHandle:
-        return self.optimizer.register_step_post_hook(hook)
-
-    def before_step(self) -> None:
-        for hook in list(self._pre_hooks.values()):
-            hook(self.optimizer, (), {})

@@ -16,12 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from normlab.integrations._common import (
     DEFAULT_EDGES,
     DEFAULT_QUANTITIES,
-    StepHooks,
     check_edges,
     inverse_scale,
     read,
@@ -38,30 +37,16 @@ _loggers = require("lightning.pytorch.loggers", "lightning", "Lightning")
 __all__ = ["MonitorCallback"]
 
 
-class _Root(nn.Module):
-    """The model as the Monitor sees it: the LightningModule under ``module`` (a
-    name the Monitor drops, as for DistributedDataParallel), and a forward pass
-    the callback makes once per training batch, so that a step is a training
-    batch whatever ``training_step`` calls (Lightning calls ``training_step``,
-    not the LightningModule's forward, and wraps it under DDP)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self) -> None:
-        return None
-
-
 class MonitorCallback(pl.Callback):
     """Watch a LightningModule with a :class:`~normlab.Monitor` while it trains.
 
     On fit start, on the global-zero process only (other processes do
     nothing), a ``Monitor(pl_module, optimizer=trainer.optimizers[0],
-    **monitor_kwargs)`` is attached; it is :attr:`monitor`. A step is a
-    training batch (validation, the sanity check, test and predict passes are
-    not recorded, unless ``record_eval=True``: then each evaluation batch is a
-    step too).
+    steps="manual", **monitor_kwargs)`` is attached; it is :attr:`monitor`. A
+    step is a training batch, marked in ``on_train_batch_start`` (Lightning
+    calls ``training_step``, not necessarily the module's forward);
+    validation and sanity-check batches are not steps and are not recorded,
+    unless ``record_eval=True``: then each of them is a step too.
 
     Every ``log_every_n_steps`` optimizer steps (default: the Trainer's) the
     monitor's latest ``quantities`` go to every logger of the Trainer as
@@ -77,10 +62,12 @@ class MonitorCallback(pl.Callback):
     Under 16-bit mixed precision the activation gradient norms recorded in the
     backward pass are of the scaled loss: after each backward they are
     multiplied by 1 / the precision plugin's GradScaler scale. Parameter
-    gradient norms and update ratios are taken right before the optimizer
-    updates the weights (``on_before_optimizer_step``: after the backward, after
-    the scaler unscaled the gradients); only ``trainer.optimizers[0]`` is
-    watched.
+    gradient norms are taken right before the optimizer updates the weights
+    (``on_before_optimizer_step``: Lightning runs the backward inside
+    ``optimizer.step(closure)``, so this comes after it, and after the scaler
+    unscaled the gradients) and update ratios after the update
+    (``on_train_batch_end`` of a batch that stepped); only
+    ``trainer.optimizers[0]`` is watched.
 
     At fit end the monitor is detached and its frame saved as Parquet to
     ``save_to`` (a ``.parquet`` file, or a directory for ``monitor.parquet``;
@@ -108,6 +95,10 @@ class MonitorCallback(pl.Callback):
             raise TypeError(
                 "MonitorCallback: the monitor watches trainer.optimizers[0]; do not pass optimizer="
             )
+        if "steps" in monitor_kwargs:
+            raise TypeError(
+                "MonitorCallback: the callback marks a step per training batch; do not pass steps="
+            )
         self.log_every_n_steps = log_every_n_steps
         self.quantities = None if quantities is None else tuple(quantities)
         self.save_to = save_to
@@ -117,39 +108,35 @@ class MonitorCallback(pl.Callback):
         self.monitor_kwargs = monitor_kwargs
         self.monitor: Monitor | None = None
         self.path: Path | None = None
-        self._root: _Root | None = None
-        self._optimizer = None
-        self._hooks: StepHooks | None = None
+        self._live: Monitor | None = None  # the monitor while it is attached, during fit
+        self._optimizer = None  # the torch optimizer whose updates are measured
         self._unscaled = -1  # the monitor step whose gradient norms were unscaled
         self._global_step = -1  # trainer.global_step at the last report
 
     # ------------------------------------------------------------ attach
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.monitor, self.path = None, None
+        self.monitor, self.path, self._live = None, None, None
         if not trainer.is_global_zero:
             return
         self._optimizer = unwrap_optimizer(trainer.optimizers[0]) if trainer.optimizers else None
-        self._hooks = None if self._optimizer is None else StepHooks(self._optimizer)
-        self._root = _Root(pl_module)
-        self.monitor = Monitor(self._root, optimizer=self._hooks, **self.monitor_kwargs).attach()
+        self.monitor = self._live = Monitor(
+            pl_module, optimizer=self._optimizer, steps="manual", **self.monitor_kwargs
+        ).attach()
         self._unscaled, self._global_step = -1, trainer.global_step
 
-    def _begin(self, training: bool) -> None:
-        if self.monitor is not None and self._root is not None:
-            self._root.training = training  # this module only: its children keep theirs
-            self._root()
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._begin(pl_module.training)
+        if self._live is not None:
+            self._live.begin_step(pl_module.training)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        self._begin(False)
+        if self._live is not None:  # the sanity check's batches too; not trainer.validate()'s
+            self._live.begin_step(training=False)
 
     # ------------------------------------------------------------ the step
 
     def on_after_backward(self, trainer, pl_module) -> None:
-        monitor = self.monitor
+        monitor = self._live
         if monitor is None or monitor.step == self._unscaled:
             return
         factor = inverse_scale(getattr(trainer.precision_plugin, "scaler", None))
@@ -158,18 +145,23 @@ class MonitorCallback(pl.Callback):
             self._unscaled = monitor.step
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if self._hooks is None or unwrap_optimizer(optimizer) is not self._optimizer:
+        monitor = self._live
+        if monitor is None or self._optimizer is None:
             return
-        if self.monitor is not None and records_gradients(self.monitor):
+        if unwrap_optimizer(optimizer) is not self._optimizer:
+            return
+        if records_gradients(monitor):
             # Lightning leaves unscaling to fused optimizers' step: do it now
             unscale_now(getattr(trainer.precision_plugin, "scaler", None), self._optimizer)
-        self._hooks.before_step()
+        monitor.before_optimizer_step()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        monitor = self.monitor
+        monitor = self._live
         if monitor is None or trainer.global_step == self._global_step:
             return  # not global zero, or accumulating gradients: no optimizer step yet
         self._global_step = trainer.global_step
+        if self._optimizer is not None:
+            monitor.after_optimizer_step()  # the update ratios, before they are read
         loop = trainer.fit_loop.epoch_loop
         step = getattr(loop, "_batches_that_stepped", trainer.global_step - 1)  # as self.log
         every = self.log_every_n_steps or trainer.log_every_n_steps
@@ -212,11 +204,13 @@ class MonitorCallback(pl.Callback):
         target = Path(self.save_to if self.save_to is not None else trainer.log_dir or ".")
         if self.monitor is None:
             return
+        self._live = None
         self.monitor.detach()
         if target.suffix != ".parquet":
             target = target / "monitor.parquet"
         self.path = self.monitor.save(target)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        self._live = None
         if self.monitor is not None:
             self.monitor.detach()

@@ -103,6 +103,11 @@ class MonitorCallback(_transformers.TrainerCallback):
                 "MonitorCallback: the monitor watches the Trainer's optimizer; "
                 "do not pass optimizer="
             )
+        if "steps" in monitor_kwargs:
+            raise TypeError(
+                "MonitorCallback: a step is a training forward pass of the model; "
+                "do not pass steps="
+            )
         self.quantities = None if quantities is None else tuple(quantities)
         self.save_to = save_to
         self.histograms = histograms
@@ -126,6 +131,10 @@ class MonitorCallback(_transformers.TrainerCallback):
             return
         if model is None:
             raise ValueError("MonitorCallback: the Trainer passed no model to on_train_begin")
+        # steps="forward" (the default): the Trainer calls the model's forward once per
+        # micro-batch and steps the optimizer after the backward, so the monitor's own
+        # hooks find both (manual steps would need an event before the evaluation
+        # passes in the middle of training, which the Trainer does not have)
         self.monitor = Monitor(
             model, optimizer=unwrap_optimizer(optimizer), **self.monitor_kwargs
         ).attach()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,15 +41,17 @@ SATURATION = {nn.Sigmoid: 4.0, nn.Tanh: 2.0, nn.Hardtanh: 1.0}
 DEAD = (nn.ReLU, nn.ReLU6)
 
 Selector = str | type[nn.Module] | Callable[[str, nn.Module], bool]
+STEPS = ("forward", "manual")  # what marks a step: see Monitor(steps=)
 
 _unrecorded = 0  # > 0 while passes run that no Monitor may see (see unrecorded())
 
 
 @contextlib.contextmanager
 def unrecorded() -> Iterator[None]:
-    """Forward and backward passes and optimizer steps run inside are invisible to
-    every attached :class:`Monitor`: not counted as steps, not recorded. The
-    probes (:mod:`normlab.monitor.probes`) run their trial passes in it."""
+    """Forward and backward passes, optimizer steps and manual step calls
+    (:meth:`Monitor.begin_step` etc.) run inside are invisible to every attached
+    :class:`Monitor`: not counted as steps, not recorded. The probes
+    (:mod:`normlab.monitor.probes`) run their trial passes in it."""
     global _unrecorded
     _unrecorded += 1
     try:
@@ -117,16 +120,24 @@ class Monitor:
     types, or a predicate ``f(name, module)``; a selected module that is an
     activation is watched at its input, any other at its output.
 
-    Every ``every``-th training forward pass of ``model`` is a recorded step.
-    Per recorded step and watched site: mean, std, the ``percentiles``, min,
-    max, ``saturated`` (fraction of |x| beyond a threshold, for sigmoid/tanh
-    inputs) and ``dead`` (fraction <= 0, for ReLU inputs). Gradient quantities
-    are recorded on the recorded steps whose index is a multiple of
-    ``grad_every`` (default 10; 1 records them every step, at several times the
-    cost: see docs/monitor.md): per site ``grad_norm`` (the L2 norm of
+    Every ``every``-th step is recorded; a step is a training-mode forward pass
+    of ``model`` (or see ``steps="manual"`` below). Per recorded step and
+    watched site: mean, std, the ``percentiles``, min, max, ``saturated``
+    (fraction of |x| beyond a threshold, for sigmoid/tanh inputs) and ``dead``
+    (fraction <= 0, for ReLU inputs). Gradient quantities are recorded on the
+    recorded steps whose index is a multiple of ``grad_every`` (default 10; 1
+    records them every step, at several times the cost: see docs/monitor.md):
+    per site ``grad_norm`` (the L2 norm of
     dL/d(tensor)); per parameter ``grad_norm`` and, when ``optimizer`` is
     given, ``update_ratio`` = ||w_after - w_before|| / ||w_before|| measured
     around ``optimizer.step()``.
+
+    ``steps="manual"`` is for loops whose steps are not one forward pass of
+    ``model`` each, or that run the backward inside ``optimizer.step(closure)``
+    (Lightning, L-BFGS): nothing is hooked on the model's forward or on the
+    optimizer; call :meth:`begin_step` at the start of each step and, when
+    ``optimizer`` is given, :meth:`before_optimizer_step` and
+    :meth:`after_optimizer_step` around its update.
 
     Tensors above ``sample_size`` elements are summarized by a fixed random
     sample of that many elements (exact below; percentiles and the quantile
@@ -135,7 +146,7 @@ class Monitor:
     :meth:`flush`, :meth:`to_frame`, :meth:`detach`): the host is not
     synchronized every step, and the buffer never grows.
 
-    A module called several times in one forward pass is recorded once per
+    A module called several times in one step is recorded once per
     call: the first as ``name``, the k-th as ``name#k-1``. Models wrapped in
     DistributedDataParallel are watched under their inner names.
 
@@ -155,6 +166,7 @@ class Monitor:
         flush_every: int = 256,
         parameters: bool = True,
         record_eval: bool = False,
+        steps: Literal["forward", "manual"] = "forward",
     ) -> None:
         for arg, value in (
             ("every", every),
@@ -166,6 +178,8 @@ class Monitor:
                 raise ValueError(f"Monitor: {arg} must be an integer >= 1, got {value!r}")
         if any(not 0 <= p <= 100 for p in percentiles):
             raise ValueError(f"Monitor: percentiles must lie in [0, 100], got {percentiles}")
+        if steps not in STEPS:
+            raise ValueError(f"Monitor: steps must be 'forward' or 'manual', got {steps!r}")
         self.model = model
         self.every = every
         self.grad_every = grad_every
@@ -174,7 +188,9 @@ class Monitor:
         self.sample_size = sample_size
         self.flush_every = flush_every
         self.record_eval = record_eval
-        self.step = -1  # index of the current training forward pass
+        self.steps = steps
+        self.step = -1  # index of the current step
+        self._attached = False
         self._recording = False
         self._gradients = False  # whether this step records gradient quantities
         self._handles: list = []
@@ -194,6 +210,7 @@ class Monitor:
         self._param_rows: list[Tensor] = []  # per step: (2, P) grad norms and update ratios
         self._param_steps: list[int] = []
         self._snapshot: list[Tensor] | None = None  # weights before optimizer.step()
+        self._snapshot_step = -1  # the step it was taken in, until the update is measured
         self._weight_norms: Tensor | None = None
 
     # ------------------------------------------------------------ selection
@@ -227,9 +244,11 @@ class Monitor:
 
     def attach(self) -> Monitor:
         """Register the hooks (idempotent); returns the monitor."""
-        if self._handles:
+        if self._attached:
             return self
-        self._handles.append(self.model.register_forward_pre_hook(self._on_step))
+        self._attached = True
+        if self.steps == "forward":
+            self._handles.append(self.model.register_forward_pre_hook(self._on_step))
         for name, module, watch_input in self._selected:
             what = f"{'input' if watch_input else 'output'} of {type(module).__name__}"
             saturation = next((t for c, t in SATURATION.items() if isinstance(module, c)), None)
@@ -240,12 +259,12 @@ class Monitor:
             else:
                 self._handles.append(module.register_forward_hook(hook))
         if self._params:
-            if self.optimizer is not None:
-                self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
-                self._handles.append(self.optimizer.register_step_post_hook(self._after_step))
-            else:
+            if self.optimizer is None:
                 for i, (_, p) in enumerate(self._params):
                     self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(i)))
+            elif self.steps == "forward":
+                self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
+                self._handles.append(self.optimizer.register_step_post_hook(self._after_step))
         return self
 
     def detach(self) -> None:
@@ -253,6 +272,7 @@ class Monitor:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._attached = False
         self.flush()
         if self._summarizer is not None:
             self._summarizer.shutdown()
@@ -264,10 +284,55 @@ class Monitor:
     def __exit__(self, *exc) -> None:
         self.detach()
 
-    def _on_step(self, module, args) -> None:
+    # ------------------------------------------------------------ steps
+
+    def begin_step(self, training: bool = True) -> None:
+        """Start a step (``steps="manual"``): the forward passes until the next
+        call belong to it. Counted, and recorded every ``every``-th, when
+        ``training`` or ``record_eval``; an evaluation step (``training=False``)
+        otherwise records nothing. Ignored inside :func:`unrecorded`."""
+        self._check_manual("begin_step")
+        self._begin_step(training)
+
+    def before_optimizer_step(self) -> None:
+        """Right before the update, once the gradients are final (after the
+        backward, gradient accumulation, unscaling and clipping): take the
+        parameters' gradient norms and a copy of the weights, on steps that
+        record gradients. Needs ``steps="manual"`` and ``optimizer``."""
+        self._check_manual("before_optimizer_step", update=True)
+        self._before_update()
+
+    def after_optimizer_step(self) -> None:
+        """Right after the update: the update ratios, against the weights
+        :meth:`before_optimizer_step` copied in this step (nothing without that
+        call). Needs ``steps="manual"`` and ``optimizer``."""
+        self._check_manual("after_optimizer_step", update=True)
+        self._after_update()
+
+    def _check_manual(self, method: str, update: bool = False) -> None:
+        if self.steps != "manual":
+            raise RuntimeError(
+                f"Monitor.{method}: this monitor finds its steps and updates through hooks "
+                "(steps='forward'); create it with steps='manual' to mark them yourself"
+            )
+        if not self._attached:
+            raise RuntimeError(
+                f"Monitor.{method}: the monitor is not attached (use it in a with block, or "
+                "call attach())"
+            )
+        if update and self.optimizer is None:
+            raise RuntimeError(
+                f"Monitor.{method}: update ratios need Monitor(optimizer=...); without it "
+                "parameter gradient norms are taken in the backward, with no call"
+            )
+
+    def _on_step(self, module, args) -> None:  # steps="forward": the model's forward pre-hook
+        self._begin_step(module.training)
+
+    def _begin_step(self, training: bool) -> None:
         if _unrecorded:
             return
-        if not (module.training or self.record_eval):
+        if not (training or self.record_eval):
             self._recording = False
             return
         self.step += 1
@@ -369,8 +434,14 @@ class Monitor:
 
         return hook
 
-    def _before_step(self, optimizer, args, kwargs) -> None:
-        if not self._gradients or _unrecorded:
+    def _before_step(self, optimizer, args, kwargs) -> None:  # the optimizer's step hooks
+        self._before_update()
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self._after_update()
+
+    def _before_update(self) -> None:
+        if not self._gradients or _unrecorded or not self._params:
             return
         params = self._param_data
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._params]
@@ -382,10 +453,12 @@ class Monitor:
             self._snapshot = [p.clone() for p in params]
         else:
             torch._foreach_copy_(self._snapshot, params)
+        self._snapshot_step = self.step
 
-    def _after_step(self, optimizer, args, kwargs) -> None:
-        if not self._gradients or self._snapshot is None or _unrecorded:
-            return
+    def _after_update(self) -> None:
+        if self._snapshot_step != self.step or self._snapshot is None or _unrecorded:
+            return  # no copy of this step's weights (or measured already)
+        self._snapshot_step = -1
         torch._foreach_sub_(self._snapshot, self._param_data)  # -delta w
         moved = torch.stack(torch._foreach_norm(self._snapshot))
         torch.div(moved, self._weight_norms, out=self._param_row()[1])
