@@ -29,6 +29,7 @@ def test_available_starts_with_the_baseline_and_holds_every_technique():
         "switchable",
         "scalenorm",
         "dyt",
+        "derf",
     ):
         assert name in names
 
@@ -44,6 +45,7 @@ def test_available_starts_with_the_baseline_and_holds_every_technique():
         ("switchable", "H, W + C, H, W + N, H, W", "single value + F + N", True, True),
         ("evonorm_b0", "N, H, W + H, W", "N + single value", True, True),
         ("dyt", "none", "none", False, False),
+        ("derf", "none", "none", False, False),
         ("none", "none", "none", False, False),
     ],
 )
@@ -57,6 +59,7 @@ def test_spec_axes_follow_the_papers(name, nchw, features, batch_dependent, trai
 def test_spec_parameters_are_read_from_the_built_layer():
     assert normlab.spec("batchnorm").parameters == ("weight", "bias")
     assert normlab.spec("dyt").parameters == ("alpha", "weight", "bias")
+    assert normlab.spec("derf").parameters == ("alpha", "shift", "weight", "bias")
     assert normlab.spec("frn").parameters == ("weight", "bias", "tau")
     assert normlab.spec("lrn").parameters == ()
 
@@ -81,6 +84,8 @@ def test_spec_parameters_are_read_from_the_built_layer():
         ("switchable", normlab.SwitchableNorm2d),
         ("scale", normlab.ScaleNorm),
         ("dyt", normlab.DynamicTanh),
+        ("derf", normlab.DynamicErf),
+        ("dynamic-erf", normlab.DynamicErf),
         ("none", nn.Identity),
         ("identity", nn.Identity),
         ("layernorm2d", normlab.LayerNorm2d),
@@ -112,7 +117,7 @@ def test_generic_names_accept_any_rank(name, shape):
     assert m.eval()(torch.randn(shape)).shape == shape
 
 
-@pytest.mark.parametrize("name", ["layer", "rms", "scale", "dyt"])
+@pytest.mark.parametrize("name", ["layer", "rms", "scale", "dyt", "derf", "lm_rms"])
 def test_channels_last_names_normalize_the_last_axis(name):
     m = normlab.create(name, 8)
     x = torch.randn(2, 3, 8)
@@ -157,6 +162,7 @@ FACTS = {  # name: (inference, fused_activation, torch_classes)
     "layernorm_chw": ("sample", False, ()),
     "instancenorm": ("sample", False, (IN,)),
     "rmsnorm": ("sample", False, (nn.RMSNorm,)),
+    "rmsnorm_lm": ("sample", False, ()),
     "lrn": ("sample", False, (nn.LocalResponseNorm,)),
     "batchrenorm": ("running", False, ()),
     "ghostbatchnorm": ("running", False, ()),
@@ -167,6 +173,7 @@ FACTS = {  # name: (inference, fused_activation, torch_classes)
     "switchable": ("running", False, ()),
     "scalenorm": ("sample", False, ()),
     "dyt": ("none", False, ()),
+    "derf": ("none", False, ()),
 }
 
 
@@ -273,6 +280,8 @@ def test_norm_classes_hold_normlab_and_torch_layers_once():
         ("rms", "channels_first", normlab.RMSNorm2d, False),
         ("scale", "channels_first", normlab.ScaleNorm, False),
         ("dyt", "channels_last", normlab.DynamicTanh, False),
+        ("derf", "channels_last", normlab.DynamicErf, False),
+        ("derf", "channels_first", normlab.DynamicErf, False),
         ("frn", "channels_last", normlab.FilterResponseNorm2d, True),
         ("none", "channels_first", nn.Identity, False),
         ("identity", "channels_last", nn.Identity, False),
@@ -288,7 +297,7 @@ def test_factory_builds_the_technique_in_a_layout(name, layout, cls, wrapped):
     assert type(m.norm if wrapped else m) is cls
     x = torch.randn(2, 8, 3, 3) if layout == "channels_first" else torch.randn(2, 5, 8)
     assert m(x).shape == x.shape
-    if cls in (normlab.ScaleNorm, normlab.DynamicTanh):
+    if cls in (normlab.ScaleNorm, normlab.DynamicTanh, normlab.DynamicErf):
         assert m.channels_last == (layout == "channels_last")
 
 
@@ -394,6 +403,7 @@ def _norms(model: nn.Module, cls) -> list[nn.Module]:
         "layer",
         "rms",
         "dyt",
+        "derf",
         "scale",
         "none",
     ],

@@ -3,6 +3,8 @@ independently in float64 NumPy, plus gradcheck and the identities between them."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -311,6 +313,66 @@ def test_dynamic_tanh_formula(channels_last):
     np.testing.assert_allclose(_np(m(x)), want, rtol=1e-10)
 
 
+def _erf_oracle(z: np.ndarray) -> np.ndarray:
+    """erf from Python's math module, independent of torch."""
+    return np.vectorize(math.erf, otypes=[np.float64])(z)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_dynamic_erf_formula(channels_last, backend):
+    m = _randomize(
+        normlab.DynamicErf(5, alpha_init=0.7, shift_init=0.2, channels_last=channels_last).double()
+    )
+    assert m.alpha.shape == m.shift.shape == (1,)
+    x = _x(2, 3, 5) if channels_last else _x(2, 5, 3)
+    shape = (5,) if channels_last else (1, 5, 1)
+    z = m.alpha.item() * _np(x) + m.shift.item()
+    want = _erf_oracle(z) * _np(m.weight).reshape(shape) + _np(m.bias).reshape(shape)
+    with normlab.use_backend(backend):
+        got = m(x)
+    np.testing.assert_allclose(_np(got), want, rtol=1e-12, atol=1e-14)
+
+
+def test_dynamic_erf_defaults_and_reset():
+    m = normlab.DynamicErf(4)
+    assert (m.alpha.item(), m.shift.item()) == (0.5, 0.0)
+    assert torch.equal(m.weight, torch.ones(4)) and torch.equal(m.bias, torch.zeros(4))
+    assert m.channels_last
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)
+    m.reset_parameters()
+    assert (m.alpha.item(), m.shift.item()) == (0.5, 0.0)
+    assert torch.equal(m.weight, torch.ones(4)) and torch.equal(m.bias, torch.zeros(4))
+    # at its initialization Derf is erf(x / 2): no shift, identity affine
+    x = torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(m.double()(x), torch.erf(x / 2))
+
+
+def test_dynamic_erf_functional_without_shift_or_affine():
+    x, alpha = _x(3, 4), torch.tensor([0.3], dtype=torch.float64)
+    want = torch.from_numpy(_erf_oracle(0.3 * _np(x)))
+    for backend in ("native", "reference"):
+        torch.testing.assert_close(NF.dynamic_erf(x, alpha, backend=backend), want)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_gradcheck_dynamic_erf_every_input(channels_last, backend):
+    x = _x(2, 3, 4).requires_grad_()
+    c = 4 if channels_last else 3
+    alpha = torch.tensor([0.6], dtype=torch.float64, requires_grad=True)
+    shift = torch.tensor([-0.3], dtype=torch.float64, requires_grad=True)
+    w, b = _param(c), torch.randn(c, dtype=torch.float64, requires_grad=True)
+
+    def f(x, alpha, shift, w, b):
+        return NF.dynamic_erf(x, alpha, shift, w, b, channels_last, backend=backend)
+
+    assert torch.autograd.gradcheck(f, (x, alpha, shift, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, alpha, shift, w, b))
+
+
 @pytest.mark.parametrize("backend", ["native", "reference"])
 def test_layernorm2d_and_rmsnorm2d_equal_torch_on_channels_last(backend):
     x = _x(2, 6, 4, 3)
@@ -400,6 +462,7 @@ GRADCHECK = {
     "switchable_norm": lambda x, w, b: NF.switchable_norm(x, None, None, w, b, w, b, True, **_R),
     "scale_norm": lambda x, w, b: NF.scale_norm(x, w.sum(), **_R),
     "dynamic_tanh": lambda x, w, b: NF.dynamic_tanh(x, w[:1], w, b, channels_last=False, **_R),
+    "dynamic_erf": lambda x, w, b: NF.dynamic_erf(x, w[:1], b[:1], w, b, channels_last=False, **_R),
     "layer_norm_2d": lambda x, w, b: NF.layer_norm_2d(x, w, b, **_R),
     "rms_norm_2d": lambda x, w, b: NF.rms_norm_2d(x, w, 1e-6, **_R),
     "weight_standardization": lambda x, w, b: NF.weight_standardization(x * w.view(1, 3, 1), **_R),
@@ -495,6 +558,11 @@ def test_gradcheck_tlu_and_learned_eps():
             r"DynamicTanh\(4\): expected 4 channels",
         ),
         (
+            lambda: normlab.DynamicErf(4),
+            torch.randn(2, 3),
+            r"DynamicErf\(4\): expected 4 channels",
+        ),
+        (
             lambda: normlab.LayerNorm2d(4),
             torch.randn(2, 3, 2),
             r"LayerNorm2d\(4\): expected 4 channels",
@@ -517,6 +585,7 @@ def test_bad_input_names_the_layer(make, x, pattern):
         lambda: normlab.BatchRenorm2d(2),
         lambda: normlab.EvoNorm2dB0(2),
         lambda: normlab.DynamicTanh(2),
+        lambda: normlab.DynamicErf(2),
         lambda: normlab.ScaleNorm(2),
         lambda: normlab.SwitchableNorm2d(2),
     ],
@@ -565,10 +634,11 @@ def test_native_backend_named_for_an_op_torch_lacks():
         "switchable",
         "layernorm2d",
         "dyt",
+        "derf",
     ],
 )
 def test_half_precision_is_finite_and_close_to_float64(name, dtype):
-    m = normlab.create(name, 8, **({"channels_last": False} if name == "dyt" else {}))
+    m = normlab.create(name, 8, **({"channels_last": False} if name in ("dyt", "derf") else {}))
     x = torch.rand(4, 8, 3, 3, dtype=torch.float64) * 2e4 - 1e4
     want = m.double()(x)
     got = m.to(dtype)(x.to(dtype))
@@ -595,6 +665,8 @@ COMPOSITES = {
     "scalenorm": {"channels_last": False},
     "rmsnorm2d": {},
     "scalenorm-last": {},
+    "derf": {"channels_last": False},
+    "derf-last": {},
 }
 
 
@@ -637,7 +709,7 @@ def _run_backend(m: nn.Module, xs: list[torch.Tensor], backend: str) -> list[tor
 @pytest.mark.parametrize("name", list(COMPOSITES))
 @pytest.mark.parametrize("shape", [(7, 8, 4, 3), (6, 8), (5, 8, 9)], ids=str)
 def test_native_composite_equals_reference_in_float64(name, shape):
-    if name == "scalenorm-last":
+    if name.endswith("-last"):
         shape = (*shape[:-1], 8) if len(shape) > 2 else shape
     gen = torch.Generator().manual_seed(1)
     xs = [torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 0.5 for _ in range(3)]
@@ -676,7 +748,7 @@ def test_native_composite_empty_batch(name):
 def test_native_composite_on_non_contiguous_tensors(name):
     """Inputs and incoming gradients with permuted strides (as in a transformer)."""
     x = (torch.randn(5, 6, 8, dtype=torch.float64) * 2).permute(0, 2, 1)  # (N, C=8, M=6)
-    if name == "scalenorm-last":
+    if name.endswith("-last"):
         x = torch.randn(5, 8, 6, dtype=torch.float64).transpose(1, 2)  # last axis 8
     outs = []
     for backend in ("native", "reference"):

@@ -32,6 +32,7 @@ __all__ = [
     "NormInputError",
     "batch_norm",
     "batch_renorm",
+    "dynamic_erf",
     "dynamic_tanh",
     "evonorm_b0",
     "evonorm_s0",
@@ -42,6 +43,7 @@ __all__ = [
     "instance_norm",
     "layer_norm",
     "layer_norm_2d",
+    "lm_rms_norm",
     "local_response_norm",
     "rms_norm",
     "rms_norm_2d",
@@ -218,6 +220,43 @@ def rms_norm(
     checks.check_trailing_shape(who, input, shape)
     call = (input, shape, weight, eps)
     return _pick("rms_norm", backend, call=call)(*call)
+
+
+LM_RMS_CASTS = ("llama", "gemma")
+
+
+def check_lm_rms_norm_args(who: str, cast: str, partial: float | None) -> None:
+    """``cast`` is one of LM_RMS_CASTS and ``partial`` None or in (0, 1]."""
+    if cast not in LM_RMS_CASTS:
+        raise ValueError(f"{who}: cast must be one of {LM_RMS_CASTS}, got {cast!r}")
+    if partial is not None and not 0.0 < partial <= 1.0:
+        raise ValueError(f"{who}: partial must be None or in (0, 1], got {partial}")
+
+
+def lm_rms_norm(
+    input: Tensor,
+    weight: Tensor | None = None,
+    eps: float = 1e-6,
+    unit_offset: bool = False,
+    cast: str = "llama",
+    partial: float | None = None,
+    channels_last: bool = True,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """RMSNorm as language models run it (see :class:`normlab.LMRMSNorm`): over the
+    last axis (``channels_last``) or the channel axis of (N, C, *); scale
+    ``1 + weight`` with ``unit_offset``; ``cast`` "llama" or "gemma" decides
+    where the float32 result goes back to the input's dtype; ``partial`` p
+    estimates the RMS from the first ceil(p * n) features only."""
+    who = "lm_rms_norm"
+    check_lm_rms_norm_args(who, cast, partial)
+    checks.check_floating(who, input)
+    checks.check_min_dims(
+        who, input, 1 if channels_last else 2, "(*, C)" if channels_last else _LAYOUT
+    )
+    call = (input, weight, eps, unit_offset, cast, partial, channels_last)
+    return _pick("lm_rms_norm", backend, call=call)(*call)
 
 
 def native_lrn_covers(input: Tensor) -> bool:
@@ -433,6 +472,27 @@ def dynamic_tanh(
         who, input, 1 if channels_last else 2, "(*, C)" if channels_last else _LAYOUT
     )
     return _pick("dynamic_tanh", backend)(input, alpha, weight, bias, channels_last)
+
+
+def dynamic_erf(
+    input: Tensor,
+    alpha: Tensor,
+    shift: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    channels_last: bool = True,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Dynamic erf (Derf): weight * erf(alpha * x + shift) + bias, per feature
+    (``shift`` None: 0)."""
+    who = "dynamic_erf"
+    checks.check_floating(who, input)
+    checks.check_min_dims(
+        who, input, 1 if channels_last else 2, "(*, C)" if channels_last else _LAYOUT
+    )
+    call = (input, alpha, shift, weight, bias, channels_last)
+    return _pick("dynamic_erf", backend, call=call)(*call)
 
 
 def layer_norm_2d(

@@ -36,6 +36,7 @@ from normlab.functional.reference.common import (
     unbiased,
     update_running,
 )
+from normlab.functional.reference.layer import partial_count
 
 Coefficients = Callable[..., tuple[Tensor, Tensor]]
 
@@ -567,3 +568,58 @@ def rms_norm_2d(input: Tensor, weight: Tensor | None = None, eps: float | None =
         else weight.to(acc).view(-1, *([1] * (x.dim() - 2)))
     )
     return _AxisScale.apply(x, w, 1, eps, True)[0].to(input.dtype)
+
+
+def dynamic_erf(
+    input: Tensor,
+    alpha: Tensor,
+    shift: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    channels_last: bool = True,
+) -> Tensor:
+    """Derf; same function as ``reference.dynamic_erf``, its two affine steps
+    as fused multiply-adds (elementwise: autograd's backward of erf is exact)."""
+    acc = accumulation_dtype(input.dtype)
+    x = input.to(acc)
+    a = alpha.to(acc)
+    z = x * a if shift is None else torch.addcmul(shift.to(acc), x, a)
+    y = torch.erf(z)
+    shape = (x.shape[-1],) if channels_last else (1, x.shape[1], *([1] * (x.dim() - 2)))
+    if weight is not None and bias is not None:
+        y = torch.addcmul(bias.reshape(shape).to(acc), y, weight.reshape(shape).to(acc))
+    elif weight is not None:
+        y = y * weight.reshape(shape).to(acc)
+    elif bias is not None:
+        y = y + bias.reshape(shape).to(acc)
+    return y.to(input.dtype)
+
+
+def lm_rms_norm(
+    input: Tensor,
+    weight: Tensor | None = None,
+    eps: float = 1e-6,
+    unit_offset: bool = False,
+    cast: str = "llama",
+    partial: float | None = None,
+    channels_last: bool = True,
+) -> Tensor:
+    """RMSNorm as language models run it; same function as ``reference.lm_rms_norm``,
+    in Hugging Face transformers' order of operations (x * rsqrt(mean(x²) + eps),
+    then the cast and the scale), so that half-precision outputs match theirs bit
+    for bit. Elementwise and a mean: autograd's backward is exact."""
+    x = input if channels_last else input.movedim(1, -1)
+    h = x.to(accumulation_dtype(x.dtype))
+    k = partial_count(h.shape[-1], partial)
+    part = h if k == h.shape[-1] else h[..., :k]
+    h = h * torch.rsqrt(part.pow(2).mean(-1, keepdim=True) + eps)
+    if cast == "gemma":
+        if weight is not None:
+            w = weight.to(h.dtype)
+            h = h * (1.0 + w if unit_offset else w)
+        y = h.to(x.dtype)
+    else:
+        y = h.to(x.dtype)
+        if weight is not None:
+            y = ((1.0 + weight if unit_offset else weight) * y).to(x.dtype)
+    return y if channels_last else y.movedim(-1, 1)

@@ -14,10 +14,12 @@ from torch import Tensor
 
 from normlab.functional.composite import (
     batch_renorm,
+    dynamic_erf,
     evonorm_b0,
     evonorm_s0,
     filter_response_norm,
     ghost_batch_norm,
+    lm_rms_norm,
     rms_norm_2d,
     scale_norm,
     switchable_norm,
@@ -26,6 +28,7 @@ from normlab.functional.composite import (
 __all__ = [
     "batch_norm",
     "batch_renorm",
+    "dynamic_erf",
     "evonorm_b0",
     "evonorm_s0",
     "filter_response_norm",
@@ -34,6 +37,7 @@ __all__ = [
     "instance_norm",
     "layer_norm",
     "layer_norm_2d",
+    "lm_rms_norm",
     "local_response_norm",
     "rms_norm",
     "rms_norm_2d",

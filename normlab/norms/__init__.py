@@ -23,7 +23,8 @@ from normlab.norms.convert import (
     to_torch,
     unfreeze_batchnorm,
 )
-from normlab.norms.dyt import DynamicTanh
+from normlab.norms.deploy import fold_batchnorm, recalibrate_batchnorm
+from normlab.norms.dyt import DynamicErf, DynamicTanh
 from normlab.norms.group import (
     EvoNorm2dS0,
     GroupNorm,
@@ -33,7 +34,7 @@ from normlab.norms.group import (
     InstanceNormNd,
     LayerNormCHW,
 )
-from normlab.norms.layer import LayerNorm, LayerNorm2d, RMSNorm, RMSNorm2d, ScaleNorm
+from normlab.norms.layer import LayerNorm, LayerNorm2d, LMRMSNorm, RMSNorm, RMSNorm2d, ScaleNorm
 from normlab.norms.registry import NormSpec, StatSet, available, create, spec
 from normlab.norms.response import EvoNorm2dB0, FilterResponseNorm2d, LocalResponseNorm
 from normlab.norms.switchable import SwitchableNorm2d
@@ -47,6 +48,7 @@ __all__ = [
     "BatchRenorm",
     "BatchRenorm1d",
     "BatchRenorm2d",
+    "DynamicErf",
     "DynamicTanh",
     "EvoNorm2dB0",
     "EvoNorm2dS0",
@@ -60,6 +62,7 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "InstanceNormNd",
+    "LMRMSNorm",
     "LayerNorm",
     "LayerNorm2d",
     "LayerNormCHW",
@@ -76,8 +79,10 @@ __all__ = [
     "convert",
     "convert_sync_batchnorm",
     "create",
+    "fold_batchnorm",
     "freeze_batchnorm",
     "fuser_methods",
+    "recalibrate_batchnorm",
     "spec",
     "to_torch",
     "unfreeze_batchnorm",

@@ -241,3 +241,102 @@ class ScaleNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, channels_last={self.channels_last}"
+
+
+class LMRMSNorm(nn.Module):
+    r"""RMSNorm as language models run it: Llama's and Gemma's casting, Gemma's
+    unit offset, and partial RMSNorm.
+
+    .. math::
+        \hat x = \frac{x}{\sqrt{\frac{1}{k}\sum_{i \le k} x_i^2 + \epsilon}}, \qquad
+        y = \hat x \cdot s, \quad s = \gamma \text{ or } 1 + \gamma
+
+    over the last axis (``channels_last=True``, where a transformer's norm sits)
+    or the channel axis of (N, C, *); no mean, no bias, independent of the batch.
+
+    - ``unit_offset`` (Gemma): s = 1 + weight, weight initialized to 0, so the
+      initial layer scales by exactly 1; otherwise s = weight, initialized to 1.
+    - ``cast``: where the computation, always in float32 (float64 for float64
+      inputs), goes back to the input's dtype. As in Hugging Face transformers'
+      forward functions (``LlamaRMSNorm``, ``GemmaRMSNorm``):
+
+      * ``"llama"``: x̂ = x32 * rsqrt(mean(x32²) + eps) with x32 = x in float32;
+        x̂ is cast to the input's dtype, *then* multiplied by the weight in the
+        weight's dtype (``weight * x̂.to(input.dtype)``; with ``unit_offset``,
+        1 + weight is formed in the weight's dtype too).
+      * ``"gemma"``: the same x̂ in float32, multiplied by the scale in float32
+        (``x̂ * (1 + weight.float())``), and only that product is cast back.
+
+      For float16/bfloat16 inputs the two round at different points: Llama's
+      result carries two roundings to the input dtype (x̂, then the product),
+      Gemma's one. The output has the input's dtype (transformers' Llama returns
+      the promotion of weight and input dtypes: the same values when they match,
+      as in a model run in one dtype; a float32 weight on a bfloat16 input
+      returns here the float32 product rounded to bfloat16).
+    - ``partial`` p in (0, 1]: pRMSNorm (Zhang & Sennrich, 2019, "Root Mean
+      Square Layer Normalization", §pRMSNorm): the RMS is estimated from the
+      first k = ceil(p·n) of the n features only, and applied to all n.
+
+    ``eps`` defaults to 1e-6, as both models' configurations.
+    ``elementwise_affine=False``: no weight (s = 1).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-6,
+        unit_offset: bool = False,
+        cast: str = "llama",
+        partial: float | None = None,
+        elementwise_affine: bool = True,
+        channels_last: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        who = f"LMRMSNorm({num_features})"
+        if num_features <= 0:
+            raise ValueError(f"{who}: num_features must be positive, got {num_features}")
+        NF.check_lm_rms_norm_args(who, cast, partial)
+        self.num_features = num_features
+        self.eps = eps
+        self.unit_offset = unit_offset
+        self.cast = cast
+        self.partial = partial
+        self.elementwise_affine = elementwise_affine
+        self.channels_last = channels_last
+        self.weight: nn.Parameter | None
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(num_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """weight to 0 with ``unit_offset`` (scale 1 + 0), else to 1."""
+        if self.weight is not None:
+            nn.init.constant_(self.weight, 0.0 if self.unit_offset else 1.0)
+
+    def forward(self, input: Tensor) -> Tensor:
+        who = f"LMRMSNorm({self.num_features})"
+        checks.check_floating(who, input)
+        checks.check_min_dims(who, input, 1 if self.channels_last else 2, "(*, C)")
+        dim = input.dim() - 1 if self.channels_last else 1
+        checks.check_channels(who, input, self.num_features, dim)
+        return NF.run(
+            "lm_rms_norm",
+            input,
+            self.weight,
+            self.eps,
+            self.unit_offset,
+            self.cast,
+            self.partial,
+            self.channels_last,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, unit_offset={self.unit_offset}, "
+            f"cast={self.cast!r}, partial={self.partial}, "
+            f"elementwise_affine={self.elementwise_affine}, channels_last={self.channels_last}"
+        )

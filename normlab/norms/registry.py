@@ -42,7 +42,7 @@ from normlab.norms.batch import (
     GhostBatchNorm2d,
     SyncBatchNorm,
 )
-from normlab.norms.dyt import DynamicTanh
+from normlab.norms.dyt import DynamicErf, DynamicTanh
 from normlab.norms.group import (
     EvoNorm2dS0,
     GroupNorm,
@@ -52,7 +52,7 @@ from normlab.norms.group import (
     InstanceNormNd,
     LayerNormCHW,
 )
-from normlab.norms.layer import LayerNorm, LayerNorm2d, RMSNorm, RMSNorm2d, ScaleNorm
+from normlab.norms.layer import LayerNorm, LayerNorm2d, LMRMSNorm, RMSNorm, RMSNorm2d, ScaleNorm
 from normlab.norms.response import EvoNorm2dB0, FilterResponseNorm2d, LocalResponseNorm
 from normlab.norms.switchable import SwitchableNorm2d
 
@@ -300,6 +300,22 @@ _SPECS: tuple[NormSpec, ...] = (
         classes=(RMSNorm, RMSNorm2d),
     ),
     NormSpec(
+        "rmsnorm_lm",
+        LMRMSNorm,
+        LMRMSNorm,
+        stats=(StatSet(channels="all", spatial=False),),
+        statistics="mean square (of the first ⌈p·n⌉ features with partial=p)",
+        formula="y = s · x / √(mean(x²) + ε), s = γ or 1 + γ, in float32, cast back "
+        "before (Llama) or after (Gemma) the scale",
+        train_eval_differ=False,
+        paper="Zhang & Sennrich, 2019, Root Mean Square Layer Normalization "
+        "(as in Hugging Face transformers' LlamaRMSNorm and GemmaRMSNorm)",
+        inference="sample",
+        aliases={"lm_rmsnorm": None, "lm_rms": None, "llama_rmsnorm": None},
+        channels_last=True,
+        channels_first=lambda c, **kw: LMRMSNorm(c, channels_last=False, **kw),
+    ),
+    NormSpec(
         "lrn",
         LocalResponseNorm,
         lambda c, **kw: LocalResponseNorm(**{"size": 5, **kw}),
@@ -447,6 +463,20 @@ _SPECS: tuple[NormSpec, ...] = (
         channels_last=True,
         channels_first=lambda c, **kw: DynamicTanh(c, channels_last=False, **kw),
     ),
+    NormSpec(
+        "derf",
+        DynamicErf,
+        DynamicErf,
+        stats=(),
+        statistics="none (erf with a learned scale and shift)",
+        formula="y = γ erf(α x + s) + β",
+        train_eval_differ=False,
+        paper="Chen, Lu, Zhu, Sun & Liu, 2025, Stronger Normalization-Free Transformers",
+        inference="none",
+        aliases={"dynamic_erf": None, "dynamicerf": None},
+        channels_last=True,
+        channels_first=lambda c, **kw: DynamicErf(c, channels_last=False, **kw),
+    ),
 )
 
 
@@ -524,7 +554,7 @@ def create(name: str, num_features: int, **kwargs) -> nn.Module:
     """Build technique ``name`` for ``num_features`` channels (channels-first).
 
     Generic names ('batch', 'instance', 'group', ...) accept (N, C, *) inputs of
-    any rank; 'layer', 'rms', 'scale' and 'dyt' normalize the last axis, as
+    any rank; 'layer', 'rms', 'scale', 'dyt' and 'derf' normalize the last axis, as
     torch's LayerNorm. Group counts default to 32, lowered to the largest
     divisor of ``num_features`` not above it. ``kwargs`` go to the constructor.
     """
@@ -542,7 +572,7 @@ class NormFactory:
 
     ``layout`` is ``"channels_first"`` for (N, C, *) tensors: techniques that
     normalize the last axis take their channels-first form (LayerNorm2d,
-    RMSNorm2d, ScaleNorm and DynamicTanh with ``channels_last=False``); or
+    RMSNorm2d, ScaleNorm, DynamicTanh and DynamicErf with ``channels_last=False``); or
     ``"channels_last"`` for (..., C) tensors: channels-first techniques come
     wrapped in :class:`FeaturesLast`. ``kwargs`` go to every layer's constructor.
     """

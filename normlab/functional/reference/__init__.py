@@ -19,9 +19,11 @@ from normlab.functional.reference.batch import batch_norm, batch_renorm, ghost_b
 from normlab.functional.reference.common import accumulation_dtype
 from normlab.functional.reference.group import evonorm_s0, group_norm, instance_norm
 from normlab.functional.reference.layer import (
+    dynamic_erf,
     dynamic_tanh,
     layer_norm,
     layer_norm_2d,
+    lm_rms_norm,
     rms_norm,
     rms_norm_2d,
     scale_norm,
@@ -38,6 +40,7 @@ __all__ = [
     "accumulation_dtype",
     "batch_norm",
     "batch_renorm",
+    "dynamic_erf",
     "dynamic_tanh",
     "evonorm_b0",
     "evonorm_s0",
@@ -47,6 +50,7 @@ __all__ = [
     "instance_norm",
     "layer_norm",
     "layer_norm_2d",
+    "lm_rms_norm",
     "local_response_norm",
     "rms_norm",
     "rms_norm_2d",

@@ -1,8 +1,10 @@
-"""Per-sample normalizations over features: LayerNorm, RMSNorm, their channels-first
-forms, ScaleNorm, and the normalization-free DynamicTanh."""
+"""Per-sample normalizations over features: LayerNorm, RMSNorm (also as language
+models run it), their channels-first forms, ScaleNorm, and the normalization-free
+DynamicTanh and DynamicErf."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -109,3 +111,66 @@ def dynamic_tanh(
     y = torch.tanh(alpha.to(x.dtype) * x)
     shape = (x.shape[-1],) if channels_last else channel_shape(x)
     return affine(y, weight, bias, shape).to(input.dtype)
+
+
+def dynamic_erf(
+    input: Tensor,
+    alpha: Tensor,
+    shift: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    channels_last: bool = True,
+) -> Tensor:
+    """Dynamic erf, Derf (Chen, Lu, Zhu, Sun & Liu, 2025):
+    y = weight * erf(alpha * x + shift) + bias.
+
+    No statistics at all: a learnable scalar alpha and scalar shift (None: 0)
+    move x into erf elementwise. weight and bias are per feature: the last axis
+    (``channels_last``) or the channel axis of (N, C, *).
+    """
+    x = upcast(input)
+    z = alpha.to(x.dtype) * x
+    if shift is not None:
+        z = z + shift.to(x.dtype)
+    y = torch.erf(z)
+    shape = (x.shape[-1],) if channels_last else channel_shape(x)
+    return affine(y, weight, bias, shape).to(input.dtype)
+
+
+def partial_count(n: int, partial: float | None) -> int:
+    """How many leading features pRMSNorm estimates the RMS from: ceil(p * n)
+    (Zhang & Sennrich, 2019, §pRMSNorm), all n for ``partial=None``."""
+    return n if partial is None else max(1, min(n, math.ceil(partial * n)))
+
+
+def lm_rms_norm(
+    input: Tensor,
+    weight: Tensor | None = None,
+    eps: float = 1e-6,
+    unit_offset: bool = False,
+    cast: str = "llama",
+    partial: float | None = None,
+    channels_last: bool = True,
+) -> Tensor:
+    """RMSNorm as language models run it, the formula written plainly.
+
+    x̂ = x / sqrt(mean(x[:k]^2) + eps) in float32 (float64 for float64 inputs),
+    k = ceil(partial * n) leading features (all n for ``partial=None``);
+    s = 1 + weight (``unit_offset``) or weight (None: 1).
+    ``cast="llama"``: y = s * x̂.to(input dtype), s in the weight's dtype;
+    ``cast="gemma"``: y = (x̂ * s in float32).to(input dtype).
+    Features are the last axis (``channels_last``) or the channel axis of (N, C, *).
+    """
+    x = input if channels_last else input.movedim(1, -1)
+    h = upcast(x)
+    k = partial_count(h.shape[-1], partial)
+    rms = torch.sqrt((h[..., :k] ** 2).mean(dim=-1, keepdim=True) + eps)
+    x_hat = h / rms
+    if cast == "gemma":  # the scale in float32 too
+        w = None if weight is None else weight.to(h.dtype)
+        y = x_hat if w is None else x_hat * (1 + w if unit_offset else w)
+    else:  # back to the input's dtype first, the scale in the weight's dtype
+        y = x_hat.to(x.dtype)
+        y = y if weight is None else (1 + weight if unit_offset else weight) * y
+    y = y.to(x.dtype)
+    return y if channels_last else y.movedim(-1, 1)

@@ -1,0 +1,301 @@
+"""BatchNorm for deployment: recompute running statistics exactly over given
+batches ("precise BN"), and fold inference-time BatchNorms into the preceding
+Conv/Linear."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from normlab.norms.batch import BatchRenorm, FrozenBatchNorm2d, GhostBatchNorm
+
+_BATCH_NORMS = nn.modules.batchnorm._BatchNorm
+_FOLD_INTO = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_FOLDABLE_NORMS = (_BATCH_NORMS, FrozenBatchNorm2d, BatchRenorm)
+
+
+def _first_element(model: nn.Module, batch: Any) -> Any:
+    return model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+
+class _Moments:
+    """Per-channel count, mean and sum of squared deviations (M2) in float64,
+    combined across calls with Chan et al.'s parallel formula (exact, no
+    cancellation of a sum of squares)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: Tensor | None = None
+        self.m2: Tensor | None = None
+
+    def add(self, input: Tensor) -> None:
+        x = input.detach().transpose(0, 1).reshape(input.shape[1], -1).double()
+        n = x.shape[1]
+        if n == 0:
+            return
+        mean = x.mean(dim=1)
+        m2 = (x - mean[:, None]).square().sum(dim=1)
+        if self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta.square() * (self.count * n / total)
+        self.count = total
+
+
+def recalibrate_batchnorm(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+) -> nn.Module:
+    """Recompute the running statistics of every BatchNorm in ``model`` exactly over
+    ``batches`` ("precise BN", Wu & Johnson 2021; fvcore's PreciseBN), in place;
+    returns the model.
+
+    Every ``torch.nn.modules.batchnorm._BatchNorm`` with running statistics is
+    recalibrated: torch.nn's and normlab's BatchNorm1d/2d/3d, BatchNormNd and both
+    SyncBatchNorms. Each batch runs through the model in train mode, under
+    ``torch.no_grad``, so each BatchNorm normalizes with its batch's statistics
+    and the input of a later BatchNorm does not depend on an earlier one's
+    running statistics, as in training. The input each BatchNorm receives is
+    accumulated per channel in float64, and at the end
+
+    - ``running_mean`` = the mean over all values of all batches (N and the
+      spatial axes, every batch, weighted by its size),
+    - ``running_var`` = the *unbiased* variance over those same values around
+      that mean: sum((x - mean)^2) / (total count - 1), so the spread between
+      batch means counts too (not the mean of the per-batch variances),
+
+    combined exactly across batches (Chan's parallel formula) and cast to the
+    buffers' dtype. A layer called twice per forward counts both inputs.
+
+    ``batches`` yields inputs, or tuples/lists whose first element is the input
+    (``(input, target)``); ``forward(model, batch)`` replaces that call (dict
+    batches, keyword inputs, moving to a device). Dropout and any other
+    train-mode behaviour is active during the passes, as in training.
+
+    Afterwards every module's train/eval mode is as it was, and every buffer
+    other than the recalibrated ``running_mean``/``running_var`` (so
+    ``num_batches_tracked``, which counts training steps, and the running
+    statistics of BatchRenorm, GhostBatchNorm, tracked InstanceNorm) holds its
+    old value; momentum and parameters are not touched and no gradient is
+    made. On an exception the whole state is restored before it propagates.
+
+    BatchRenorm and GhostBatchNorm are not recalibrated (Batch Renorm's train
+    forward reads its running statistics; Ghost BatchNorm's estimate
+    virtual-batch statistics) and are named in a warning, as are BatchNorms
+    that no batch reached. Under a process group of several ranks, the
+    statistics are those of the batches this process sees (a SyncBatchNorm's
+    train forward still communicates, so every rank must run it): give every
+    rank the same batches, or recalibrate on one and broadcast.
+
+    Raises ValueError if ``batches`` is empty; warns and returns the model
+    unchanged if it has no BatchNorm with running statistics.
+    """
+    call = forward or _first_element
+    layers = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, _BATCH_NORMS) and m.running_mean is not None and m.running_var is not None
+    }
+    skipped = [
+        f"{name} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if isinstance(m, (BatchRenorm, GhostBatchNorm))
+    ]
+    if skipped:
+        warnings.warn(
+            "recalibrate_batchnorm: not recalibrated (not a BatchNorm's running statistics): "
+            + ", ".join(skipped),
+            UserWarning,
+            stacklevel=2,
+        )
+    if not layers:
+        warnings.warn(
+            "recalibrate_batchnorm: the model has no BatchNorm with running statistics; "
+            "nothing was recalibrated",
+            UserWarning,
+            stacklevel=2,
+        )
+        return model
+
+    moments = {id(m): _Moments() for m in layers.values()}
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        moments[id(module)].add(args[0])
+
+    modes = [(m, m.training) for m in model.modules()]
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
+    seen = 0
+    try:
+        model.train()
+        with torch.no_grad():
+            for batch in batches:
+                call(model, batch)
+                seen += 1
+        if not seen:
+            raise ValueError("recalibrate_batchnorm: batches is empty; nothing to compute from")
+    finally:
+        for handle in handles:
+            handle.remove()
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+        for module, training in modes:
+            module.training = training
+
+    unreached = []
+    with torch.no_grad():
+        for name, layer in layers.items():
+            stats = moments[id(layer)]
+            if stats.mean is None or stats.m2 is None:
+                unreached.append(name)
+                continue
+            var = stats.m2 / (stats.count - 1) if stats.count > 1 else torch.zeros_like(stats.m2)
+            layer.running_mean.copy_(stats.mean)
+            layer.running_var.copy_(var)
+    if unreached:
+        warnings.warn(
+            "recalibrate_batchnorm: no batch reached these BatchNorms, left as they were: "
+            + ", ".join(unreached),
+            UserWarning,
+            stacklevel=2,
+        )
+    return model
+
+
+def _plain_sequential(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _edge(parent: nn.Module, key: str, last: bool) -> tuple[nn.Module, str]:
+    """Where the last (or first) module of ``parent._modules[key]`` sits, through
+    nested plain nn.Sequentials: (its container, its key)."""
+    module = parent._modules[key]
+    while module is not None and _plain_sequential(module) and len(module._modules):
+        parent, key = module, list(module._modules)[-1 if last else 0]
+        module = parent._modules[key]
+    return parent, key
+
+
+def _affine_of(norm: nn.Module) -> tuple[Tensor, Tensor] | str:
+    """(scale, shift) in float64 with norm(x) = x * scale + shift per channel, or
+    why ``norm`` does not compute such a map."""
+    if norm.training:
+        return "in training mode"
+    mean, var = getattr(norm, "running_mean", None), getattr(norm, "running_var", None)
+    if mean is None or var is None:
+        return "keeps no running statistics"
+    scale = torch.rsqrt(var.double() + norm.eps)
+    shift = -mean.double() * scale
+    weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    if weight is not None:
+        scale, shift = scale * weight.double(), shift * weight.double()
+    if bias is not None:
+        shift = shift + bias.double()
+    return scale, shift
+
+
+def _fold(layer: nn.Module, scale: Tensor, shift: Tensor) -> None:
+    """layer's output y becomes y * scale + shift, channel on its weight's dim 0."""
+    weight = layer.weight
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    old_bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(scale)
+    new_weight = weight.double() * scale.to(weight.device).reshape(shape)
+    new_bias = old_bias * scale + shift
+    weight.copy_(new_weight)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(
+            torch.empty(weight.shape[0], dtype=weight.dtype, device=weight.device),
+            requires_grad=weight.requires_grad,
+        )
+    layer.bias.copy_(new_bias)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every inference-time affine norm that directly follows a Conv1d/2d/3d or
+    Linear into that layer's weight and bias, replacing the norm with
+    ``nn.Identity``. In place; returns the model.
+
+    Folded: BatchNorms (torch.nn's and normlab's, any ``_BatchNorm``) in eval
+    mode with running statistics, :class:`FrozenBatchNorm2d`, and
+    :class:`BatchRenorm` in eval; each computes ``x * s + t`` per channel with
+    ``s = weight / sqrt(running_var + eps)``, ``t = bias - running_mean * s``,
+    so the layer's weight becomes ``W * s`` (per output channel) and its bias
+    ``b * s + t`` (``t`` for a layer without bias, which gets one). Computed in
+    float64 and cast to the layer's dtype; the eval output equals the
+    original's up to float rounding.
+
+    "Directly follows" means neighbours in a plain ``nn.Sequential`` (one whose
+    forward is nn.Sequential's), searched recursively, across nested
+    Sequentials (``Sequential(Sequential(conv), bn)`` folds). The layer must be
+    exactly one of those classes (not a subclass, such as WSConv2d or a
+    parametrized layer, whose weight is transformed in its forward) with as many
+    output channels as the norm has features, and neither may be used in a
+    second place of the model. A Linear is taken to produce (N, features) or
+    (N, features, L) with the features at dim 1, which is what a BatchNorm1d
+    after it normalizes. Norms anywhere else (a ResNet block's ``bn1`` after
+    ``conv1`` called in a custom forward) are not found (that needs a traced
+    graph) and are named, with the reason, in one UserWarning.
+
+    A model in training mode raises ValueError: folding is for inference.
+    """
+    if model.training:
+        raise ValueError(
+            "fold_batchnorm: the model is in training mode; folding is for inference, "
+            "call model.eval() first"
+        )
+    uses: dict[int, int] = {}
+    for module in model.modules(remove_duplicate=False):
+        uses[id(module)] = uses.get(id(module), 0) + 1
+    folded: set[int] = set()
+    reasons: dict[int, str] = {}
+    with torch.no_grad():
+        for container in list(model.modules()):
+            if not _plain_sequential(container):
+                continue
+            keys = list(container._modules)
+            for before, after in itertools.pairwise(keys):
+                holder, key = _edge(container, after, last=False)
+                layer_holder, layer_key = _edge(container, before, last=True)
+                layer, norm = layer_holder._modules[layer_key], holder._modules[key]
+                if not isinstance(norm, _FOLDABLE_NORMS) or id(norm) in folded:
+                    continue
+                if type(layer) not in _FOLD_INTO:
+                    continue
+                if uses[id(layer)] > 1 or uses[id(norm)] > 1:
+                    reasons[id(norm)] = "it or the layer before it is used in several places"
+                    continue
+                channels = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+                if channels != norm.num_features:
+                    reasons[id(norm)] = (
+                        f"{norm.num_features} features after {channels} output channels"
+                    )
+                    continue
+                affine = _affine_of(norm)
+                if isinstance(affine, str):
+                    reasons[id(norm)] = affine
+                    continue
+                _fold(layer, *affine)
+                folded.add(id(norm))
+                holder._modules[key] = nn.Identity()
+    left = [
+        f"{name} ({type(m).__name__}: "
+        f"{reasons.get(id(m), 'not directly after a Conv/Linear in an nn.Sequential')})"
+        for name, m in model.named_modules()
+        if isinstance(m, _FOLDABLE_NORMS) and id(m) not in folded
+    ]
+    if left:
+        warnings.warn(
+            "fold_batchnorm: left unfolded: " + ", ".join(left), UserWarning, stacklevel=2
+        )
+    return model
