@@ -506,6 +506,16 @@ def test_lightning_callback_does_nothing_off_global_zero(tmp_path, monkeypatch):
 
 
 def test_lightning_callback_under_ddp_records_on_global_zero_only(tmp_path):
+    """Two spawned CPU processes (gloo); one retry, since starting a process group
+    on a loaded 2-core machine failed now and then (seen in 2 of about 10 full
+    runs, never alone): a real defect fails both tries."""
+    try:
+        _ddp_run(tmp_path / "first")
+    except Exception:  # the second try decides
+        _ddp_run(tmp_path / "second")
+
+
+def _ddp_run(tmp_path):
     pl = pytest.importorskip("lightning.pytorch")
     import torch.distributed
 
@@ -517,6 +527,7 @@ def test_lightning_callback_under_ddp_records_on_global_zero_only(tmp_path):
 
     from normlab.integrations.lightning import MonitorCallback
 
+    tmp_path.mkdir(parents=True)
     # Two CPU processes (gloo). Each trains 6 steps on its half of the batches;
     # at fit end every process asks for the log directory (a broadcast: one
     # process alone would hang: a collective times out after 60 s) and only

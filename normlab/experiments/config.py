@@ -44,6 +44,7 @@ MODEL_FIELDS = (
     "init_std",
     "init_scale",
     "norm_position",
+    "qk_norm",
 )
 
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
@@ -64,6 +65,7 @@ class RunConfig(BaseModel):
     model: str = "mlp"
     norm: str = "none"
     norm_position: NormPosition = "pre"
+    qk_norm: Annotated[bool, Field(strict=True)] = False  # transformer only: QK-norm
     activation: Activation = "sigmoid"
     depth: PositiveInt = 3
     width: PositiveInt = 100
@@ -129,6 +131,8 @@ class RunConfig(BaseModel):
             raise ValueError(
                 "probe_every and train_mode_eval need nproc=1: they run on one process"
             )
+        if self.qk_norm and self.model != "transformer":
+            raise ValueError(f"qk_norm needs model='transformer', not {self.model!r}")
         return self
 
     def __init__(self, **values: Any) -> None:
@@ -151,7 +155,10 @@ class RunConfig(BaseModel):
     @property
     def run_id(self) -> str:
         """A hash of the full configuration: same config, same id."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        fields = self.to_dict()
+        if not fields["qk_norm"]:  # added later: runs without it keep their ids
+            del fields["qk_norm"]
+        text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -91,6 +91,7 @@ def build_model(config: RunConfig, dataset: data.Dataset) -> nn.Module:
         depth=config.depth,
         dim=config.width,
         norm_position=config.norm_position,
+        qk_norm=config.qk_norm,
         **common,
     )
 

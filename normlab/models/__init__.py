@@ -37,10 +37,12 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.norms import registry
 from normlab.norms._layout import FeaturesLast
+from normlab.norms.qk import QKNorm
 
 NormArg = str | Callable[[int], nn.Module]
 
@@ -240,10 +242,41 @@ def resnet(
     return initialize(nn.Sequential(*layers), init, init_std, init_scale)
 
 
+class QKNormAttention(nn.Module):
+    """Multi-head self-attention with QK-norm (:class:`~normlab.norms.qk.QKNorm`): q, k, v
+    projected by one linear map, q and k normalized per head over the head dimension,
+    then ``F.scaled_dot_product_attention`` (scale 1/sqrt(head_dim)) and an output map."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: str | Callable = "rmsnorm") -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qk_norm = QKNorm(self.head_dim, qk_norm)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.qk_norm(q, k)
+        return q, k, v
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The unscaled attention logits q·k, (B, heads, T, T)."""
+        q, k, _ = self._qkv(x)
+        return q @ k.transpose(-2, -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self._qkv(x)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
 class TransformerBlock(nn.Module):
     """A transformer block. Pre-norm (``position="pre"``, as in GPT-2 and ViT):
     x + attention(norm(x)), then x + mlp(norm(x)). Post-norm (``"post"``, the original
-    Transformer of Vaswani et al., 2017): norm(x + attention(x)), then norm(x + mlp(x))."""
+    Transformer of Vaswani et al., 2017): norm(x + attention(x)), then norm(x + mlp(x)).
+    ``qk_norm=True`` uses :class:`QKNormAttention` (RMSNorm QK-norm) instead of
+    ``nn.MultiheadAttention``."""
 
     def __init__(
         self,
@@ -252,24 +285,33 @@ class TransformerBlock(nn.Module):
         mlp_ratio: int,
         norm: NormArg,
         position: str = "pre",
+        qk_norm: bool = False,
         **norm_kwargs,
     ) -> None:
         super().__init__()
         self.position = _choice("norm_position", position, POSITIONS)
         make_norm = norm_factory(norm, "channels_last", **norm_kwargs)
         self.norm1 = make_norm(dim)
-        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.attention = (
+            QKNormAttention(dim, heads)
+            if qk_norm
+            else nn.MultiheadAttention(dim, heads, batch_first=True)
+        )
         self.norm2 = make_norm(dim)
         self.mlp = nn.Sequential(
             nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim)
         )
 
+    def _attend(self, x: Tensor) -> Tensor:
+        if isinstance(self.attention, QKNormAttention):
+            return self.attention(x)
+        return self.attention(x, x, x, need_weights=False)[0]
+
     def forward(self, x: Tensor) -> Tensor:
         if self.position == "post":
-            x = self.norm1(x + self.attention(x, x, x, need_weights=False)[0])
+            x = self.norm1(x + self._attend(x))
             return self.norm2(x + self.mlp(x))
-        h = self.norm1(x)
-        x = x + self.attention(h, h, h, need_weights=False)[0]
+        x = x + self._attend(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
@@ -288,6 +330,7 @@ class PatchTransformer(nn.Module):
         mlp_ratio,
         norm: NormArg,
         position: str = "pre",
+        qk_norm: bool = False,
         **norm_kwargs,
     ) -> None:
         super().__init__()
@@ -300,7 +343,10 @@ class PatchTransformer(nn.Module):
         tokens = (image_size // patch) ** 2
         self.position = nn.Parameter(torch.randn(1, tokens, dim) / math.sqrt(dim))
         self.blocks = nn.Sequential(
-            *(TransformerBlock(dim, heads, mlp_ratio, make_norm, position) for _ in range(depth))
+            *(
+                TransformerBlock(dim, heads, mlp_ratio, make_norm, position, qk_norm)
+                for _ in range(depth)
+            )
         )
         # Pre-norm leaves the residual stream unnormalized: a final norm; post-norm ends normalized.
         self.norm = make_norm(dim) if position == "pre" else nn.Identity()
@@ -325,10 +371,12 @@ def transformer(
     init: str = "default",
     init_std: float = 0.02,
     init_scale: float = 1.0,
+    qk_norm: bool = False,
     **norm_kwargs,
 ) -> nn.Module:
     """A tiny vision transformer on ``patch`` x ``patch`` patches of square images,
-    pre-norm or post-norm blocks (``norm_position``)."""
+    pre-norm or post-norm blocks (``norm_position``); ``qk_norm=True`` normalizes
+    queries and keys per head (RMSNorm QK-norm, :class:`~normlab.norms.qk.QKNorm`)."""
     model = PatchTransformer(
         in_channels,
         image_size,
@@ -340,6 +388,7 @@ def transformer(
         mlp_ratio,
         norm,
         norm_position,
+        qk_norm,
         **norm_kwargs,
     )
     return initialize(model, init, init_std, init_scale)

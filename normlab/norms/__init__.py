@@ -35,6 +35,7 @@ from normlab.norms.group import (
     LayerNormCHW,
 )
 from normlab.norms.layer import LayerNorm, LayerNorm2d, LMRMSNorm, RMSNorm, RMSNorm2d, ScaleNorm
+from normlab.norms.qk import QKNorm
 from normlab.norms.registry import NormSpec, StatSet, available, create, spec
 from normlab.norms.response import EvoNorm2dB0, FilterResponseNorm2d, LocalResponseNorm
 from normlab.norms.switchable import SwitchableNorm2d
@@ -68,6 +69,7 @@ __all__ = [
     "LayerNormCHW",
     "LocalResponseNorm",
     "NormSpec",
+    "QKNorm",
     "RMSNorm",
     "RMSNorm2d",
     "ScaleNorm",
