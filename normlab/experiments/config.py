@@ -47,6 +47,10 @@ MODEL_FIELDS = (
     "qk_norm",
 )
 
+# Fields added after results were stored: left out of run_id at their default
+# value, so that earlier runs keep their ids (and stay resumable, not rerun).
+ADDED_LATER = ("qk_norm",)
+
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -156,8 +160,9 @@ class RunConfig(BaseModel):
     def run_id(self) -> str:
         """A hash of the full configuration: same config, same id."""
         fields = self.to_dict()
-        if not fields["qk_norm"]:  # added later: runs without it keep their ids
-            del fields["qk_norm"]
+        for name in ADDED_LATER:  # at their default, as runs stored before them were
+            if fields[name] == type(self).model_fields[name].default:
+                del fields[name]
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

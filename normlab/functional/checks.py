@@ -62,6 +62,14 @@ def check_channels(who: str, x: torch.Tensor, expected: int, dim: int = 1) -> No
         )
 
 
+def check_features(who: str, x: torch.Tensor, num_features: int, channels_last: bool) -> None:
+    """A floating-point input with ``num_features`` features on its last axis
+    (``channels_last``) or at dim 1 of (N, C, *)."""
+    check_floating(who, x)
+    check_min_dims(who, x, 1 if channels_last else 2, "(*, C)")
+    check_channels(who, x, num_features, x.dim() - 1 if channels_last else 1)
+
+
 def check_channel_vectors(who: str, x: torch.Tensor, **vectors: torch.Tensor | None) -> None:
     """Each given per-channel tensor (running statistics, affine) holds C values."""
     channels = x.shape[1]

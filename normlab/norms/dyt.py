@@ -48,10 +48,7 @@ class DynamicTanh(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         who = f"DynamicTanh({self.num_features})"
-        checks.check_floating(who, input)
-        checks.check_min_dims(who, input, 1 if self.channels_last else 2, "(*, C)")
-        dim = input.dim() - 1 if self.channels_last else 1
-        checks.check_channels(who, input, self.num_features, dim)
+        checks.check_features(who, input, self.num_features, self.channels_last)
         return NF.run("dynamic_tanh", input, self.alpha, self.weight, self.bias, self.channels_last)
 
     def extra_repr(self) -> str:
@@ -111,10 +108,7 @@ class DynamicErf(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         who = f"DynamicErf({self.num_features})"
-        checks.check_floating(who, input)
-        checks.check_min_dims(who, input, 1 if self.channels_last else 2, "(*, C)")
-        dim = input.dim() - 1 if self.channels_last else 1
-        checks.check_channels(who, input, self.num_features, dim)
+        checks.check_features(who, input, self.num_features, self.channels_last)
         return NF.run(
             "dynamic_erf",
             input,

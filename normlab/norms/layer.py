@@ -233,11 +233,8 @@ class ScaleNorm(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         who = f"ScaleNorm({self.num_features})"
-        checks.check_floating(who, input)
-        dim = -1 if self.channels_last else 1
-        checks.check_min_dims(who, input, 1 if self.channels_last else 2, "(*, C)")
-        checks.check_channels(who, input, self.num_features, dim % input.dim())
-        return NF.run("scale_norm", input, self.scale, self.eps, dim)
+        checks.check_features(who, input, self.num_features, self.channels_last)
+        return NF.run("scale_norm", input, self.scale, self.eps, -1 if self.channels_last else 1)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, channels_last={self.channels_last}"
@@ -319,10 +316,7 @@ class LMRMSNorm(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         who = f"LMRMSNorm({self.num_features})"
-        checks.check_floating(who, input)
-        checks.check_min_dims(who, input, 1 if self.channels_last else 2, "(*, C)")
-        dim = input.dim() - 1 if self.channels_last else 1
-        checks.check_channels(who, input, self.num_features, dim)
+        checks.check_features(who, input, self.num_features, self.channels_last)
         return NF.run(
             "lm_rms_norm",
             input,
