@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from normlab.experiments import catalog
+from normlab.norms.forms import form, forms
 from normlab.norms.registry import available, spec
 
 app = typer.Typer(
@@ -90,12 +91,31 @@ def technique_rows(costs: dict[str, float] | None = None) -> list[dict[str, str]
     return rows
 
 
-def technique_markdown(costs: dict[str, float] | None = None) -> str:
-    """The technique table as Markdown (what docs/techniques.md holds)."""
-    rows = technique_rows(costs)
+def form_rows() -> list[dict[str, str]]:
+    """The block-level forms (normlab.norms.forms) as rows of text."""
+    return [
+        {
+            "form": f.name,
+            "class": f.cls.__name__,
+            "call": f.call,
+            "normalizes with": ", ".join(f.techniques),
+            "formula": f.formula,
+            "paper": f.paper,
+        }
+        for f in map(form, forms())
+    ]
+
+
+def _markdown(rows: list[dict[str, str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r.values()) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def technique_markdown(costs: dict[str, float] | None = None) -> str:
+    """The technique table, then the forms table, as Markdown (what
+    docs/techniques.md holds)."""
+    return _markdown(technique_rows(costs)) + "\nBlock-level forms:\n\n" + _markdown(form_rows())
 
 
 def read_costs(path: Path) -> dict[str, float]:
@@ -143,8 +163,15 @@ def list_techniques(
         )
     for row in rows:
         table.add_row(*(row[c] for c in columns))
+    shown = [c for c in form_rows()[0] if wide or c != "formula"]
+    form_table = Table(title="block-level forms: a technique with more than one input")
+    for column in shown:
+        form_table.add_column(column, overflow="fold")
+    for row in form_rows():
+        form_table.add_row(*(row[c] for c in shown))
     # --wide: one line per technique, however wide that is (the terminal may scroll).
-    (Console(width=100_000) if wide else console).print(table)
+    for t in (table, form_table):
+        (Console(width=100_000) if wide else console).print(t)
 
 
 @app.command("check")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from normlab.cli import app
+from normlab.norms.forms import form, forms
 from normlab.norms.registry import available
 
 runner = CliRunner()
@@ -18,6 +19,8 @@ def test_list_shows_every_technique_with_its_axes():
     assert "N, H, W" in result.output  # batch norm's statistic
     assert "C/G, H, W" in result.output  # group norm's
     assert "N/v, H, W" in result.output  # ghost batch norm's
+    for name in forms():  # the block-level forms, in a table of their own
+        assert name in result.output and form(name).cls.__name__ in result.output
 
 
 def test_check_passes_and_prints_a_table():
