@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -79,19 +80,21 @@ class _Site:
     grad_slots: list[int] = field(default_factory=list)  # slots whose gradient is recorded
     sample_index: Tensor | None = None  # the positions recorded, in random order
     sample_numel: int = -1  # the size sample_index was drawn for
-    spare: tuple[Tensor, Tensor] | None = None  # the other (rows, grad_norms) pair
+    spare: tuple | None = None  # the other buffers: (rows, grad_norms, targets, grad_views)
 
     def swap_buffers(self) -> None:
         """Record on into the spare buffers (made on first use) while the filled
-        ones are summarized; the bookkeeping lists start afresh."""
+        ones are summarized; the bookkeeping lists start afresh. Each buffer's row
+        views are made once, not per swap (a few thousand views cost milliseconds)."""
         assert self.rows is not None and self.grad_norms is not None
-        filled = (self.rows, self.grad_norms)
+        filled = (self.rows, self.grad_norms, self.targets, self.grad_views)
         if self.spare is None:
-            self.spare = (torch.zeros_like(self.rows), torch.full_like(self.grad_norms, np.nan))
-        self.rows, self.grad_norms = self.spare
+            rows, grad_norms = torch.zeros_like(self.rows), torch.full_like(self.grad_norms, np.nan)
+            self.spare = (rows, grad_norms, list(rows[:, : self.kept]), list(grad_norms))
+        self.rows, self.grad_norms, self.targets, self.grad_views = self.spare
         self.spare = filled
-        self.targets = list(self.rows[:, : self.kept])
-        self.grad_views = list(self.grad_norms)
+        if len(self.targets[0]) != self.kept:  # the spare's views predate a new size
+            self.targets = list(self.rows[:, : self.kept])
         self.lengths, self.steps, self.grad_slots = [], [], []
 
 
@@ -108,6 +111,16 @@ class _Chunk:
     def nbytes(self) -> int:
         extra = 0 if self.sketch is None else self.sketch.nbytes
         return self.steps.nbytes + self.values.nbytes + extra
+
+
+def _vector(norms: Tensor | Sequence[Tensor]) -> Tensor:
+    """A parameter record's norms as one vector (torch._foreach_norm's scalars stacked)."""
+    return norms if isinstance(norms, Tensor) else torch.stack(list(norms))
+
+
+def _nth_grad(hook: Callable[[Tensor], None], index: int, grads: tuple) -> None:
+    if grads[index] is not None:
+        hook(grads[index])
 
 
 class Monitor:
@@ -207,11 +220,12 @@ class Monitor:
             else []
         )
         self._param_data = [p.detach() for _, p in self._params]  # updated in place by steps
-        self._param_rows: list[Tensor] = []  # per step: (2, P) grad norms and update ratios
-        self._param_steps: list[int] = []
+        # per recorded step: [step, norms, moved]: norms (P,) gradient norms, or (2P,)
+        # gradient then weight norms around an optimizer step; moved (P,) ||Δw|| or None
+        # (around an optimizer step, each a sequence of scalars, stacked in the summary)
+        self._param_records: list[list] = []
         self._snapshot: list[Tensor] | None = None  # weights before optimizer.step()
         self._snapshot_step = -1  # the step it was taken in, until the update is measured
-        self._weight_norms: Tensor | None = None
 
     # ------------------------------------------------------------ selection
 
@@ -376,7 +390,12 @@ class Monitor:
         site.steps.append(self.step)
         if self._gradients and tensor.requires_grad:
             site.grad_slots.append(slot)
-            tensor.register_hook(self._grad_norm_hook(site.grad_views[slot]))
+            hook = self._grad_norm_hook(site.grad_views[slot])
+            grad_fn = tensor.grad_fn
+            if grad_fn is None:
+                tensor.register_hook(hook)
+            else:  # a pre-hook of the function that made it: cheaper than a tensor hook
+                grad_fn.register_prehook(partial(_nth_grad, hook, tensor.output_nr))
 
     def _record_new_shape(self, site: _Site, source: Tensor, slot: int) -> None:
         """The first record of a site, or one of a new size or dtype: set the site's
@@ -411,26 +430,34 @@ class Monitor:
     @staticmethod
     def _grad_norm_hook(out: Tensor):
         def hook(grad: Tensor) -> None:
+            if grad.requires_grad:  # a backward with create_graph=True
+                grad = grad.detach()
             if grad.dtype == out.dtype:
-                torch.linalg.vector_norm(grad.detach(), out=out)
+                torch.linalg.vector_norm(grad, out=out)
             elif grad.dtype in (torch.float16, torch.bfloat16):  # a scaled fp16 norm overflows
-                torch.linalg.vector_norm(grad.detach(), dtype=out.dtype, out=out)
+                torch.linalg.vector_norm(grad, dtype=out.dtype, out=out)
             else:
-                out.copy_(torch.linalg.vector_norm(grad.detach()))
+                out.copy_(torch.linalg.vector_norm(grad))
 
         return hook
 
-    def _param_row(self) -> Tensor:
-        if len(self._param_steps) == 0 or self._param_steps[-1] != self.step:
-            device = self._params[0][1].device
-            self._param_rows.append(torch.full((2, len(self._params)), float("nan"), device=device))
-            self._param_steps.append(self.step)
-        return self._param_rows[-1]
+    def _param_record(self, norms: Tensor | Sequence[Tensor] | None = None) -> list:
+        """This step's parameter record: made with ``norms`` (or NaNs) on first use,
+        its norms replaced by ``norms`` when given."""
+        records = self._param_records
+        if not records or records[-1][0] != self.step:
+            if norms is None:
+                device = self._params[0][1].device
+                norms = torch.full((len(self._params),), float("nan"), device=device)
+            records.append([self.step, norms, None])
+        elif norms is not None:
+            records[-1][1:] = [norms, None]
+        return records[-1]
 
     def _grad_hook(self, i: int):
         def hook(p: Tensor) -> None:
             if self._gradients and p.grad is not None and not _unrecorded:
-                self._param_row()[0, i] = torch.linalg.vector_norm(p.grad.detach())
+                self._param_record()[1][i] = torch.linalg.vector_norm(p.grad.detach())
 
         return hook
 
@@ -445,10 +472,9 @@ class Monitor:
             return
         params = self._param_data
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._params]
-        norms = torch.stack(torch._foreach_norm(grads + params))  # one pass: grads, weights
-        count = len(params)
-        self._param_row()[0].copy_(norms[:count])
-        self._weight_norms = norms[count:]
+        # As few torch calls as it takes: each small op costs several microseconds
+        # amid training (its code is cold); the split and the ratios wait for the summary.
+        self._param_record(torch._foreach_norm(grads + params))  # stacked in the summary
         if self._snapshot is None:
             self._snapshot = [p.clone() for p in params]
         else:
@@ -460,8 +486,7 @@ class Monitor:
             return  # no copy of this step's weights (or measured already)
         self._snapshot_step = -1
         torch._foreach_sub_(self._snapshot, self._param_data)  # -delta w
-        moved = torch.stack(torch._foreach_norm(self._snapshot))
-        torch.div(moved, self._weight_norms, out=self._param_row()[1])
+        self._param_records[-1][2] = torch._foreach_norm(self._snapshot)
 
     # ------------------------------------------------------------ results
 
@@ -487,8 +512,7 @@ class Monitor:
                  site.grad_norms, site.saturation, site.dead)
             )  # fmt: skip
             site.swap_buffers()
-        params = (self._param_rows, self._param_steps) if self._param_steps else None
-        self._param_rows, self._param_steps = [], []
+        params, self._param_records = self._param_records, []
         self._buffered = 0
         if jobs or params:
             if self._summarizer is None:
@@ -501,7 +525,7 @@ class Monitor:
             summary, self._summary = self._summary, None
             summary.result()
 
-    def _summarize(self, jobs: list, params: tuple | None) -> None:
+    def _summarize(self, jobs: list, params: list) -> None:
         """The statistics of handed-over records (on the summarizing thread)."""
         for name, rows, lengths, steps, grad_slots, grad_norms, saturation, dead in jobs:
             stats, sketch = summarize(rows, lengths, self.percentiles, saturation, dead)
@@ -513,14 +537,26 @@ class Monitor:
                 grad_norms.fill_(float("nan"))  # ready for reuse
             stats["grad_norm"] = grad
             self._append(name, steps, stats, sketch)
-        if params is not None:
-            param_rows, param_steps = params
-            rows = torch.stack(param_rows).cpu().numpy()  # (k, 2, P)
-            steps = np.asarray(param_steps)
+        if params:
+            count = len(self._params)
+            grad = np.full((len(params), count), np.nan)
+            ratio = np.full((len(params), count), np.nan)
+            norms = [_vector(n) for _, n, _ in params]  # (P,) or, around an update, (2P,)
+            if all(len(n) == len(norms[0]) for n in norms):  # one copy to the host
+                norms = list(torch.stack(norms).double().cpu().numpy())
+            else:
+                norms = [n.double().cpu().numpy() for n in norms]
+            moved = [(row, m) for row, (_, _, m) in enumerate(params) if m is not None]
+            if moved:  # ||Δw|| / ||w before||
+                rows = [row for row, _ in moved]
+                delta = torch.stack([_vector(m) for _, m in moved]).double().cpu().numpy()
+                ratio[rows] = delta / np.stack([norms[r][count:] for r in rows])
+            grad[:] = np.stack([n[:count] for n in norms])
+            steps = np.asarray([step for step, _, _ in params])
             for i, (name, _) in enumerate(self._params):
-                values = {"grad_norm": rows[:, 0, i]}
+                values = {"grad_norm": grad[:, i]}
                 if self.optimizer is not None:
-                    values["update_ratio"] = rows[:, 1, i]
+                    values["update_ratio"] = ratio[:, i]
                 self._append(name, steps, values, None)
 
     def _append(self, module: str, steps, values: dict, sketch: Tensor | None) -> None:
@@ -587,8 +623,9 @@ class Monitor:
                 slot = len(site.steps) - 1
                 if site.grad_slots[-1] == slot:
                     site.grad_views[slot].mul_(factor)
-        if self.optimizer is None and self._param_steps and self._param_steps[-1] == self.step:
-            self._param_rows[-1][0].mul_(factor)
+        records = self._param_records
+        if self.optimizer is None and records and records[-1][0] == self.step:
+            records[-1][1].mul_(factor)
 
     def nbytes(self) -> int:
         """Bytes held on the host by flushed records."""
