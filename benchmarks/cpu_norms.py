@@ -22,6 +22,7 @@ import platform
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils import benchmark
 
@@ -44,6 +45,18 @@ def build(name: str, channels: int) -> nn.Module:
     return normlab.create(name, channels)
 
 
+# Techniques that read the weights of the layer feeding them (Cross-Iteration BatchNorm:
+# two weight-gradient passes of it per step): timed behind a 3x3 conv C -> C linked to
+# them, pooling a full window, with that conv's own forward+backward time subtracted.
+FED = ("cross_iteration_bn",)
+
+
+def _fed(layer: nn.Module, channels: int) -> tuple[nn.Module, nn.Module]:
+    """(conv then ``layer``, linked; the conv alone)."""
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+    return normlab.link_cross_iteration(nn.Sequential(conv, layer)), conv
+
+
 def _time_ms(module: nn.Module, x: torch.Tensor, min_run_time: float) -> float:
     timer = benchmark.Timer(
         stmt="m(x).sum().backward()",
@@ -56,6 +69,9 @@ def _time_ms(module: nn.Module, x: torch.Tensor, min_run_time: float) -> float:
 def run(shape: tuple[int, ...], names: list[str], min_run_time: float, rounds: int) -> list[dict]:
     x = torch.randn(shape).requires_grad_()
     sides = {name: {"normlab": build(name, shape[1])} for name in names}
+    layers = {name: type(sides[name]["normlab"]).__name__ for name in names}
+    for name in (n for n in FED if n in sides):  # "producer": the conv alone, subtracted
+        sides[name]["normlab"], sides[name]["producer"] = _fed(sides[name]["normlab"], shape[1])
     sides["batchnorm"]["torch"] = nn.BatchNorm2d(shape[1])  # the unit of cost
     for name in names:
         if name in TORCH_TWIN:
@@ -69,16 +85,103 @@ def run(shape: tuple[int, ...], names: list[str], min_run_time: float, rounds: i
     unit = best[("batchnorm", "torch")]
     rows = []
     for name in names:
-        ms = best[(name, "normlab")]
+        ms = best[(name, "normlab")] - best.get((name, "producer"), 0.0)
         torch_ms = best.get((name, "torch"))
         rows.append(
             {
                 "technique": name,
-                "layer": type(sides[name]["normlab"]).__name__,
+                "layer": layers[name],
                 "fwd_bwd_ms": ms,
                 "cost_vs_batchnorm": ms / unit,
                 "torch_ms": torch_ms,
                 "overhead_vs_torch": None if torch_ms is None else ms / torch_ms - 1,
+            }
+        )
+    return rows
+
+
+# Block-level forms (normlab.norms.forms) against torch's unfused composition, on the
+# same number of values as (N, H*W, C) tokens: the fused form and the torch.nn norm.
+FORMS = {
+    "add_rmsnorm": (normlab.AddRMSNorm, nn.RMSNorm),
+    "add_layernorm": (normlab.AddLayerNorm, nn.LayerNorm),
+}
+
+
+def _add_norm_step(module: nn.Module, fused: bool, x: torch.Tensor, r: torch.Tensor):
+    """One forward+backward of a pre-norm block's add and norm, gradients from y and h."""
+
+    def step() -> None:
+        if fused:
+            y, h = module(x, r)
+        else:
+            h = r + x
+            y = module(h)
+        (y.sum() + h.sum()).backward()
+
+    return step
+
+
+class _DiTAdaptive(nn.Module):
+    """DiT's adaLN in torch.nn: the norm without affine, then modulate(norm(x), shift,
+    scale) = norm(x) * (1 + scale) + shift with (shift, scale) = Linear(SiLU(c))."""
+
+    def __init__(self, norm: type[nn.Module], dim: int) -> None:
+        super().__init__()
+        self.norm = norm(dim, eps=1e-6, elementwise_affine=False)
+        self.linear = nn.Linear(dim, 2 * dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.linear(F.silu(c)).chunk(2, dim=-1)
+        return self.norm(x) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def _adaptive_step(module: nn.Module, _fused: bool, x: torch.Tensor, r: torch.Tensor):
+    """One forward+backward of y = m(x, c), c = r's first token: one conditioning
+    vector of C per sample, as DiT's timestep and class embedding."""
+
+    def step() -> None:
+        module(x, r[:, 0]).sum().backward()
+
+    return step
+
+
+FORMS["adaptive_layernorm"] = (normlab.AdaptiveLayerNorm, lambda c: _DiTAdaptive(nn.LayerNorm, c))
+FORMS["adaptive_rmsnorm"] = (normlab.AdaptiveRMSNorm, lambda c: _DiTAdaptive(nn.RMSNorm, c))
+# How a form is timed where not as the add forms: the adaptive ones take (x, c).
+STEPS = {"adaptive_layernorm": _adaptive_step, "adaptive_rmsnorm": _adaptive_step}
+
+
+def run_forms(
+    shape: tuple[int, ...], names: list[str], min_run_time: float, rounds: int, unit: float
+) -> list[dict]:
+    """The forms' rows; ``unit`` is torch.nn.BatchNorm2d's ms on ``shape``."""
+    n, c, height, width = shape
+    x, r = (torch.randn(n, height * width, c).requires_grad_() for _ in "xr")
+    steps = {
+        (name, side): STEPS.get(name, _add_norm_step)(cls(c), side == "normlab", x, r)
+        for name in names
+        for side, cls in zip(("normlab", "torch"), FORMS[name], strict=True)
+    }
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            timer = benchmark.Timer(
+                stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads()
+            )
+            ms = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+            times.setdefault(key, []).append(ms)
+    rows = []
+    for name in names:
+        ms, torch_ms = min(times[(name, "normlab")]), min(times[(name, "torch")])
+        rows.append(
+            {
+                "form": name,
+                "layer": FORMS[name][0].__name__,
+                "fwd_bwd_ms": ms,
+                "cost_vs_batchnorm": ms / unit,
+                "torch_ms": torch_ms,
+                "overhead_vs_torch": ms / torch_ms - 1,
             }
         )
     return rows
@@ -91,6 +194,9 @@ def main() -> None:
     parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per timing")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; best kept")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--forms", nargs="*", choices=sorted(FORMS), help="block-level forms (default: all)"
+    )
     args = parser.parse_args()
     names = args.only or [n for n in normlab.available() if n != "none"]
     if "batchnorm" not in names:
@@ -109,6 +215,17 @@ def main() -> None:
             f"{r['technique']:<16}{r['layer']:<22}{r['fwd_bwd_ms']:>9.2f}"
             f"{r['cost_vs_batchnorm']:>7.2f}{torch_ms:>10}{overhead:>10}"
         )
+    unit = next(r["torch_ms"] for r in rows if r["technique"] == "batchnorm")
+    forms = list(FORMS) if args.forms is None else args.forms
+    form_rows = run_forms(tuple(args.shape), forms, args.min_run_time, args.rounds, unit)
+    if form_rows:
+        print("block-level forms, (N, H*W, C) tokens; torch = the add, then the torch.nn norm")
+        print("(adaptive: torch = the torch.nn norm, then DiT's modulate; c is (N, C))")
+    for r in form_rows:
+        print(
+            f"{r['form']:<16}{r['layer']:<22}{r['fwd_bwd_ms']:>9.2f}"
+            f"{r['cost_vs_batchnorm']:>7.2f}{r['torch_ms']:>10.2f}{r['overhead_vs_torch']:>+10.1%}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"cpu_norms-{'x'.join(map(str, args.shape))}.json"
     meta = {
@@ -119,7 +236,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "shape": args.shape,
     }
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    result = {"meta": meta, "rows": rows, "forms": form_rows}
+    path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 
 

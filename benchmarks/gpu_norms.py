@@ -11,7 +11,15 @@ Before timing, each normlab case is checked against float64 torch
 Ops and shapes: LayerNorm and RMSNorm on M x N with M * N = 2^27 for N in
 256 .. 65536, GroupNorm(32) and BatchNorm2d (training forward/backward, eval
 forward) on (64, 256, 56, 56) and (8, 512, 64, 64), NCHW and channels_last,
-and a small case of 2^16 elements per op; bf16 and fp32.
+and a small case of 2^16 elements per op; bf16 and fp32. The residual-add forms
+(add_rmsnorm, add_layernorm: y, h = norm(x + r), h) run on the LayerNorm shapes against
+torch's add then F.rms_norm / F.layer_norm (and Liger's fused add + RMSNorm, or its
+RMSNorm after the add); they move 4 * numel * itemsize each way (read x, r, write y, h;
+read h, dy, dh, write dx = dr). Rows wider than 16384 take the native backend.
+The modulated norms (adaln, adarms: y = norm(x) * (1 + scale) + shift, DiT's adaLN,
+shift and scale one row per sample) run on DiT-like (B, T, D) shapes against
+F.layer_norm / F.rms_norm then x * (1 + scale) + shift in torch ops, with gradients
+for x, shift and scale; bytes as the row norms' (shift and scale are only B x D).
 
     python benchmarks/gpu_norms.py                      # everything, ~5 min on an H100
     python benchmarks/gpu_norms.py --ops layernorm --dtypes bf16 --no-compile
@@ -49,7 +57,18 @@ TARGETS = {
     ("batchnorm", "fwd"): 0.60,
     ("batchnorm", "bwd"): 0.55,
     ("batchnorm", "eval"): 0.90,
+    # residual add + norm: one pass each way, as the row norms (no published target)
+    ("add_layernorm", "fwd"): 0.92,
+    ("add_layernorm", "bwd"): 0.85,
+    ("add_rmsnorm", "fwd"): 0.92,
+    ("add_rmsnorm", "bwd"): 0.85,
 }
+# Ops on rows of the last axis; the add forms take a residual and return (y, h).
+ROW_OPS = ("layernorm", "rmsnorm", "add_layernorm", "add_rmsnorm")
+ADD_OPS = ("add_layernorm", "add_rmsnorm")
+# (forward, backward) bytes moved per element, in units of the itemsize. The add forms
+# read x and r and write y and h; backward reads h, dy and dh and writes dx (= dr).
+BYTES = {"add_layernorm": (4, 4), "add_rmsnorm": (4, 4)}
 ROW_SHAPES = [
     (524288, 256),
     (131072, 1024),
@@ -63,6 +82,12 @@ IMAGE_SHAPES = [(64, 256, 56, 56), (8, 512, 64, 64), (1, 64, 32, 32)]
 # --smoke: the script's own check, on the CPU under Triton's interpreter (no timings worth reading).
 SMOKE_ROW_SHAPES = [(8, 64), (3, 300)]
 SMOKE_IMAGE_SHAPES = [(2, 64, 3, 3)]
+# Modulated (adaLN) norms on (B, T, D): DiT-XL/2 at 256 and 512 px, a wide MMDiT-like
+# block, and a small case; per-sample shift and scale (B, D).
+MOD_OPS = ("adaln", "adarms")
+MOD_SHAPES = [(256, 256, 1152), (32, 1024, 1152), (4, 4096, 3072), (2, 16, 1152)]
+SMOKE_MOD_SHAPES = [(2, 8, 64), (2, 3, 300)]
+TARGETS |= {(op, d): TARGETS[("layernorm", d)] for op in MOD_OPS for d in ("fwd", "bwd")}
 DEVICE = "cuda"
 
 
@@ -95,7 +120,37 @@ def _liger():
         from liger_kernel.transformers.rms_norm import LigerRMSNorm
     except ImportError:
         return None
-    return {"layernorm": LigerLayerNorm, "rmsnorm": LigerRMSNorm, "groupnorm": LigerGroupNorm}
+    liger = {"layernorm": LigerLayerNorm, "rmsnorm": LigerRMSNorm, "groupnorm": LigerGroupNorm}
+    try:  # Liger's own fused add + RMSNorm where this version has it
+        from liger_kernel.transformers.fused_add_rms_norm import LigerFusedAddRMSNorm
+
+        liger["add_rmsnorm"] = lambda n: LigerFusedAddRMSNorm(n, eps=1e-5)
+    except ImportError:
+        liger["add_rmsnorm"] = lambda n: _AddThen(LigerRMSNorm(n, eps=1e-5, in_place=False))
+    return liger
+
+
+class _AddThen(torch.nn.Module):
+    """An unfused add-norm: h = x + r, then (norm(h), h)."""
+
+    def __init__(self, norm: torch.nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x + r
+        return self.norm(h), h
+
+
+def _added(norm: Callable) -> Callable:
+    """torch's unfused add-norm as a function of (x, r, *params): h = x + r, then
+    (norm(h, *params), h)."""
+
+    def fn(x, r, *params):
+        h = x + r
+        return norm(h, *params), h
+
+    return fn
 
 
 def _pair(op: str, shape, dtype, training: bool) -> tuple[Callable, Callable]:
@@ -110,6 +165,26 @@ def _pair(op: str, shape, dtype, training: bool) -> tuple[Callable, Callable]:
         return (
             lambda x, w: NF.rms_norm(x, (n,), w, 1e-5, backend="triton"),
             lambda x, w: F.rms_norm(x, (n,), w, 1e-5),
+        )
+    if op == "add_layernorm":
+        return (
+            lambda x, r, w, b: NF.add_layer_norm(x, r, (n,), w, b, 1e-5, backend="triton"),
+            _added(lambda h, w, b: F.layer_norm(h, (n,), w, b, 1e-5)),
+        )
+    if op == "add_rmsnorm":
+        return (
+            lambda x, r, w: NF.add_rms_norm(x, r, (n,), w, 1e-5, backend="triton"),
+            _added(lambda h, w: F.rms_norm(h, (n,), w, 1e-5)),
+        )
+    if op == "adaln":  # torch: DiT's modulate(norm(x), shift, scale)
+        return (
+            lambda x, h, s: NF.modulated_layer_norm(x, h, s, eps=1e-5, backend="triton"),
+            lambda x, h, s: F.layer_norm(x, (n,), eps=1e-5) * (1 + s[:, None]) + h[:, None],
+        )
+    if op == "adarms":
+        return (
+            lambda x, h, s: NF.modulated_rms_norm(x, h, s, eps=1e-5, backend="triton"),
+            lambda x, h, s: F.rms_norm(x, (n,), eps=1e-5) * (1 + s[:, None]) + h[:, None],
         )
     if op == "groupnorm":
         return (
@@ -127,19 +202,32 @@ def _pair(op: str, shape, dtype, training: bool) -> tuple[Callable, Callable]:
 
 def _case(op: str, shape, dtype, impl: str, liger, training: bool):
     """(function of x, its parameters) for one implementation of ``op`` on ``shape``."""
-    features = shape[-1] if op in ("layernorm", "rmsnorm") else shape[1]
+    if op in MOD_OPS:  # shift and scale (B, D): inputs with a gradient, no affine
+        params = [
+            (0.1 * torch.randn(shape[0], shape[-1], device=DEVICE, dtype=dtype)).requires_grad_()
+            for _ in range(2)
+        ]
+        fn = _pair(op, shape, dtype, training)[0 if impl == "normlab" else 1]
+        fn = torch.compile(fn) if impl == "torch.compile" else fn
+        return (lambda x: fn(x, *params)), params
+    features = shape[-1] if op in ROW_OPS else shape[1]
+    # the add forms' residual: an input with a gradient, passed first among the params
+    res = [torch.randn(shape, device=DEVICE, dtype=dtype, requires_grad=True)]
+    res = res if op in ADD_OPS else []
     if impl == "liger":
         if op == "groupnorm":
             module = liger[op](features, 32, eps=1e-5, bias=True)
         elif op == "layernorm":
             module = liger[op](features, eps=1e-5, bias=True)
+        elif op == "add_rmsnorm":
+            module = liger[op](features)
         else:  # out of place, as every other implementation here
             module = liger[op](features, eps=1e-5, in_place=False)
         module = module.to(DEVICE, dtype)
-        return module, list(module.parameters())
+        return (lambda x: module(x, *res)), [*res, *module.parameters()]
     w = torch.rand(features, device=DEVICE, dtype=dtype) + 0.5
     b = torch.rand(features, device=DEVICE, dtype=dtype) - 0.5
-    params = [w] if op == "rmsnorm" else [w, b]
+    params = [*res, w] if op in ("rmsnorm", "add_rmsnorm") else [*res, w, b]
     ours, theirs = _pair(op, shape, dtype, training)
     fn = ours if impl == "normlab" else theirs
     if impl == "torch.compile":
@@ -147,10 +235,17 @@ def _case(op: str, shape, dtype, impl: str, liger, training: bool):
     return (lambda x: fn(x, *params)), params
 
 
-def _exact(op: str, x: torch.Tensor, params, training: bool) -> torch.Tensor:
+def _exact(op: str, x: torch.Tensor, params, training: bool) -> torch.Tensor | tuple:
     p = [t.double() for t in params]
     n = x.shape[-1]
     x = x.double()
+    if op in ADD_OPS:  # (y, h) from h = x + r
+        h = x + p[0]
+        return _exact(op.removeprefix("add_"), h, params[1:], training), h
+    if op in MOD_OPS:  # norm(x) * (1 + scale) + shift, (B, D) over the tokens
+        rms = op == "adarms"
+        norm = F.rms_norm(x, (n,), eps=1e-5) if rms else F.layer_norm(x, (n,), eps=1e-5)
+        return norm * (1 + p[1][:, None]) + p[0][:, None]
     if op == "layernorm":
         return F.layer_norm(x, (n,), *p, 1e-5)
     if op == "rmsnorm":
@@ -172,24 +267,31 @@ def measure(fn, params, x: torch.Tensor, backward: bool) -> tuple[float, float |
     if not backward:
         return fwd, None
     xg = x.detach().requires_grad_()
-    y = fn(xg)
-    dy = torch.randn_like(y)
-    bwd = _bench(lambda: y.backward(dy, retain_graph=True), grad_to_none=[xg, *params])
+    ys = _outputs(fn(xg))
+    dys = [torch.randn_like(y) for y in ys]
+    backward = lambda: torch.autograd.backward(ys, dys, retain_graph=True)  # noqa: E731
+    bwd = _bench(backward, grad_to_none=[xg, *params])
     return fwd, bwd
 
 
+def _outputs(out) -> list[torch.Tensor]:
+    """An op's outputs as a list: [y, h] for the add forms, [y] for the others."""
+    return list(out) if isinstance(out, tuple) else [out]
+
+
 def check(op, fn, params, x, training) -> float:
-    """Worst relative error of y and dx against float64 torch, NaN-poisoned outputs first."""
+    """Worst relative error of the outputs (y; h for the add forms) and of dx (from
+    gradients of every output) against float64 torch, NaN-poisoned outputs first."""
     torch.empty(x.numel() * 4, device=DEVICE, dtype=x.dtype).fill_(float("nan"))
     xg = x.detach().clone().requires_grad_()
-    y = fn(xg)
-    dy = torch.randn_like(y)
+    ys = _outputs(fn(xg))
+    dys = [torch.randn_like(y) for y in ys]
     xe = x.detach().double().requires_grad_()
-    ye = _exact(op, xe, params, training)
-    err = _rel(y, ye.detach())
+    yes = _outputs(_exact(op, xe, params, training))
+    err = max(_rel(y, ye.detach()) for y, ye in zip(ys, yes, strict=True))
     if training or op != "batchnorm":
-        (dx,) = torch.autograd.grad(y, xg, dy)
-        (dxe,) = torch.autograd.grad(ye, xe, dy.double())
+        (dx,) = torch.autograd.grad(ys, xg, dys)
+        (dxe,) = torch.autograd.grad(yes, xe, [dy.double() for dy in dys])
         err = max(err, _rel(dx, dxe))
     return err
 
@@ -197,7 +299,11 @@ def check(op, fn, params, x, training) -> float:
 def cases(ops, dtypes, smoke: bool):
     for dtype_name in dtypes:
         for op in ops:
-            if op in ("layernorm", "rmsnorm"):
+            if op in MOD_OPS:
+                for shape in SMOKE_MOD_SHAPES if smoke else MOD_SHAPES:
+                    yield op, "x".join(map(str, shape)), shape, dtype_name, "", True
+                continue
+            if op in ROW_OPS:
                 for m, n in SMOKE_ROW_SHAPES if smoke else ROW_SHAPES:
                     yield op, f"{m}x{n}", (m, n), dtype_name, "", True
             else:
@@ -235,6 +341,7 @@ def run(args, save: Callable[[dict], None]) -> dict:
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
         item = x.element_size()
+        fwd_bytes, bwd_bytes = BYTES.get(op, (2, 3))
         for impl in impls:
             if impl == "liger" and op not in liger:
                 continue
@@ -249,10 +356,10 @@ def run(args, save: Callable[[dict], None]) -> dict:
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
                 rows.append(row)
                 continue
-            row["fwd_ms"], row["fwd_gbs"] = fwd, 2 * x.numel() * item / fwd / 1e6
+            row["fwd_ms"], row["fwd_gbs"] = fwd, fwd_bytes * x.numel() * item / fwd / 1e6
             row["fwd_frac"] = row["fwd_gbs"] / copy
             if bwd is not None:
-                row["bwd_ms"], row["bwd_gbs"] = bwd, 3 * x.numel() * item / bwd / 1e6
+                row["bwd_ms"], row["bwd_gbs"] = bwd, bwd_bytes * x.numel() * item / bwd / 1e6
                 row["bwd_frac"] = row["bwd_gbs"] / copy
             rows.append(row)
             print(f"  {op} {label} {dtype_name} {layout} {row['mode']} {impl}: done", flush=True)
@@ -317,7 +424,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--ops", nargs="+", default=["layernorm", "rmsnorm", "groupnorm", "batchnorm"]
+        "--ops",
+        nargs="+",
+        default=[
+            "layernorm",
+            "rmsnorm",
+            "groupnorm",
+            "batchnorm",
+            "add_rmsnorm",
+            "add_layernorm",
+            *MOD_OPS,
+        ],
     )
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
     parser.add_argument(

@@ -9,6 +9,11 @@ through :mod:`normlab.functional`, whose backend :func:`use_backend` switches.
 from normlab.functional import NormInputError, get_backend, use_backend
 from normlab.monitor import Monitor
 from normlab.norms import (
+    AdaLNZero,
+    AdaptiveLayerNorm,
+    AdaptiveRMSNorm,
+    AddLayerNorm,
+    AddRMSNorm,
     BatchNorm1d,
     BatchNorm2d,
     BatchNorm3d,
@@ -16,6 +21,7 @@ from normlab.norms import (
     BatchRenorm,
     BatchRenorm1d,
     BatchRenorm2d,
+    CrossIterationBatchNorm,
     DynamicErf,
     DynamicTanh,
     EvoNorm2dB0,
@@ -51,6 +57,7 @@ from normlab.norms import (
     fold_batchnorm,
     freeze_batchnorm,
     fuser_methods,
+    link_cross_iteration,
     recalibrate_batchnorm,
     registry,
     spec,
@@ -62,6 +69,11 @@ from normlab.norms import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaLNZero",
+    "AdaptiveLayerNorm",
+    "AdaptiveRMSNorm",
+    "AddLayerNorm",
+    "AddRMSNorm",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
@@ -69,6 +81,7 @@ __all__ = [
     "BatchRenorm",
     "BatchRenorm1d",
     "BatchRenorm2d",
+    "CrossIterationBatchNorm",
     "DynamicErf",
     "DynamicTanh",
     "EvoNorm2dB0",
@@ -108,6 +121,7 @@ __all__ = [
     "freeze_batchnorm",
     "fuser_methods",
     "get_backend",
+    "link_cross_iteration",
     "recalibrate_batchnorm",
     "registry",
     "spec",

@@ -20,7 +20,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from normlab.kernels import batch, group, layer  # noqa: E402
+from normlab.kernels import batch, group, layer, modulated, residual  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 F32 = "*fp32"
@@ -83,6 +83,26 @@ def variants():
     final = {"PMean": F32, "PM2": F32, "PCount": F32, "Mean": F32, "Rstd": F32}
     final |= {"RunMean": F32, "RunVar": F32}
     yield batch._bn_finalize, final, ("eps", "momentum"), {"UPDATE": True, "BLOCK_C": 128}
+    # modulated (adaLN) norms: bfloat16 x, shift and scale
+    mod_fwd = {**rows, "Shift": bf16, "Scale": bf16}
+    mod_bwd = {**rows_bwd, "Scale": bf16, "B": bf16, "DShift": F32, "DScale": F32}
+    for rms in (False, True):
+        for affine in (True, False):
+            flags = {"RMS": rms, "HAS_W": affine, "HAS_B": affine and not rms}
+            tiles = {"BLOCK_M": 4, "BLOCK_N": 1024}
+            yield modulated._modulated_fwd, mod_fwd, ("eps",), {**flags, **tiles}
+            yield modulated._modulated_bwd, mod_bwd, (), {**flags, **tiles}
+    # residual add + norm: a bfloat16 x with a float32 residual stream (h, dh, dresidual)
+    add_fwd = {"X": bf16, "R": F32, "Y": bf16, "H": F32, "W": bf16, "B": bf16, **stats}
+    add_bwd = {"H": F32, "DY": bf16, "DH": F32, "DX": bf16, "DR": F32, "W": bf16, **stats}
+    add_bwd |= {"DW": F32, "DB": F32}
+    for rms in (False, True):
+        for full in (True, False):  # residual, affine, dh and dresidual, or none of them
+            flags = {"RMS": rms, "HAS_W": full, "HAS_B": full and not rms}
+            tiles = {"BLOCK_M": 4, "BLOCK_N": 1024}
+            yield residual._add_norm_fwd, add_fwd, ("eps",), {**flags, "HAS_R": full, **tiles}
+            grads = {"HAS_DH": full, "HAS_DR": full}
+            yield residual._add_norm_bwd, add_bwd, (), {**flags, **grads, **tiles}
 
 
 def main() -> int:

@@ -254,3 +254,17 @@ def test_data_parallel_config_errors():
         TINY.replace(nproc=2, probe_every=5)
     with pytest.raises(ConfigError, match="nproc: Input should be greater than or equal to 1"):
         TINY.replace(nproc=0)
+
+
+def test_every_technique_is_compared_in_some_experiment():
+    """A technique added to the registry reaches the lab: each is in some experiment's
+    default or full comparison (FrozenBatchNorm, for fine-tuning, in none)."""
+    from normlab.experiments import catalog
+    from normlab.norms import registry
+
+    compared = {
+        registry.spec(name).name
+        for experiment in catalog.EXPERIMENTS.values()
+        for name in (*experiment.default_norms, *(experiment.full_norms or ()))
+    }
+    assert set(registry.available()) - compared == {"frozenbatchnorm"}

@@ -54,6 +54,26 @@ SCHEMAS = {
     "Tensor? weight, Tensor? bias, float eps) -> Tensor",
     "batch_norm_bwd": "(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor spread, "
     "bool training, float eps) -> (Tensor, Tensor)",
+    "modulated_layer_norm_fwd": "(Tensor x, Tensor shift, Tensor scale, Tensor? weight, "
+    "Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)",
+    "modulated_layer_norm_bwd": "(Tensor dy, Tensor x, Tensor scale, Tensor? weight, "
+    "Tensor? bias, Tensor mean, Tensor rstd, bool weight_grad, bool bias_grad) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "modulated_rms_norm_fwd": "(Tensor x, Tensor shift, Tensor scale, Tensor? weight, "
+    "float eps) -> (Tensor, Tensor)",
+    "modulated_rms_norm_bwd": "(Tensor dy, Tensor x, Tensor scale, Tensor? weight, "
+    "Tensor rstd, bool weight_grad) -> (Tensor, Tensor, Tensor, Tensor)",
+    "add_rms_norm_fwd": "(Tensor x, Tensor? residual, SymInt[] normalized_shape, "
+    "Tensor? weight, float eps, bool residual_in_fp32) -> (Tensor, Tensor, Tensor)",
+    "add_rms_norm_bwd": "(Tensor dy, Tensor? dh, Tensor h, Tensor? weight, Tensor rstd, "
+    "SymInt[] normalized_shape, ScalarType x_dtype, ScalarType? residual_dtype, "
+    "bool weight_grad) -> (Tensor, Tensor, Tensor)",
+    "add_layer_norm_fwd": "(Tensor x, Tensor? residual, SymInt[] normalized_shape, "
+    "Tensor? weight, Tensor? bias, float eps, bool residual_in_fp32) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+    "add_layer_norm_bwd": "(Tensor dy, Tensor? dh, Tensor h, Tensor? weight, Tensor mean, "
+    "Tensor rstd, SymInt[] normalized_shape, ScalarType x_dtype, ScalarType? residual_dtype, "
+    "bool weight_grad, bool bias_grad) -> (Tensor, Tensor, Tensor, Tensor)",
 }
 
 
@@ -157,7 +177,76 @@ def _batch_cases():
         yield f"batch_bwd_eval-{tag}", "batch_norm_bwd", functools.partial(bwd, training=False)
 
 
-OPCHECK_CASES = [*_row_cases(), *_group_cases(), *_batch_cases()]
+def _add_norm_cases():
+    """Residual add + norm: same dtypes; a float32 stream and residual under a bfloat16 x
+    (dresidual in its own dtype); no residual, no affine, no gradient for h."""
+    bf16, f32 = torch.bfloat16, torch.float32
+    for x_dtype, r_dtype, fp32, affine in [(f32, f32, False, True), (bf16, f32, True, True),
+                                           (bf16, None, True, False)]:  # fmt: skip
+        tag = f"{x_dtype}-{r_dtype}-{'fp32' if fp32 else 'promoted'}".replace("torch.", "")
+
+        def inputs(x_dtype=x_dtype, r_dtype=r_dtype, affine=affine, grad=True):
+            x = _rand(3, 2, 8).to(x_dtype).requires_grad_(grad)
+            r = None if r_dtype is None else _rand(3, 2, 8, seed=4).to(r_dtype)
+            return x, None if r is None else r.requires_grad_(grad), *_affine((8,), affine, grad)
+
+        def fwd(fp32=fp32, rms=False, inputs=inputs):
+            x, r, w, b = inputs()
+            return (x, r, [8], w, 1e-5, fp32) if rms else (x, r, [8], w, b, 1e-5, fp32)
+
+        def bwd(fp32=fp32, rms=False, inputs=inputs, affine=affine):
+            x, r, w, _ = inputs(grad=False)
+            separate = r.dtype if r is not None and r.dtype != x.dtype else None
+            if rms:
+                _, h, *stats = _op("add_rms_norm_fwd")(x, r, [8], w, 1e-5, fp32)
+            else:
+                _, h, *stats = _op("add_layer_norm_fwd")(x, r, [8], w, None, 1e-5, fp32)
+            dy = _rand(3, 2, 8, seed=3).to(x.dtype)
+            dh = _rand(3, 2, 8, seed=5).to(h.dtype) if affine else None
+            flags = (affine,) if rms else (affine, affine)
+            return dy, dh, h, w, *stats, [8], x.dtype, separate, *flags
+
+        yield f"add_layer_fwd-{tag}", "add_layer_norm_fwd", fwd
+        yield f"add_layer_bwd-{tag}", "add_layer_norm_bwd", bwd
+        yield f"add_rms_fwd-{tag}", "add_rms_norm_fwd", functools.partial(fwd, rms=True)
+        yield f"add_rms_bwd-{tag}", "add_rms_norm_bwd", functools.partial(bwd, rms=True)
+
+
+OPCHECK_CASES = [*_row_cases(), *_group_cases(), *_batch_cases(), *_add_norm_cases()]
+
+
+def _modulated_cases():
+    """Modulated norms: per-sample shift and scale (strided chunks of one projection,
+    as DiT makes them) with affine; per-token ones without."""
+    for per_token, affine in [(False, True), (True, False)]:
+        tag = f"{'token' if per_token else 'sample'}-{'affine' if affine else 'plain'}"
+
+        def mods(per_token=per_token, grad=True):
+            proj = _rand(3, *((2,) if per_token else ()), 16, grad=grad, seed=6)
+            return proj.chunk(2, dim=-1)
+
+        def fwd(per_token=per_token, affine=affine, rms=False):
+            x, (shift, scale) = _rand(3, 2, 8, grad=True), mods(per_token)
+            w, b = _affine((8,), affine)
+            return (x, shift, scale, w, 1e-5) if rms else (x, shift, scale, w, b, 1e-5)
+
+        def bwd(per_token=per_token, affine=affine, rms=False):
+            x, (shift, scale) = _rand(3, 2, 8), mods(per_token, grad=False)
+            w, b = _affine((8,), affine, grad=False)
+            dy = _rand(3, 2, 8, seed=3)
+            if rms:
+                _, rstd = _op("modulated_rms_norm_fwd")(x, shift, scale, w, 1e-5)
+                return dy, x, scale, w, rstd, affine
+            _, mean, rstd = _op("modulated_layer_norm_fwd")(x, shift, scale, w, b, 1e-5)
+            return dy, x, scale, w, b, mean, rstd, affine, affine
+
+        yield f"modulated_layer_fwd-{tag}", "modulated_layer_norm_fwd", fwd
+        yield f"modulated_layer_bwd-{tag}", "modulated_layer_norm_bwd", bwd
+        yield f"modulated_rms_fwd-{tag}", "modulated_rms_norm_fwd", functools.partial(fwd, rms=True)
+        yield f"modulated_rms_bwd-{tag}", "modulated_rms_norm_bwd", functools.partial(bwd, rms=True)
+
+
+OPCHECK_CASES += list(_modulated_cases())
 
 
 @pytest.fixture(autouse=True)
@@ -211,6 +300,8 @@ COMPILE_CASES = {
     "batch_norm_train": (_batch_train, (4, 3, 2, 2)),
     "batch_norm_eval": (_batch_eval, (4, 3, 2, 2)),
 }
+COMPILE_CASES["modulated_layer_norm"] = (kernels.modulated_layer_norm, (3, 2, 8))
+COMPILE_CASES["modulated_rms_norm"] = (kernels.modulated_rms_norm, (3, 2, 8))
 
 
 def _compile_args(name, shape):
@@ -221,6 +312,8 @@ def _compile_args(name, shape):
     w, b = _affine((channels,), True)
     if name == "rms_norm":
         return [x, w]
+    if name.startswith("modulated"):  # x, shift, scale (B, D)
+        return [x, *(_rand(shape[0], channels, grad=True, seed=s) for s in (4, 5))]
     if name.startswith("batch_norm"):
         return [x, w, b, *_running()]
     return [x, w, b]

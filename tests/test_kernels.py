@@ -186,10 +186,14 @@ def test_layer_norm_over_several_trailing_axes(poisoned):
     _check(ours, exact, torch.float32, "layer_norm over (4, 5)")
 
 
-def test_rms_norm_default_eps_is_the_dtype_eps(poisoned):
-    x, _ = _inputs((2, 8), torch.float32, 3, scale=1e-4)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_rms_norm_default_eps_is_torchs(poisoned, dtype):
+    """eps=None is float32's epsilon for float32 and half inputs alike, as torch's
+    F.rms_norm computes it (in float32), not the half dtype's far larger one."""
+    x, _ = _inputs((2, 8), dtype, 3, scale=1e-4)
     exact = F.rms_norm(x.double(), (8,), eps=torch.finfo(torch.float32).eps)
-    assert rel_err(layer.rms_norm(_on(x), (8,)).cpu(), exact) <= 1e-5
+    assert rel_err(F.rms_norm(x, (8,)), exact) <= TOL[dtype]  # torch's own, the oracle's eps
+    assert rel_err(layer.rms_norm(_on(x), (8,)).cpu(), exact) <= TOL[dtype]
 
 
 # --- GroupNorm ---------------------------------------------------------------------
@@ -427,7 +431,10 @@ def test_the_gpu_benchmark_script_runs_end_to_end(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert not [r for r in rows if "error" in r], [r for r in rows if "error" in r]
     ours = [r for r in rows if r["impl"] == "normlab"]
-    assert {r["op"] for r in ours} == {"layernorm", "rmsnorm", "groupnorm", "batchnorm"}
+    assert {r["op"] for r in ours} == {
+        *("layernorm", "rmsnorm", "groupnorm", "batchnorm"),
+        *("add_rmsnorm", "add_layernorm", "adaln", "adarms"),
+    }
     assert max(r["rel_err"] for r in ours) <= TOL[torch.bfloat16]
 
 

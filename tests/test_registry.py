@@ -166,6 +166,7 @@ FACTS = {  # name: (inference, fused_activation, torch_classes)
     "lrn": ("sample", False, (nn.LocalResponseNorm,)),
     "batchrenorm": ("running", False, ()),
     "ghostbatchnorm": ("running", False, ()),
+    "cross_iteration_bn": ("running", False, ()),
     "frozenbatchnorm": ("frozen", False, ()),
     "frn": ("sample", True, ()),
     "evonorm_b0": ("running", True, ()),

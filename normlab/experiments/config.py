@@ -30,7 +30,9 @@ MODELS = ("mlp", "cnn", "resnet", "transformer")
 # The choices the model builders (normlab.models) accept; a test holds them equal.
 Activation = Literal["sigmoid", "tanh", "relu", "gelu", "silu", "leaky_relu"]
 Init = Literal["small-gaussian", "kaiming", "xavier", "default"]
-NormPosition = Literal["pre", "post"]
+NormPosition = Literal["pre", "post", "peri", "sandwich", "deepnorm", "lns"]
+# Placements only the transformer has (mlp and cnn take pre or post).
+TRANSFORMER_ONLY_POSITIONS = ("peri", "sandwich", "deepnorm", "lns")
 Optimizer = Literal["sgd", "momentum", "adam"]
 
 # Fields only normlab's own builders read: a user's builder (model="pkg.mod:fn") gets
@@ -137,6 +139,11 @@ class RunConfig(BaseModel):
             )
         if self.qk_norm and self.model != "transformer":
             raise ValueError(f"qk_norm needs model='transformer', not {self.model!r}")
+        if self.norm_position in TRANSFORMER_ONLY_POSITIONS and self.model != "transformer":
+            raise ValueError(
+                f"norm_position {self.norm_position!r} needs model='transformer', not "
+                f"{self.model!r} (other models take 'pre' or 'post')"
+            )
         return self
 
     def __init__(self, **values: Any) -> None:

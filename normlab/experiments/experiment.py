@@ -201,4 +201,6 @@ FEATURE_TECHNIQUES = (
     "evonorm_s0",
     "scalenorm",
     "dyt",
+    "derf",
+    "rmsnorm_lm",
 )

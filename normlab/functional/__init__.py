@@ -30,6 +30,8 @@ from normlab.functional.checks import NormInputError
 __all__ = [
     "BACKENDS",
     "NormInputError",
+    "add_layer_norm",
+    "add_rms_norm",
     "batch_norm",
     "batch_renorm",
     "dynamic_erf",
@@ -45,6 +47,8 @@ __all__ = [
     "layer_norm_2d",
     "lm_rms_norm",
     "local_response_norm",
+    "modulated_layer_norm",
+    "modulated_rms_norm",
     "rms_norm",
     "rms_norm_2d",
     "run",
@@ -220,6 +224,82 @@ def rms_norm(
     checks.check_trailing_shape(who, input, shape)
     call = (input, shape, weight, eps)
     return _pick("rms_norm", backend, call=call)(*call)
+
+
+def modulated_layer_norm(
+    input: Tensor,
+    shift: Tensor,
+    scale: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-6,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Modulated LayerNorm (adaLN, Peebles & Xie, 2023) of an (B, *, D) input:
+    y = LN(x) * (1 + scale) + shift over the last axis, shift and scale (B, D)
+    broadcast over the tokens, or of x's shape; see :class:`normlab.AdaptiveLayerNorm`."""
+    checks.check_modulation("modulated_layer_norm", input, shift, scale, weight, bias)
+    call = (input, shift, scale, weight, bias, eps)
+    return _pick("modulated_layer_norm", backend, call=call)(*call)
+
+
+def modulated_rms_norm(
+    input: Tensor,
+    shift: Tensor,
+    scale: Tensor,
+    weight: Tensor | None = None,
+    eps: float = 1e-6,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Modulated RMSNorm of an (B, *, D) input: y = RMSNorm(x) * (1 + scale) + shift
+    over the last axis; see :func:`modulated_layer_norm`."""
+    checks.check_modulation("modulated_rms_norm", input, shift, scale, weight)
+    call = (input, shift, scale, weight, eps)
+    return _pick("modulated_rms_norm", backend, call=call)(*call)
+
+
+def add_rms_norm(
+    input: Tensor,
+    residual: Tensor | None,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+    residual_in_fp32: bool = False,
+    *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """RMSNorm after a residual add, as a pre-norm transformer block runs it:
+    h = input + residual (None: h = input), y = rms_norm(h); returns (y, h).
+
+    y has the input's dtype; h torch's promotion of input and residual, float32 at
+    least with ``residual_in_fp32``. Gradients reach input and residual from both
+    outputs. See :class:`normlab.AddRMSNorm`."""
+    who = "add_rms_norm"
+    shape = checks.check_add_norm(who, input, residual, normalized_shape, weight)
+    call = (input, residual, shape, weight, eps, residual_in_fp32)
+    return _pick("add_rms_norm", backend, call=call)(*call)
+
+
+def add_layer_norm(
+    input: Tensor,
+    residual: Tensor | None,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    residual_in_fp32: bool = False,
+    *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """LayerNorm after a residual add: h = input + residual (None: h = input),
+    y = layer_norm(h); returns (y, h), dtypes as :func:`add_rms_norm`'s. See
+    :class:`normlab.AddLayerNorm`."""
+    who = "add_layer_norm"
+    shape = checks.check_add_norm(who, input, residual, normalized_shape, weight, bias)
+    call = (input, residual, shape, weight, bias, eps, residual_in_fp32)
+    return _pick("add_layer_norm", backend, call=call)(*call)
 
 
 LM_RMS_CASTS = ("llama", "gemma")

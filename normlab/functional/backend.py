@@ -21,6 +21,8 @@ from collections.abc import Iterator
 BACKENDS: tuple[str, ...] = ("native", "reference", "triton")
 # The ops :mod:`normlab.kernels` has Triton kernels for.
 KERNEL_OPS: tuple[str, ...] = ("batch_norm", "group_norm", "layer_norm", "rms_norm")
+KERNEL_OPS += ("add_layer_norm", "add_rms_norm")  # normlab.kernels.residual
+KERNEL_OPS += ("modulated_layer_norm", "modulated_rms_norm")  # normlab.kernels.modulated
 
 _default: str | None = None  # set by use_backend; None: chosen per input
 

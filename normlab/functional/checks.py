@@ -147,3 +147,73 @@ def as_normalized_shape(who: str, normalized_shape: int | Sequence[int]) -> tupl
             f"{who}: normalized_shape must be a non-empty tuple of positive sizes, got {shape}"
         )
     return shape
+
+
+def check_modulation(
+    who: str,
+    input: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> None:
+    """The input of a modulated norm: a floating (B, *, D) ``input``; ``shift`` and
+    ``scale`` of its dtype and of shape (B, D) (per sample) or the input's (per
+    token), both alike; ``weight`` and ``bias`` (D,) where given."""
+    check_floating(who, input)
+    check_min_dims(who, input, 2, "(B, *, D)")
+    d = input.shape[-1]
+    allowed = ((input.shape[0], d), tuple(input.shape))
+    for name, t in (("shift", shift), ("scale", scale)):
+        check_floating(f"{who} ({name})", t)
+        if tuple(t.shape) not in allowed:
+            raise NormInputError(
+                f"{who}: {name} must have shape {shape_str(allowed[0])} (per sample) or "
+                f"the input's {shape_str(allowed[1])} (per token), got "
+                f"{shape_str(t.shape)}"
+            )
+        if t.dtype != input.dtype:
+            raise NormInputError(
+                f"{who}: {name} must have the input's dtype {input.dtype}, got {t.dtype}"
+            )
+    if shift.shape != scale.shape:
+        raise NormInputError(
+            f"{who}: shift and scale must have the same shape, got "
+            f"{shape_str(shift.shape)} and {shape_str(scale.shape)}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (d,):
+            raise NormInputError(
+                f"{who}: {name} must have shape ({d},) for an input of shape "
+                f"{shape_str(input.shape)}, got {shape_str(t.shape)}"
+            )
+
+
+def check_add_norm(
+    who: str,
+    input: torch.Tensor,
+    residual: torch.Tensor | None,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> tuple[int, ...]:
+    """The arguments of a norm after a residual add: a floating input ending in
+    ``normalized_shape`` (returned as a tuple), ``residual`` None or a floating tensor
+    of the input's shape on its device, ``weight`` and ``bias`` of normalized_shape."""
+    shape = as_normalized_shape(who, normalized_shape)
+    check_floating(who, input)
+    check_trailing_shape(who, input, shape)
+    if residual is not None:
+        check_floating(f"{who} (residual)", residual)
+        if residual.shape != input.shape or residual.device != input.device:
+            raise NormInputError(
+                f"{who}: residual must have the input's shape {shape_str(input.shape)} "
+                f"on {input.device}, got {shape_str(residual.shape)} on {residual.device}"
+            )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != shape:
+            raise NormInputError(
+                f"{who}: {name} must have normalized_shape {shape_str(shape)}, got "
+                f"{shape_str(t.shape)}"
+            )
+    return shape

@@ -8,6 +8,8 @@ passes (:mod:`normlab.functional.composite`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,8 +26,12 @@ from normlab.functional.composite import (
     scale_norm,
     switchable_norm,
 )
+from normlab.functional.reference.adaptive import over_tokens
+from normlab.functional.reference.layer import residual_stream_dtype
 
 __all__ = [
+    "add_layer_norm",
+    "add_rms_norm",
     "batch_norm",
     "batch_renorm",
     "dynamic_erf",
@@ -39,6 +45,8 @@ __all__ = [
     "layer_norm_2d",
     "lm_rms_norm",
     "local_response_norm",
+    "modulated_layer_norm",
+    "modulated_rms_norm",
     "rms_norm",
     "rms_norm_2d",
     "scale_norm",
@@ -86,3 +94,67 @@ def batch_norm(
                 if running is not None:
                     running.copy_(momentum * value + (1 - momentum) * running.double())
     return y
+
+
+def _residual_add(input: Tensor, residual: Tensor | None, residual_in_fp32: bool) -> Tensor:
+    """h = input + residual in the residual stream's dtype (the input itself without a
+    residual, unless ``residual_in_fp32`` raises it to float32)."""
+    h = input.to(residual_stream_dtype(input, residual, residual_in_fp32))
+    return h if residual is None else h + residual.to(h.dtype)
+
+
+def _as(t: Tensor | None, like: Tensor) -> Tensor | None:
+    return None if t is None else t.to(like.dtype)
+
+
+def add_rms_norm(
+    input: Tensor,
+    residual: Tensor | None,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+    residual_in_fp32: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """h = input + residual, then torch's rms_norm of h; (y in the input's dtype, h)."""
+    h = _residual_add(input, residual, residual_in_fp32)
+    return F.rms_norm(h, normalized_shape, _as(weight, h), eps).to(input.dtype), h
+
+
+def add_layer_norm(
+    input: Tensor,
+    residual: Tensor | None,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    residual_in_fp32: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """h = input + residual, then torch's layer_norm of h; (y in the input's dtype, h)."""
+    h = _residual_add(input, residual, residual_in_fp32)
+    y = F.layer_norm(h, normalized_shape, _as(weight, h), _as(bias, h), eps)
+    return y.to(input.dtype), h
+
+
+def modulated_layer_norm(
+    input: Tensor,
+    shift: Tensor,
+    scale: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-6,
+) -> Tensor:
+    """torch's layer_norm over the last axis, then y * (1 + scale) + shift in one addcmul."""
+    y = F.layer_norm(input, (input.shape[-1],), weight, bias, eps)
+    return torch.addcmul(over_tokens(shift, y), y, 1 + over_tokens(scale, y))
+
+
+def modulated_rms_norm(
+    input: Tensor,
+    shift: Tensor,
+    scale: Tensor,
+    weight: Tensor | None = None,
+    eps: float = 1e-6,
+) -> Tensor:
+    """torch's rms_norm over the last axis, then y * (1 + scale) + shift in one addcmul."""
+    y = F.rms_norm(input, (input.shape[-1],), weight, eps)
+    return torch.addcmul(over_tokens(shift, y), y, 1 + over_tokens(scale, y))

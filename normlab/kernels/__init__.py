@@ -18,8 +18,12 @@ from normlab.kernels import _launch
 from normlab.kernels.batch import batch_norm
 from normlab.kernels.group import fits, group_norm
 from normlab.kernels.layer import layer_norm, rms_norm
+from normlab.kernels.modulated import modulated_layer_norm, modulated_rms_norm, row_fits
+from normlab.kernels.residual import add_layer_norm, add_norm_unsupported, add_rms_norm
 
 __all__ = ["OPS", "batch_norm", "group_norm", "layer_norm", "rms_norm", "unsupported"]
+__all__ += ["add_layer_norm", "add_rms_norm"]
+__all__ += ["modulated_layer_norm", "modulated_rms_norm"]
 
 
 def unsupported(op: str, call: tuple) -> str | None:
@@ -42,4 +46,8 @@ def unsupported(op: str, call: tuple) -> str | None:
         return "a tensor momentum (momentum=None's running average)"
     if op == "batch_norm" and not args[4] and (args[0] is None or args[1] is None):
         return "eval without running statistics"
+    if op in ("add_layer_norm", "add_rms_norm"):
+        return add_norm_unsupported(args[0], args[1])
+    if op.startswith("modulated_") and not row_fits(input.shape[-1]):
+        return f"rows of {input.shape[-1]} features (more than a tile holds)"
     return None

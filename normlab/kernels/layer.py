@@ -407,7 +407,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None):
-    """``torch.nn.functional.rms_norm`` on the Triton kernels (eps=None: the dtype's eps)."""
+    """``torch.nn.functional.rms_norm`` on the Triton kernels (eps=None: the epsilon of
+    the dtype the statistics are computed in, float32 for half inputs, as torch's)."""
     if eps is None:
-        eps = torch.finfo(x.dtype).eps
+        eps = torch.finfo(torch.promote_types(x.dtype, torch.float32)).eps
     return rms_norm_fwd(x, normalized_shape, weight, float(eps))[0]

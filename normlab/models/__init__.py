@@ -19,14 +19,18 @@ out and makes the convolutions of :func:`cnn` keep their bias; a technique that
 fuses its own activation (FRN with its TLU, EvoNorm-B0/S0: the registry's
 ``fused_activation``) takes the place of the norm and the activation, in either
 ``norm_position``, and in the ResNet block's residual branch (the activation
-after the addition stays).
+after the addition stays). mlp, cnn and resnet link each Cross-Iteration
+BatchNorm to the linear map or convolution that feeds it
+(:func:`~normlab.norms.cross_iteration.link_cross_iteration`).
 
 - :func:`mlp` — fully connected; the BatchNorm paper's network is
   ``mlp(784, 10, depth=3, width=100, activation="sigmoid")``.
 - :func:`cnn` — conv-norm-activation blocks with pooling, for (C, H, W) images.
 - :func:`resnet` — a small ResNet (basic blocks) for 28x28 and 32x32 images.
-- :func:`transformer` — a tiny patch transformer (pre-norm blocks), where the
-  channels-last techniques (LayerNorm, RMSNorm, ScaleNorm, DynamicTanh) compete.
+- :func:`transformer` — a tiny patch transformer, where the channels-last
+  techniques (LayerNorm, RMSNorm, ScaleNorm, DynamicTanh, DynamicErf) compete; its
+  ``norm_position`` places them: pre, post, sandwich, peri, deepnorm or lns
+  (:class:`TransformerBlock`).
   It puts no activation after its norms, so ``fused_activation`` changes nothing
   there: FRN or EvoNorm, wrapped channels-last, bring their nonlinearity with them.
 """
@@ -42,6 +46,7 @@ from torch import Tensor, nn
 
 from normlab.norms import registry
 from normlab.norms._layout import FeaturesLast
+from normlab.norms.cross_iteration import link_cross_iteration
 from normlab.norms.qk import QKNorm
 
 NormArg = str | Callable[[int], nn.Module]
@@ -56,6 +61,8 @@ ACTIVATIONS = {
 }
 INITS = ("small-gaussian", "kaiming", "xavier", "default")
 POSITIONS = ("pre", "post")
+# The transformer's placements (TransformerBlock's docstring has each formula and paper).
+TRANSFORMER_POSITIONS = ("pre", "post", "peri", "sandwich", "deepnorm", "lns")
 
 
 def _choice(kind: str, value: str, options) -> str:
@@ -149,7 +156,7 @@ def mlp(
         layers += _block(nn.Linear(features, width), norm_module, act(), norm_position)
         features = width
     layers.append(nn.Linear(width, num_classes))
-    return initialize(nn.Sequential(*layers), init, init_std, init_scale)
+    return link_cross_iteration(initialize(nn.Sequential(*layers), init, init_std, init_scale))
 
 
 def cnn(
@@ -178,7 +185,7 @@ def cnn(
         layers += [*_block(conv, norm_module, act(), norm_position), nn.MaxPool2d(2)]
         previous = c
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(previous, num_classes)]
-    return initialize(nn.Sequential(*layers), init, init_std, init_scale)
+    return link_cross_iteration(initialize(nn.Sequential(*layers), init, init_std, init_scale))
 
 
 class BasicBlock(nn.Module):
@@ -239,7 +246,7 @@ def resnet(
             layers.append(BasicBlock(previous, width, stride, make_norm, act))
             previous = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(previous, num_classes)]
-    return initialize(nn.Sequential(*layers), init, init_std, init_scale)
+    return link_cross_iteration(initialize(nn.Sequential(*layers), init, init_std, init_scale))
 
 
 class QKNormAttention(nn.Module):
@@ -272,11 +279,32 @@ class QKNormAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """A transformer block. Pre-norm (``position="pre"``, as in GPT-2 and ViT):
-    x + attention(norm(x)), then x + mlp(norm(x)). Post-norm (``"post"``, the original
-    Transformer of Vaswani et al., 2017): norm(x + attention(x)), then norm(x + mlp(x)).
-    ``qk_norm=True`` uses :class:`QKNormAttention` (RMSNorm QK-norm) instead of
-    ``nn.MultiheadAttention``."""
+    """A transformer block: two residual sublayers f, attention then an MLP, each with its
+    own norms, placed by ``position`` (x is the residual stream):
+
+    - ``"pre"`` (Xiong et al., 2020, "On Layer Normalization in the Transformer
+      Architecture"; GPT-2, ViT): x ← x + f(norm(x)).
+    - ``"post"`` (Vaswani et al., 2017, "Attention Is All You Need"): x ← norm(x + f(x)).
+    - ``"sandwich"`` (Sandwich-LN; Ding et al., 2021, "CogView: Mastering Text-to-Image
+      Generation via Transformers"): x ← x + norm_out(f(norm_in(x))).
+    - ``"peri"`` (Peri-LN; Kim et al., 2025, "Peri-LN: Revisiting Normalization Layer in
+      the Transformer Architecture"; as in Gemma 2): x ← x + norm_out(f(norm_in(x))), the
+      same block as ``"sandwich"``. They differ in the model around the blocks: Peri-LN
+      also normalizes the embedding, which :class:`PatchTransformer` does for ``"peri"``
+      only.
+    - ``"deepnorm"`` (DeepNorm; Wang et al., 2022, "DeepNet: Scaling Transformers to 1,000
+      Layers"): post-norm with the residual weighted up, x ← norm(α·x + f(x)),
+      α = (2N)^(1/4) for a stack of N blocks (the encoder-only values), and the sublayers'
+      weights initialized down by β = (8N)^(-1/4) (:meth:`deepnorm_init_`, run here).
+    - ``"lns"`` (LayerNorm Scaling; Sun et al., 2025, "The Curse of Depth in Large Language
+      Models"): pre-norm whose norm outputs in block l (1-based) are scaled by 1/√l,
+      x ← x + f(norm(x)/√l).
+
+    ``layer`` (l) and ``depth`` (N) place the block in its stack; only ``"deepnorm"`` and
+    ``"lns"`` read them. ``norm1``/``norm2`` are the attention's and the MLP's norm (their
+    input norm, or the norm after the addition in post and deepnorm); ``norm1_out`` and
+    ``norm2_out`` the output norms of sandwich and peri. ``qk_norm=True`` uses
+    :class:`QKNormAttention` (RMSNorm QK-norm) instead of ``nn.MultiheadAttention``."""
 
     def __init__(
         self,
@@ -286,10 +314,21 @@ class TransformerBlock(nn.Module):
         norm: NormArg,
         position: str = "pre",
         qk_norm: bool = False,
+        layer: int = 1,
+        depth: int = 1,
         **norm_kwargs,
     ) -> None:
         super().__init__()
-        self.position = _choice("norm_position", position, POSITIONS)
+        self.position = _choice("norm_position", position, TRANSFORMER_POSITIONS)
+        if not 1 <= layer <= depth:
+            raise ValueError(
+                f"TransformerBlock: layer must be in 1..depth (depth={depth}), got {layer}"
+            )
+        self.layer, self.depth = layer, depth
+        deep = position == "deepnorm"
+        self.alpha = (2 * depth) ** 0.25 if deep else 1.0  # the residual's weight
+        self.beta = (8 * depth) ** -0.25 if deep else None  # the sublayers' initial gain
+        self.scale = layer**-0.5 if position == "lns" else 1.0  # on the norms' outputs
         make_norm = norm_factory(norm, "channels_last", **norm_kwargs)
         self.norm1 = make_norm(dim)
         self.attention = (
@@ -301,22 +340,66 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim)
         )
+        if position in ("sandwich", "peri"):
+            self.norm1_out = make_norm(dim)
+            self.norm2_out = make_norm(dim)
+        if deep:
+            self.deepnorm_init_()
+
+    @torch.no_grad()
+    def deepnorm_init_(self, gain: float = 1.0) -> None:
+        """DeepNet's initialization of the sublayers (Wang et al., 2022, Figure 2):
+        Xavier-normal with gain β·``gain`` for the value and output projections and both
+        MLP matrices, gain ``gain`` for the query and key projections (each d×d part of
+        the packed q, k, v projection on its own); biases unchanged."""
+        if self.beta is None:
+            raise ValueError(
+                f"TransformerBlock: deepnorm_init_ needs position 'deepnorm', got {self.position!r}"
+            )
+        attention = self.attention
+        packed = (
+            attention.qkv.weight
+            if isinstance(attention, QKNormAttention)
+            else attention.in_proj_weight
+        )
+        query, key, value = packed.chunk(3, 0)
+        for weight in (query, key):
+            nn.init.xavier_normal_(weight, gain=gain)
+        for weight in (value, attention.out_proj.weight, self.mlp[0].weight, self.mlp[2].weight):
+            nn.init.xavier_normal_(weight, gain=self.beta * gain)
+
+    def extra_repr(self) -> str:
+        return f"position={self.position!r}, layer={self.layer}, depth={self.depth}"
 
     def _attend(self, x: Tensor) -> Tensor:
         if isinstance(self.attention, QKNormAttention):
             return self.attention(x)
         return self.attention(x, x, x, need_weights=False)[0]
 
+    def _skip(self, x: Tensor) -> Tensor:
+        return x if self.alpha == 1 else self.alpha * x
+
+    def _normed(self, norm: nn.Module, x: Tensor) -> Tensor:
+        return norm(x) if self.scale == 1 else norm(x) * self.scale
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.position == "post":
-            x = self.norm1(x + self._attend(x))
-            return self.norm2(x + self.mlp(x))
-        x = x + self._attend(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        if self.position in ("post", "deepnorm"):
+            x = self.norm1(self._skip(x) + self._attend(x))
+            return self.norm2(self._skip(x) + self.mlp(x))
+        if self.position in ("sandwich", "peri"):
+            x = x + self.norm1_out(self._attend(self.norm1(x)))
+            return x + self.norm2_out(self.mlp(self.norm2(x)))
+        x = x + self._attend(self._normed(self.norm1, x))
+        return x + self.mlp(self._normed(self.norm2, x))
 
 
 class PatchTransformer(nn.Module):
-    """Patch embedding, learned positions, pre-norm blocks, final norm, mean pool."""
+    """Patch embedding, learned positions, ``depth`` blocks with the norm placement
+    ``position`` (:class:`TransformerBlock`), a final norm, mean pool, linear head.
+    The final norm is there where the blocks leave the residual stream unnormalized
+    (pre, lns, sandwich, peri), not after post and deepnorm blocks, which end in a
+    norm. ``"peri"`` also normalizes the embedded tokens (patches plus positions)
+    before the first block: Peri-LN's embedding norm, absent from ``"sandwich"``."""
 
     def __init__(
         self,
@@ -342,18 +425,21 @@ class PatchTransformer(nn.Module):
         self.embed = nn.Conv2d(in_channels, dim, patch, patch)
         tokens = (image_size // patch) ** 2
         self.position = nn.Parameter(torch.randn(1, tokens, dim) / math.sqrt(dim))
+        self.embed_norm = make_norm(dim) if position == "peri" else nn.Identity()
         self.blocks = nn.Sequential(
             *(
-                TransformerBlock(dim, heads, mlp_ratio, make_norm, position, qk_norm)
-                for _ in range(depth)
+                TransformerBlock(
+                    dim, heads, mlp_ratio, make_norm, position, qk_norm, layer=i + 1, depth=depth
+                )
+                for i in range(depth)
             )
         )
-        # Pre-norm leaves the residual stream unnormalized: a final norm; post-norm ends normalized.
-        self.norm = make_norm(dim) if position == "pre" else nn.Identity()
+        ends_normalized = position in ("post", "deepnorm")
+        self.norm = nn.Identity() if ends_normalized else make_norm(dim)
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        tokens = self.embed(x).flatten(2).transpose(1, 2) + self.position
+        tokens = self.embed_norm(self.embed(x).flatten(2).transpose(1, 2) + self.position)
         return self.head(self.norm(self.blocks(tokens)).mean(1))
 
 
@@ -374,9 +460,13 @@ def transformer(
     qk_norm: bool = False,
     **norm_kwargs,
 ) -> nn.Module:
-    """A tiny vision transformer on ``patch`` x ``patch`` patches of square images,
-    pre-norm or post-norm blocks (``norm_position``); ``qk_norm=True`` normalizes
-    queries and keys per head (RMSNorm QK-norm, :class:`~normlab.norms.qk.QKNorm`)."""
+    """A tiny vision transformer on ``patch`` x ``patch`` patches of square images.
+    ``norm_position`` places the norms: ``"pre"``, ``"post"``, ``"sandwich"``,
+    ``"peri"``, ``"deepnorm"`` or ``"lns"`` (formulas and papers:
+    :class:`TransformerBlock`); with ``"deepnorm"`` the sublayers' weights take
+    DeepNet's initialization whatever ``init`` (times ``init_scale``).
+    ``qk_norm=True`` normalizes queries and keys per head (RMSNorm QK-norm,
+    :class:`~normlab.norms.qk.QKNorm`)."""
     model = PatchTransformer(
         in_channels,
         image_size,
@@ -391,7 +481,11 @@ def transformer(
         qk_norm,
         **norm_kwargs,
     )
-    return initialize(model, init, init_std, init_scale)
+    initialize(model, init, init_std, init_scale)
+    if norm_position == "deepnorm":  # the scheme above re-drew or rescaled its weights
+        for block in model.blocks:
+            block.deepnorm_init_(init_scale)
+    return model
 
 
 __all__ = [

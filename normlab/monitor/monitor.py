@@ -550,7 +550,8 @@ class Monitor:
             if moved:  # ||Δw|| / ||w before||
                 rows = [row for row, _ in moved]
                 delta = torch.stack([_vector(m) for _, m in moved]).double().cpu().numpy()
-                ratio[rows] = delta / np.stack([norms[r][count:] for r in rows])
+                with np.errstate(divide="ignore", invalid="ignore"):  # a zero weight: inf, NaN
+                    ratio[rows] = delta / np.stack([norms[r][count:] for r in rows])
             grad[:] = np.stack([n[:count] for n in norms])
             steps = np.asarray([step for step, _, _ in params])
             for i, (name, _) in enumerate(self._params):

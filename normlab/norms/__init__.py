@@ -2,6 +2,7 @@
 registry that builds them by name."""
 
 from normlab.norms._twin import fuser_methods
+from normlab.norms.adaptive import AdaLNZero, AdaptiveLayerNorm, AdaptiveRMSNorm, Modulation
 from normlab.norms.batch import (
     BatchNorm1d,
     BatchNorm2d,
@@ -23,6 +24,7 @@ from normlab.norms.convert import (
     to_torch,
     unfreeze_batchnorm,
 )
+from normlab.norms.cross_iteration import CrossIterationBatchNorm, link_cross_iteration
 from normlab.norms.deploy import fold_batchnorm, recalibrate_batchnorm
 from normlab.norms.dyt import DynamicErf, DynamicTanh
 from normlab.norms.group import (
@@ -37,11 +39,17 @@ from normlab.norms.group import (
 from normlab.norms.layer import LayerNorm, LayerNorm2d, LMRMSNorm, RMSNorm, RMSNorm2d, ScaleNorm
 from normlab.norms.qk import QKNorm
 from normlab.norms.registry import NormSpec, StatSet, available, create, spec
+from normlab.norms.residual import AddLayerNorm, AddRMSNorm
 from normlab.norms.response import EvoNorm2dB0, FilterResponseNorm2d, LocalResponseNorm
 from normlab.norms.switchable import SwitchableNorm2d
 from normlab.norms.weight import WSConv2d, weight_norm
 
 __all__ = [
+    "AdaLNZero",
+    "AdaptiveLayerNorm",
+    "AdaptiveRMSNorm",
+    "AddLayerNorm",
+    "AddRMSNorm",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
@@ -49,6 +57,7 @@ __all__ = [
     "BatchRenorm",
     "BatchRenorm1d",
     "BatchRenorm2d",
+    "CrossIterationBatchNorm",
     "DynamicErf",
     "DynamicTanh",
     "EvoNorm2dB0",
@@ -68,6 +77,7 @@ __all__ = [
     "LayerNorm2d",
     "LayerNormCHW",
     "LocalResponseNorm",
+    "Modulation",
     "NormSpec",
     "QKNorm",
     "RMSNorm",
@@ -84,6 +94,7 @@ __all__ = [
     "fold_batchnorm",
     "freeze_batchnorm",
     "fuser_methods",
+    "link_cross_iteration",
     "recalibrate_batchnorm",
     "spec",
     "to_torch",

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from normlab._names import did_you_mean
+from normlab.norms.adaptive import AdaLNZero, AdaptiveLayerNorm, AdaptiveRMSNorm
 from normlab.norms.qk import QKNorm
+from normlab.norms.residual import AddLayerNorm, AddRMSNorm
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,12 @@ class NormForm:
     paper: str  # authors, year, title
 
 
+_FILM = (
+    "Perez, Strub, de Vries, Dumoulin & Courville, 2018, FiLM: Visual Reasoning with a "
+    "General Conditioning Layer"
+)
+_DIT = "Peebles & Xie, 2023, Scalable Diffusion Models with Transformers"
+
 _FORMS: tuple[NormForm, ...] = (
     NormForm(
         "qk_norm",
@@ -41,6 +49,49 @@ _FORMS: tuple[NormForm, ...] = (
         paper="Henry, Dachapally, Pawar & Chen, 2020, Query-Key Normalization for "
         "Transformers; Dehghani et al., 2023, Scaling Vision Transformers to 22 Billion "
         "Parameters",
+    ),
+    NormForm(
+        "adaptive_layernorm",
+        AdaptiveLayerNorm,
+        techniques=("layernorm",),
+        call="y = m(x, c)",
+        formula="y = (x − μ) / √(σ² + ε) · (1 + scale) + shift, (shift, scale) = W SiLU(c) + b",
+        paper=_FILM + "; " + _DIT,
+    ),
+    NormForm(
+        "adaptive_rmsnorm",
+        AdaptiveRMSNorm,
+        techniques=("rmsnorm",),
+        call="y = m(x, c)",
+        formula="y = x / √(mean(x²) + ε) · (1 + scale) + shift, (shift, scale) = W SiLU(c) + b",
+        paper=_FILM + "; " + _DIT,
+    ),
+    NormForm(
+        "adaln_zero",
+        AdaLNZero,
+        techniques=("layernorm", "rmsnorm"),
+        call="mods = m(c); x = m.residual(x, mods[i], f)",
+        formula="x + gate · f(norm(x) · (1 + scale) + shift) per sublayer, (shift, scale, "
+        "gate) = W SiLU(c) + b with W = 0, b = 0 at init (the identity)",
+        paper=_DIT,
+    ),
+    NormForm(
+        "add_rmsnorm",
+        AddRMSNorm,
+        techniques=("rmsnorm",),
+        call="y, h = m(x, residual)",
+        formula="h = x + r, y = γ h / √(mean(h²) + ε); h goes on along the residual stream",
+        paper="Zhang & Sennrich, 2019, Root Mean Square Layer Normalization; Xiong et al., "
+        "2020, On Layer Normalization in the Transformer Architecture",
+    ),
+    NormForm(
+        "add_layernorm",
+        AddLayerNorm,
+        techniques=("layernorm",),
+        call="y, h = m(x, residual)",
+        formula="h = x + r, y = γ (h − μ) / √(σ² + ε) + β; h goes on along the residual stream",
+        paper="Ba, Kiros & Hinton, 2016, Layer Normalization; Xiong et al., 2020, On Layer "
+        "Normalization in the Transformer Architecture",
     ),
 )
 

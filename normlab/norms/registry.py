@@ -42,6 +42,7 @@ from normlab.norms.batch import (
     GhostBatchNorm2d,
     SyncBatchNorm,
 )
+from normlab.norms.cross_iteration import CrossIterationBatchNorm
 from normlab.norms.dyt import DynamicErf, DynamicTanh
 from normlab.norms.group import (
     EvoNorm2dS0,
@@ -70,19 +71,24 @@ class StatSet:
     batch: str = "none"  # "all" | "virtual" | "none"
     channels: str = "one"  # "one" | "group" | "all" | "window"
     spatial: bool = True
+    # Pooled with the same axes of the last k training steps' batches (Cross-Iteration BN).
+    steps: bool = False
+
+    def _over_steps(self, axes: str) -> str:
+        return f"{axes} (last k steps)" if self.steps else axes
 
     def nchw(self) -> str:
         """For an (N, C, H, W) tensor, e.g. 'N, H, W'."""
         parts = {"all": ["N"], "virtual": ["N/v"], "none": []}[self.batch]
         parts += {"one": [], "group": ["C/G"], "all": ["C"], "window": ["C±k"]}[self.channels]
         parts += ["H", "W"] if self.spatial else []
-        return ", ".join(parts)
+        return self._over_steps(", ".join(parts))
 
     def features(self) -> str:
         """For an (N, features) tensor, e.g. 'N'; 'single value' when degenerate."""
         parts = {"all": ["N"], "virtual": ["N/v"], "none": []}[self.batch]
         parts += {"one": [], "group": ["F/G"], "all": ["F"], "window": ["F±k"]}[self.channels]
-        return ", ".join(parts) or "single value"
+        return self._over_steps(", ".join(parts) or "single value")
 
 
 def largest_divisor(num_channels: int, at_most: int) -> int:
@@ -368,6 +374,25 @@ _SPECS: tuple[NormSpec, ...] = (
             "ghostbatchnorm2d": GhostBatchNorm2d,
         },
         classes=(GhostBatchNorm, GhostBatchNorm1d, GhostBatchNorm2d),
+    ),
+    NormSpec(
+        "cross_iteration_bn",
+        CrossIterationBatchNorm,
+        CrossIterationBatchNorm,
+        stats=(StatSet(batch="all", steps=True),),
+        statistics="mean and mean square of the last k batches, each compensated to the "
+        "current weights",
+        formula="y = γ (x − μ̄) / √(ν̄ − μ̄² + ε) + β, μ̄, ν̄ averaged over k steps of "
+        "μ_{t−τ} + ∂μ_{t−τ}/∂θ · (θ_t − θ_{t−τ}) (ν likewise, ν ≥ μ²)",
+        train_eval_differ=True,
+        paper="Yao, Cao, Zheng, Huang & Lin, 2021, Cross-Iteration Batch Normalization",
+        inference="running",
+        aliases={
+            "cbn": None,
+            "cross_iteration": None,
+            "cross_iteration_batchnorm": None,
+            "crossiterationbatchnorm": None,
+        },
     ),
     NormSpec(
         "frozenbatchnorm",

@@ -30,7 +30,10 @@ class BatchSize(Experiment):
         "The paper's claim is about the gap between BatchNorm and GroupNorm as the batch "
         "shrinks. Note that BatchNorm's statistic spans N × H × W values per channel: even at "
         "batch 2 that is 1,568 values in the first layer of this 28×28 CNN, far more than in "
-        "the paper's detection-sized batches of 1–2 large images. The band spans the seeds."
+        "the paper's detection-sized batches of 1–2 large images. The band spans the seeds. "
+        "Cross-Iteration BatchNorm (Yao et al., 2021) pools the statistics of the last 4 "
+        "steps' batches, each compensated for the weights' change since, to keep BatchNorm's "
+        "accuracy at small batches (in the --full run, with the layer's default: no burn-in)."
     )
     default_norms = ("batchnorm", "groupnorm", "layernorm_chw", "none")
     base = LAB_CNN.replace(epochs=3, lr=0.05, lr_scaling=True, warmup_steps=50)
@@ -43,6 +46,7 @@ class BatchSize(Experiment):
         "layernorm_chw",
         "instancenorm",
         "batchrenorm",
+        "cross_iteration_bn",
         "frn",
         "evonorm_s0",
         "none",

@@ -42,6 +42,8 @@ class Cost(Experiment):
         "switchable",
         "scalenorm",
         "dyt",
+        "derf",
+        "rmsnorm_lm",
     )
     base = LAB_CNN.replace(channels=(16, 32), steps=40, batch_size=64)
     quick = {"steps": 5, "train_size": 256, "test_size": 100}

@@ -42,6 +42,8 @@ class LearningRate(Experiment):
         "evonorm_s0",
         "switchable",
         "scalenorm",
+        "derf",
+        "rmsnorm_lm",
     )
     seeds = 3
     section = "problem"

@@ -42,6 +42,7 @@ class Transformer(Experiment):
     grid = {"norm_position": ("pre", "post")}
     quick = {"steps": 20, "depth": 2, "train_size": 256, "test_size": 200}
     full = {"steps": 1500, "depth": 4}
+    full_norms = ("layernorm", "rmsnorm", "dyt", "derf")  # Derf: DyT's successor
     seeds = 2
     order = 70
 

@@ -15,10 +15,13 @@ Input validation lives in :mod:`normlab.functional` (the public entry points).
 One file per family, as in :mod:`normlab.norms`.
 """
 
+from normlab.functional.reference.adaptive import modulated_layer_norm, modulated_rms_norm
 from normlab.functional.reference.batch import batch_norm, batch_renorm, ghost_batch_norm
 from normlab.functional.reference.common import accumulation_dtype
 from normlab.functional.reference.group import evonorm_s0, group_norm, instance_norm
 from normlab.functional.reference.layer import (
+    add_layer_norm,
+    add_rms_norm,
     dynamic_erf,
     dynamic_tanh,
     layer_norm,
@@ -38,6 +41,8 @@ from normlab.functional.reference.weight import weight_standardization
 
 __all__ = [
     "accumulation_dtype",
+    "add_layer_norm",
+    "add_rms_norm",
     "batch_norm",
     "batch_renorm",
     "dynamic_erf",
@@ -52,6 +57,8 @@ __all__ = [
     "layer_norm_2d",
     "lm_rms_norm",
     "local_response_norm",
+    "modulated_layer_norm",
+    "modulated_rms_norm",
     "rms_norm",
     "rms_norm_2d",
     "scale_norm",

@@ -174,3 +174,58 @@ def lm_rms_norm(
         y = y if weight is None else (1 + weight if unit_offset else weight) * y
     y = y.to(x.dtype)
     return y if channels_last else y.movedim(-1, 1)
+
+
+def residual_stream_dtype(
+    input: Tensor, residual: Tensor | None, residual_in_fp32: bool
+) -> torch.dtype:
+    """The dtype of h = input + residual: torch's promotion of the two (the input's
+    alone without a residual), at least float32 with ``residual_in_fp32``."""
+    dtype = input.dtype if residual is None else torch.promote_types(input.dtype, residual.dtype)
+    return torch.promote_types(dtype, torch.float32) if residual_in_fp32 else dtype
+
+
+def _residual_add(input: Tensor, residual: Tensor | None, residual_in_fp32: bool) -> Tensor:
+    """h = input + residual, summed in the accumulation dtype and rounded once to the
+    residual stream's dtype (h = input without a residual)."""
+    dtype = residual_stream_dtype(input, residual, residual_in_fp32)
+    s = input.to(accumulation_dtype(dtype))
+    if residual is not None:
+        s = s + residual.to(s.dtype)
+    return s.to(dtype)
+
+
+def add_rms_norm(
+    input: Tensor,
+    residual: Tensor | None,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+    residual_in_fp32: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """RMSNorm (Zhang & Sennrich, 2019) after a residual add, as a pre-norm block runs it.
+
+    h = x + residual,  y = h / sqrt(mean(h^2) + eps) * weight over the trailing axes;
+    returns (y, h), y in the input's dtype, h in :func:`residual_stream_dtype`.
+    """
+    h = _residual_add(input, residual, residual_in_fp32)
+    return rms_norm(h, normalized_shape, weight, eps).to(input.dtype), h
+
+
+def add_layer_norm(
+    input: Tensor,
+    residual: Tensor | None,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    residual_in_fp32: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """LayerNorm (Ba, Kiros & Hinton, 2016) after a residual add, as a pre-norm block runs it.
+
+    h = x + residual,  y = (h - E[h]) / sqrt(Var[h] + eps) * weight + bias over the
+    trailing axes; returns (y, h), y in the input's dtype, h in
+    :func:`residual_stream_dtype`.
+    """
+    h = _residual_add(input, residual, residual_in_fp32)
+    return layer_norm(h, normalized_shape, weight, bias, eps).to(input.dtype), h
