@@ -26,12 +26,14 @@ $(DEV): $(BASE)
 compare: setup
 	$(BIN)/normlab compare
 
-# The four anchors at the published sizes (about 45 minutes on 2 cores); the batch-size
-# study reads Fashion-MNIST from Debian's dataset-fashion-mnist (installed here, as root).
+# The four anchors at the published sizes and the placement study (about 50 minutes on
+# 2 cores); the batch-size study reads Fashion-MNIST from Debian's
+# dataset-fashion-mnist (installed here, as root).
 full: setup
 	test -d /usr/share/datasets/fashion-mnist || \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist)
 	$(BIN)/normlab compare --full --out normlab-full
+	$(BIN)/normlab run placement --out normlab-full/results
 	$(BIN)/normlab report normlab-full --out docs/article
 
 check: setup
