@@ -3,6 +3,8 @@
 Every technique as an nn.Module (the torch.nn ones as exact drop-ins), built
 by name with :func:`create`, swapped into models with :func:`convert`, and run
 through :mod:`normlab.functional`, whose backend :func:`use_backend` switches.
+:mod:`normlab.models` (imported on its own: ``from normlab import models``) builds
+the lab's models with any technique;
 :mod:`normlab.numpy_ref` holds the NumPy forward and hand-derived backward.
 """
 

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from normlab.experiments import catalog
@@ -167,8 +168,8 @@ def list_techniques(
     form_table = Table(title="block-level forms: a technique with more than one input")
     for column in shown:
         form_table.add_column(column, overflow="fold")
-    for row in form_rows():
-        form_table.add_row(*(row[c] for c in shown))
+    for row in form_rows():  # escaped: rich would read "mods[i]" as markup
+        form_table.add_row(*(escape(row[c]) for c in shown))
     # --wide: one line per technique, however wide that is (the terminal may scroll).
     for t in (table, form_table):
         (Console(width=100_000) if wide else console).print(t)

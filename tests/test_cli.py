@@ -19,8 +19,9 @@ def test_list_shows_every_technique_with_its_axes():
     assert "N, H, W" in result.output  # batch norm's statistic
     assert "C/G, H, W" in result.output  # group norm's
     assert "N/v, H, W" in result.output  # ghost batch norm's
-    for name in forms():  # the block-level forms, in a table of their own
+    for name in forms():  # the block-level forms, in a table of their own, calls as written
         assert name in result.output and form(name).cls.__name__ in result.output
+        assert all(word in result.output for word in form(name).call.split())
 
 
 def test_check_passes_and_prints_a_table():

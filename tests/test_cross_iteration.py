@@ -19,6 +19,7 @@ from torch.autograd.functional import jacobian
 from torch.func import functional_call
 
 import normlab
+from normlab import models
 from normlab.norms.cross_iteration import CrossIterationBatchNorm, link_cross_iteration
 
 CIN, C, HW = 2, 3, 4
@@ -410,3 +411,66 @@ def test_registry_entry_and_builders():
         model = build(1 if build is not models.mlp else 64, 10, norm="cross_iteration_bn")
         layers = [m for m in model.modules() if isinstance(m, CrossIterationBatchNorm)]
         assert layers and all(m.producer is not None for m in layers), build.__name__
+
+
+# --------------------------------------------------------------- with the rest of the library
+
+
+def test_convert_links_the_new_layers_to_their_producers():
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6)
+    )
+    normlab.convert(model, "cross_iteration_bn", source="batchnorm")
+    assert model[1].producer is model[0] and model[4].producer is model[3]
+
+
+@pytest.mark.parametrize(
+    "between", [nn.ChannelShuffle(2), nn.Softmax(dim=1), nn.Flatten(0, 0)], ids=type
+)
+def test_no_link_across_a_module_that_mixes_channels(between):
+    """The compensation's per-channel derivatives need channel c of the norm's input to
+    depend on the producer's row c alone: a channel-mixing module in between breaks that."""
+    layer = CrossIterationBatchNorm(4)
+    model = nn.Sequential(nn.Conv2d(2, 4, 1), between, layer)
+    with pytest.warns(UserWarning, match="plain BatchNorm"):
+        link_cross_iteration(model)
+    assert layer.producer is None
+    ok = CrossIterationBatchNorm(4)
+    link_cross_iteration(nn.Sequential(nn.Conv2d(2, 4, 1), nn.ReLU(), nn.MaxPool2d(2), ok))
+    assert ok.producer is not None
+
+
+def _trained_cnn(gen) -> nn.Module:
+    model = models.cnn(1, 3, channels=(4, 6), norm="cross_iteration_bn")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(4):
+        x = torch.randn(4, 1, 8, 8, generator=gen)
+        model(x).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+def test_fold_and_freeze_treat_it_as_the_batchnorm_it_is_in_eval(gen):
+    """In eval it is BatchNorm on running statistics: folded into its conv, frozen."""
+    model = _trained_cnn(gen)
+    x = torch.randn(3, 1, 8, 8, generator=gen)
+    expected = model(x)
+    folded = normlab.fold_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, CrossIterationBatchNorm) for m in folded.modules())
+    torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-6)
+    frozen = normlab.freeze_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, CrossIterationBatchNorm) for m in frozen.modules())
+    torch.testing.assert_close(frozen(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_recalibration_sets_its_population_statistics(gen):
+    model = _trained_cnn(gen)
+    batches = [torch.randn(4, 1, 8, 8, generator=gen) for _ in range(3)]
+    normlab.recalibrate_batchnorm(model, batches)
+    with torch.no_grad():  # the first layer's input: the first conv's outputs, float64
+        h = torch.cat([model[0](b) for b in batches]).double()
+    layer = model[1]
+    assert isinstance(layer, CrossIterationBatchNorm)
+    torch.testing.assert_close(layer.running_mean.double(), h.mean((0, 2, 3)))
+    torch.testing.assert_close(layer.running_var.double(), h.var((0, 2, 3)), rtol=1e-5, atol=0)

@@ -66,7 +66,7 @@ def test_qknorm_takes_a_factory_and_refuses_bad_names():
         normlab.QKNorm(8, norm="batchnorm")
     with pytest.raises(TypeError, match="eps only goes with a norm given by name"):
         normlab.QKNorm(8, norm=torch.nn.RMSNorm, eps=1e-3)
-    with pytest.raises(ValueError, match="expected head_dim 8"):
+    with pytest.raises(normlab.NormInputError, match="expected head_dim 8"):
         normlab.QKNorm(8)(torch.randn(2, 7), torch.randn(2, 8))
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from normlab._names import did_you_mean
 from normlab.norms import registry
 from normlab.norms.batch import BatchNormNd, FrozenBatchNorm2d, SyncBatchNorm
+from normlab.norms.cross_iteration import CrossIterationBatchNorm, link_cross_iteration
 from normlab.norms.layer import LayerNorm as layer_norm_twin
 
 # normlab's LayerNorm, RMSNorm and BatchNorms are these classes' subclasses.
@@ -380,6 +381,8 @@ def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> n
 
     result = _replace(model, selected, make)
     _keep_transformer_layers_exact(result)
+    if issubclass(spec.cls, CrossIterationBatchNorm):  # each new layer needs its producer
+        link_cross_iteration(result)
     if extended:
         warnings.warn(
             "convert: left as they are, layers of classes that extend a normalization "
@@ -451,8 +454,9 @@ def to_torch(model: nn.Module) -> nn.Module:
 
 
 def freeze_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace every BatchNorm (torch.nn or normlab, SyncBatchNorm too) with a
-    :class:`FrozenBatchNorm2d` holding its running statistics, affine and eps.
+    """Replace every BatchNorm (torch.nn or normlab, SyncBatchNorm and
+    Cross-Iteration BatchNorm too) with a :class:`FrozenBatchNorm2d` holding its
+    running statistics, affine and eps.
 
     In place; returns the model. A BatchNorm without running statistics
     (``track_running_stats=False``) has nothing to freeze and raises.
@@ -463,7 +467,7 @@ def freeze_batchnorm(model: nn.Module) -> nn.Module:
             raise ValueError(f"freeze_batchnorm: {old} keeps no running statistics to freeze")
         return _transfer(old, FrozenBatchNorm2d(old.num_features, eps=old.eps))
 
-    return _replace(model, lambda m: isinstance(m, _BATCH_NORMS), make)
+    return _replace(model, lambda m: isinstance(m, (_BATCH_NORMS, CrossIterationBatchNorm)), make)
 
 
 def unfreeze_batchnorm(model: nn.Module) -> nn.Module:

@@ -295,8 +295,36 @@ class CrossIterationBatchNorm(RunningStatsNorm):
         )
 
 
-def _has_parameters(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters())
+# What may sit between a producer and its norm: modules without parameters that act on
+# each channel alone (channel c of the norm's input depends on the producer's row c only,
+# which the compensation's per-channel derivatives assume).
+_PER_CHANNEL = (
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Hardswish,
+    nn.Softplus,
+    nn.Softsign,
+    nn.LogSigmoid,
+    nn.Tanhshrink,
+    nn.Threshold,
+    nn.modules.dropout._DropoutNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
 
 
 def link_cross_iteration(model: nn.Module) -> nn.Module:
@@ -306,7 +334,8 @@ def link_cross_iteration(model: nn.Module) -> nn.Module:
     The producer is the layer's nearest earlier sibling (in its parent's
     registration order, the order of a Sequential) that is a convolution or a
     linear layer with as many outputs as the layer has channels, with only
-    modules without parameters (activations, pooling, dropout) between them:
+    element-wise or per-channel modules without parameters (activations but
+    softmax, pooling, dropout) between them:
     conv-norm, linear-norm and conv-activation-norm blocks, in a Sequential or
     a block that registers its layers in call order (as ResNet blocks do).
     A layer left unlinked normalizes as plain BatchNorm; one UserWarning names
@@ -325,13 +354,13 @@ def link_cross_iteration(model: nn.Module) -> nn.Module:
                 candidate = None
             elif _out_features(child) is not None:
                 candidate = child
-            elif _has_parameters(child):
+            elif not isinstance(child, _PER_CHANNEL):
                 candidate = None
     if unlinked:
         names = ", ".join(f"{name!r} ({layer._who})" for name, layer in unlinked)
         warnings.warn(
             f"link_cross_iteration: no convolution or linear layer of matching width right "
-            f"before {names}, with only parameter-free modules between; "
+            f"before {names}, with only per-channel parameter-free modules between; "
             f"{'it normalizes' if len(unlinked) == 1 else 'they normalize'} as plain "
             "BatchNorm. Link by hand with layer.link(producer)",
             stacklevel=2,

@@ -13,10 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from normlab.norms.batch import BatchRenorm, FrozenBatchNorm2d, GhostBatchNorm
+from normlab.norms.cross_iteration import CrossIterationBatchNorm
 
-_BATCH_NORMS = nn.modules.batchnorm._BatchNorm
+# BatchNorms whose eval is y = (x - running_mean) / sqrt(running_var + eps) * w + b
+_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, CrossIterationBatchNorm)
 _FOLD_INTO = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_FOLDABLE_NORMS = (_BATCH_NORMS, FrozenBatchNorm2d, BatchRenorm)
+_FOLDABLE_NORMS = (*_BATCH_NORMS, FrozenBatchNorm2d, BatchRenorm)
 
 
 def _first_element(model: nn.Module, batch: Any) -> Any:
@@ -61,8 +63,9 @@ def recalibrate_batchnorm(
     returns the model.
 
     Every ``torch.nn.modules.batchnorm._BatchNorm`` with running statistics is
-    recalibrated: torch.nn's and normlab's BatchNorm1d/2d/3d, BatchNormNd and both
-    SyncBatchNorms. Each batch runs through the model in train mode, under
+    recalibrated: torch.nn's and normlab's BatchNorm1d/2d/3d, BatchNormNd, both
+    SyncBatchNorms and Cross-Iteration BatchNorm (its eval is BatchNorm's). Each
+    batch runs through the model in train mode, under
     ``torch.no_grad``, so each BatchNorm normalizes with its batch's statistics
     and the input of a later BatchNorm does not depend on an earlier one's
     running statistics, as in training. The input each BatchNorm receives is
@@ -226,8 +229,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     Linear into that layer's weight and bias, replacing the norm with
     ``nn.Identity``. In place; returns the model.
 
-    Folded: BatchNorms (torch.nn's and normlab's, any ``_BatchNorm``) in eval
-    mode with running statistics, :class:`FrozenBatchNorm2d`, and
+    Folded: BatchNorms (torch.nn's and normlab's, any ``_BatchNorm``, and
+    Cross-Iteration BatchNorm) in eval mode with running statistics, :class:`FrozenBatchNorm2d`, and
     :class:`BatchRenorm` in eval; each computes ``x * s + t`` per channel with
     ``s = weight / sqrt(running_var + eps)``, ``t = bias - running_mean * s``,
     so the layer's weight becomes ``W * s`` (per output channel) and its bias

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from normlab._names import did_you_mean
+from normlab.functional.checks import NormInputError
 from normlab.norms import registry
 
 QK_NORMS = ("rmsnorm", "layernorm")
@@ -71,7 +72,7 @@ class QKNorm(nn.Module):
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         for name, t in (("q", q), ("k", k)):
             if t.shape[-1] != self.head_dim:
-                raise ValueError(
+                raise NormInputError(
                     f"QKNorm: {name} has last axis {t.shape[-1]}, expected head_dim {self.head_dim}"
                 )
         return self.q_norm(q), self.k_norm(k)

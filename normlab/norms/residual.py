@@ -64,7 +64,8 @@ class AddRMSNorm(_AddNorm):
     x and the residual, float32 at least with ``residual_in_fp32`` (a float32 residual
     stream under half-precision sublayers). Statistics in float32. Gradients reach x
     and the residual from both y and h. ``weight`` as in ``torch.nn.RMSNorm``, whose
-    state_dict loads as is; ``eps=None``: float32's machine epsilon, as torch's.
+    state_dict loads as is; ``eps=None``: the machine epsilon of the dtype the
+    statistics are computed in (float32 for half inputs), as torch's.
     On CUDA one fused Triton kernel (:mod:`normlab.kernels.residual`).
     """
 
