@@ -472,13 +472,14 @@ class Monitor:
             return
         params = self._param_data
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._params]
-        # As few torch calls as it takes: each small op costs several microseconds
-        # amid training (its code is cold); the split and the ratios wait for the summary.
-        self._param_record(torch._foreach_norm(grads + params))  # stacked in the summary
         if self._snapshot is None:
             self._snapshot = [p.clone() for p in params]
         else:
             torch._foreach_copy_(self._snapshot, params)
+        # As few torch calls as it takes: each small op costs several microseconds
+        # amid training (its code is cold); the split and the ratios wait for the
+        # summary. The weights' norms from the copy just written: it is in cache.
+        self._param_record(torch._foreach_norm(grads + self._snapshot))
         self._snapshot_step = self.step
 
     def _after_update(self) -> None:
