@@ -207,12 +207,12 @@ def main() -> None:
         f"CPU fwd+bwd, {torch.get_num_threads()} threads, float32, shape {tuple(args.shape)}; "
         "cost = ms / torch.nn.BatchNorm2d's ms"
     )
-    print(f"{'technique':<16}{'layer':<22}{'ms':>9}{'cost':>7}{'torch ms':>10}{'overhead':>10}")
+    print(f"{'technique':<20}{'layer':<25}{'ms':>9}{'cost':>7}{'torch ms':>10}{'overhead':>10}")
     for r in rows:
         torch_ms = "" if r["torch_ms"] is None else f"{r['torch_ms']:.2f}"
         overhead = "" if r["overhead_vs_torch"] is None else f"{r['overhead_vs_torch']:+.1%}"
         print(
-            f"{r['technique']:<16}{r['layer']:<22}{r['fwd_bwd_ms']:>9.2f}"
+            f"{r['technique']:<20}{r['layer']:<25}{r['fwd_bwd_ms']:>9.2f}"
             f"{r['cost_vs_batchnorm']:>7.2f}{torch_ms:>10}{overhead:>10}"
         )
     unit = next(r["torch_ms"] for r in rows if r["technique"] == "batchnorm")
@@ -223,7 +223,7 @@ def main() -> None:
         print("(adaptive: torch = the torch.nn norm, then DiT's modulate; c is (N, C))")
     for r in form_rows:
         print(
-            f"{r['form']:<16}{r['layer']:<22}{r['fwd_bwd_ms']:>9.2f}"
+            f"{r['form']:<20}{r['layer']:<25}{r['fwd_bwd_ms']:>9.2f}"
             f"{r['cost_vs_batchnorm']:>7.2f}{r['torch_ms']:>10.2f}{r['overhead_vs_torch']:>+10.1%}"
         )
     args.out.mkdir(parents=True, exist_ok=True)
