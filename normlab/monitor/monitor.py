@@ -74,24 +74,30 @@ class _Site:
     kept: int = 0  # values a record keeps: min(numel, width)
     dtype: torch.dtype | None = None  # the dtype gathered straight into rows (None: widened)
     grad_norms: Tensor | None = None  # (capacity,)
-    grad_views: list[Tensor] = field(default_factory=list)  # its elements, made once
     lengths: list[int] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     grad_slots: list[int] = field(default_factory=list)  # slots whose gradient is recorded
     sample_index: Tensor | None = None  # the positions recorded, in random order
     sample_numel: int = -1  # the size sample_index was drawn for
-    spare: tuple | None = None  # the other buffers: (rows, grad_norms, targets, grad_views)
+    spare: tuple | Future | None = None  # the other buffers: (rows, grad_norms, targets)
+
+    def make_spare(self) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Buffers like the site's (the summarizing thread makes them, ahead of use)."""
+        assert self.rows is not None and self.grad_norms is not None
+        rows, grad_norms = torch.zeros_like(self.rows), torch.full_like(self.grad_norms, np.nan)
+        return rows, grad_norms, list(rows[:, : self.kept])
 
     def swap_buffers(self) -> None:
-        """Record on into the spare buffers (made on first use) while the filled
-        ones are summarized; the bookkeeping lists start afresh. Each buffer's row
-        views are made once, not per swap (a few thousand views cost milliseconds)."""
+        """Record on into the spare buffers while the filled ones are summarized;
+        the bookkeeping lists start afresh. Each buffer's row views are made once,
+        not per swap (a few thousand views cost milliseconds)."""
         assert self.rows is not None and self.grad_norms is not None
-        filled = (self.rows, self.grad_norms, self.targets, self.grad_views)
+        filled = (self.rows, self.grad_norms, self.targets)
         if self.spare is None:
-            rows, grad_norms = torch.zeros_like(self.rows), torch.full_like(self.grad_norms, np.nan)
-            self.spare = (rows, grad_norms, list(rows[:, : self.kept]), list(grad_norms))
-        self.rows, self.grad_norms, self.targets, self.grad_views = self.spare
+            self.spare = self.make_spare()
+        elif isinstance(self.spare, Future):
+            self.spare = self.spare.result()
+        self.rows, self.grad_norms, self.targets = self.spare
         self.spare = filled
         if len(self.targets[0]) != self.kept:  # the spare's views predate a new size
             self.targets = list(self.rows[:, : self.kept])
@@ -390,7 +396,7 @@ class Monitor:
         site.steps.append(self.step)
         if self._gradients and tensor.requires_grad:
             site.grad_slots.append(slot)
-            hook = self._grad_norm_hook(site.grad_views[slot])
+            hook = self._grad_norm_hook(site.grad_norms[slot])
             grad_fn = tensor.grad_fn
             if grad_fn is None:
                 tensor.register_hook(hook)
@@ -407,7 +413,9 @@ class Monitor:
             site.rows = torch.zeros(self.flush_every, width, device=source.device)
             # NaN until a gradient arrives: a slot whose backward never comes stays NaN
             site.grad_norms = torch.full((self.flush_every,), float("nan"), device=source.device)
-            site.grad_views = list(site.grad_norms)
+            new_site = True
+        else:
+            new_site = False
         width = site.rows.shape[1]
         site.kept = min(numel, width)
         site.sample_index = self._index(numel, site.kept, source.device)
@@ -418,6 +426,8 @@ class Monitor:
             site.targets[slot].copy_(source.take(site.sample_index))
         else:
             torch.take(source, site.sample_index, out=site.targets[slot])
+        if new_site:  # the next hand-over's buffers, made beside training
+            site.spare = self._threads().submit(site.make_spare)
 
     @staticmethod
     def _index(numel: int, kept: int, device: torch.device) -> Tensor:
@@ -516,9 +526,13 @@ class Monitor:
         params, self._param_records = self._param_records, []
         self._buffered = 0
         if jobs or params:
-            if self._summarizer is None:
-                self._summarizer = ThreadPoolExecutor(1, thread_name_prefix="normlab-monitor")
-            self._summary = self._summarizer.submit(self._summarize, jobs, params)
+            self._summary = self._threads().submit(self._summarize, jobs, params)
+
+    def _threads(self) -> ThreadPoolExecutor:
+        """The summarizing thread (one: its jobs run in order)."""
+        if self._summarizer is None:
+            self._summarizer = ThreadPoolExecutor(1, thread_name_prefix="normlab-monitor")
+        return self._summarizer
 
     def _wait(self) -> None:
         """Wait for the summarizing thread's last job (and raise what it raised)."""
@@ -624,7 +638,7 @@ class Monitor:
             if site.grad_slots and site.steps and site.steps[-1] == self.step:
                 slot = len(site.steps) - 1
                 if site.grad_slots[-1] == slot:
-                    site.grad_views[slot].mul_(factor)
+                    site.grad_norms[slot].mul_(factor)
         records = self._param_records
         if self.optimizer is None and records and records[-1][0] == self.step:
             records[-1][1].mul_(factor)
