@@ -88,24 +88,33 @@ class _ScaleShift(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x3: Tensor, a: Tensor, b: Tensor, tau: Tensor | None) -> Tensor:
-        y = torch.addcmul(b.unsqueeze(2), x3, a.unsqueeze(2))
-        return y if tau is None else torch.maximum(y, tau.view(1, -1, 1).to(y.dtype))
+    def forward(x3: Tensor, a: Tensor, b: Tensor, tau: Tensor | None) -> tuple[Tensor, ...]:
+        if tau is None:
+            return (torch.addcmul(b.unsqueeze(2), x3, a.unsqueeze(2)),)
+        # max(y, tau) = relu(y - tau) + tau: relu's output is the TLU's mask for the backward
+        t = tau.view(1, -1, 1).to(x3.dtype)
+        above = torch.addcmul(b.unsqueeze(2) - t, x3, a.unsqueeze(2)).relu_()
+        return above + t, above
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         x3, a, _, tau = inputs
-        ctx.save_for_backward(x3, a, tau, output if tau is not None else None)
+        above = output[1] if tau is not None else None
+        if above is not None:
+            ctx.mark_non_differentiable(above)
+        ctx.save_for_backward(x3, a, tau, above)
 
     @staticmethod
-    def backward(ctx, dy):
-        x3, a, tau, y = ctx.saved_tensors
+    def backward(ctx, dy, *_):
+        x3, a, tau, above = ctx.saved_tensors
         dtau = None
         if tau is not None:  # the gradient goes to tau where max(y, tau) took tau
-            passed = torch.where(y > tau.view(1, -1, 1).to(y.dtype), dy, 0.0)
-            dtau = (dy - passed).sum((0, 2)).to(tau.dtype)
-            dy = passed
-        db = dy.sum(2)
+            total = dy.sum(2)
+            dy = torch.ops.aten.threshold_backward(dy, above, 0.0)  # one pass, no mask
+            db = dy.sum(2)
+            dtau = (total - db).sum(0).to(tau.dtype)
+        else:
+            db = dy.sum(2)
         da = torch.linalg.vecdot(dy, x3, dim=2)
         return dy * a.unsqueeze(2), da, db, dtau
 
@@ -130,7 +139,7 @@ def _per_channel_affine(
     x3 = _as_ncm(input).to(acc)
     moments = _Moments.apply(x3, centered)
     a, b = coefficients(*moments.unbind(0), *params)
-    y = _ScaleShift.apply(x3, a.expand(x3.shape[:2]), b.expand(x3.shape[:2]), tau)
+    y = _ScaleShift.apply(x3, a.expand(x3.shape[:2]), b.expand(x3.shape[:2]), tau)[0]
     return y.reshape(input.shape).to(input.dtype), moments.detach()
 
 
