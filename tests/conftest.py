@@ -18,6 +18,18 @@ if not torch.cuda.is_available():
 import normlab
 from normlab.experiments import RunConfig
 
+try:
+    import triton
+except ImportError:
+    triton = None
+# The Triton kernels run here on a GPU, or on the CPU under triton >= 3.9's interpreter.
+KERNELS_RUN = triton is not None and (
+    torch.cuda.is_available() or tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9)
+)
+needs_kernels = pytest.mark.skipif(
+    not KERNELS_RUN, reason="needs a GPU, or triton >= 3.9 for its CPU interpreter"
+)
+
 # A run that trains in a fraction of a second: the experiment engine's tests.
 TINY = RunConfig(
     dataset="synthetic",

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rel_err
+from conftest import needs_kernels, rel_err
 from torch import nn
 
 import normlab
@@ -23,21 +23,12 @@ from normlab import functional as NF
 from normlab import numpy_ref
 from normlab.norms.adaptive import Modulation
 
-try:
-    import triton
-except ImportError:  # the kernel cases are skipped
-    triton = None
-
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
-# As in tests/test_kernels.py: the kernels run on CPU under triton >= 3.9's interpreter.
-KERNELS_RUN = triton is not None and (
-    GPU or tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9)
-)
 BACKENDS = [
     "native",
     "reference",
-    pytest.param("triton", marks=pytest.mark.skipif(not KERNELS_RUN, reason="no Triton kernels")),
+    pytest.param("triton", marks=needs_kernels),
 ]
 # Relative error (max |a - b| / max(max |b|, 1)) against float64, per dtype.
 TOL = {torch.float32: 2e-5, torch.bfloat16: 4e-2}
@@ -133,7 +124,7 @@ def test_every_backend_matches_float64(poisoned, x_shape, mod_shape, rms, backen
         assert err <= TOL[dtype], f"{backend} {name}: relative error {err:.2e} > {TOL[dtype]:.0e}"
 
 
-@pytest.mark.skipif(not KERNELS_RUN, reason="no Triton kernels")
+@needs_kernels
 def test_kernel_reads_projection_chunks_in_place_and_matches_float64(poisoned):
     """shift and scale as DiT makes them, strided chunks of one (B, T, 2D) projection."""
     x, _, _, _, _, dy = _case((2, 3, 40), (2, 3, 40), False, seed=3)
@@ -148,7 +139,7 @@ def test_kernel_reads_projection_chunks_in_place_and_matches_float64(poisoned):
         assert rel_err(a, e) <= TOL[torch.float32]
 
 
-@pytest.mark.skipif(not KERNELS_RUN, reason="no Triton kernels")
+@needs_kernels
 def test_rows_wider_than_a_tile_fall_back_to_native_with_a_debug_line(monkeypatch, caplog):
     from normlab.kernels import modulated
 
@@ -315,7 +306,7 @@ def test_adaln_zero_per_token_conditioning():
     torch.testing.assert_close(ada.residual(x, mod, torch.tanh), expected)
 
 
-@pytest.mark.skipif(not KERNELS_RUN, reason="no Triton kernels")
+@needs_kernels
 def test_modules_on_the_triton_backend_match_float64():
     """Through the layers: the projection's chunks reach the kernel, gradients come back."""
     m = normlab.AdaptiveLayerNorm(24, 6, zero_init=False).to(DEVICE)

@@ -14,21 +14,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rel_err
+from conftest import needs_kernels, rel_err
 
 import normlab
 from normlab import functional as NF
 from normlab import numpy_ref
 
 GPU = torch.cuda.is_available()
-try:
-    import triton
-
-    # As in tests/test_kernels.py: the CPU interpreter runs the kernels from triton 3.9 on.
-    KERNELS = GPU or tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9)
-except ImportError:
-    KERNELS = False
-needs_kernels = pytest.mark.skipif(not KERNELS, reason="needs triton >= 3.9 (or a GPU)")
 BACKENDS = [
     "native",
     "reference",
