@@ -164,11 +164,12 @@ def list_techniques(
         )
     for row in rows:
         table.add_row(*(row[c] for c in columns))
-    shown = [c for c in form_rows()[0] if wide or c != "formula"]
+    rows_of_forms = form_rows()
+    shown = [c for c in rows_of_forms[0] if wide or c != "formula"]
     form_table = Table(title="block-level forms: a technique with more than one input")
     for column in shown:
         form_table.add_column(column, overflow="fold")
-    for row in form_rows():  # escaped: rich would read "mods[i]" as markup
+    for row in rows_of_forms:  # escaped: rich would read "mods[i]" as markup
         form_table.add_row(*(escape(row[c]) for c in shown))
     # --wide: one line per technique, however wide that is (the terminal may scroll).
     for t in (table, form_table):

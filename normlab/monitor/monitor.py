@@ -79,7 +79,8 @@ class _Site:
     grad_slots: list[int] = field(default_factory=list)  # slots whose gradient is recorded
     sample_index: Tensor | None = None  # the positions recorded, in random order
     sample_numel: int = -1  # the size sample_index was drawn for
-    spare: tuple | Future | None = None  # the other buffers: (rows, grad_norms, targets)
+    spare: tuple | Future | None = None  # the other buffers (rows, grad_norms, targets), or
+    # their making on the summarizing thread (submitted at the site's first record)
 
     def make_spare(self) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Buffers like the site's (the summarizing thread makes them, ahead of use)."""
@@ -93,9 +94,7 @@ class _Site:
         not per swap (a few thousand views cost milliseconds)."""
         assert self.rows is not None and self.grad_norms is not None
         filled = (self.rows, self.grad_norms, self.targets)
-        if self.spare is None:
-            self.spare = self.make_spare()
-        elif isinstance(self.spare, Future):
+        if isinstance(self.spare, Future):
             self.spare = self.spare.result()
         self.rows, self.grad_norms, self.targets = self.spare
         self.spare = filled
