@@ -9,9 +9,12 @@ the CNN), on one thread (``--threads``) so that the machine's other cores do not
 hide or add work.
 Also times ``grad_every=1`` (gradient quantities every step) and one call of
 each probe. Inputs are random tensors of MNIST's shape: wall time does not
-depend on the pixels.
+depend on the pixels. ``--breakdown`` adds where the MLP's overhead goes: the
+same measure for monitors that do part of the work (the step count alone,
+activation records without gradient quantities, with activation gradients,
+the default).
 
-    python benchmarks/monitor_overhead.py [--steps 300] [--rounds 5]
+    python benchmarks/monitor_overhead.py [--steps 1000] [--rounds 15] [--breakdown]
 
 Writes the numbers as JSON to benchmarks/results/monitor_overhead.json.
 """
@@ -57,6 +60,13 @@ def cnn() -> nn.Module:
 
 
 MODELS = {"mlp (BN paper, batch 60)": (mlp, 60), "cnn (batch 64)": (cnn, 64)}
+NO_GRADIENTS = 10**9  # grad_every: gradient quantities at step 0 only
+BREAKDOWN = (  # each row adds one part of the default monitor's work
+    ("step count only", {"modules": [], "parameters": False}),
+    ("+ activation records", {"parameters": False, "grad_every": NO_GRADIENTS}),
+    ("+ activation gradients", {"parameters": False}),
+    ("+ parameter quantities (default)", {}),
+)
 
 
 def _train(model, opt, batches) -> float:
@@ -109,9 +119,12 @@ def probe_costs(build, batch: int, repeats: int = 5) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps per run")
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="training steps per run (1000: an MNIST epoch)"
+    )
     parser.add_argument("--rounds", type=int, default=15, help="alternating runs per side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--breakdown", action="store_true", help="where the MLP's overhead goes")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -133,6 +146,16 @@ def main() -> None:
             f"{r['model']:<26}{r['monitor']:<15}{r['plain_ms']:>10.3f}{r['monitored_ms']:>11.3f}"
             f"{r['ratio']:>7.3f}{r['ics_ms']:>9.2f}{r['smoothness_ms']:>11.2f}"
         )
+    breakdown = []
+    if args.breakdown:
+        print(f"\nwhere the MLP's overhead goes ({args.steps} steps, {args.rounds} rounds)")
+        print(f"{'monitor':<36}{'ratio':>7}{'added':>8}")
+        previous = 1.0
+        for label, kwargs in BREAKDOWN:
+            result = measure(mlp, 60, args.steps, args.rounds, **kwargs)
+            breakdown.append({"monitor": label, "kwargs": repr(kwargs), **result})
+            print(f"{label:<36}{result['ratio']:>7.3f}{result['ratio'] - previous:>+8.3f}")
+            previous = result["ratio"]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "monitor_overhead.json"
     meta = {
@@ -143,7 +166,8 @@ def main() -> None:
         "steps": args.steps,
         "rounds": args.rounds,
     }
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    report = {"meta": meta, "rows": rows} | ({"breakdown": breakdown} if breakdown else {})
+    path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 
 

@@ -503,3 +503,87 @@ def test_a_half_precision_gradient_norm_does_not_overflow():
     frame = monitor.to_frame()
     grad = frame[(frame.module == "0") & (frame.quantity == "grad_norm")].value.item()
     assert grad == pytest.approx(8000.0 * 0.25 * 4096**0.5, rel=1e-3)
+
+
+def test_statistics_matrix_takes_a_threshold_per_row_and_a_work_buffer():
+    """The summary of many sites at once: rows of several lengths, each with its
+    own saturation threshold (inf: none), against NumPy; the result does not
+    depend on the work buffer given (none, too small, large enough)."""
+    from normlab.monitor.statistics import quantities, statistics_matrix, work_size
+
+    rng = np.random.default_rng(1)
+    data = torch.from_numpy(rng.normal(0.2, 2.0, size=(6, 300)).astype(np.float32))
+    lengths = [300, 300, 120, 300, 7, 120]
+    limits = torch.tensor([1.5, np.inf, 0.5, 2.0, np.inf, 1.0], dtype=torch.float64)
+    names = quantities((15, 50, 85))
+    results = [
+        statistics_matrix(data, lengths, (15, 50, 85), limits, True, work)
+        for work in (None, torch.empty(10), torch.empty(work_size(data.shape)))
+    ]
+    for matrix, sketch in results[1:]:
+        torch.testing.assert_close(matrix, results[0][0], equal_nan=True)
+        torch.testing.assert_close(sketch, results[0][1])
+    matrix = results[0][0].numpy()
+    for i, n in enumerate(lengths):
+        row = data[i, :n].numpy().astype(np.float64)
+        got = dict(zip(names, matrix[i], strict=True))
+        np.testing.assert_allclose(got["mean"], row.mean(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["std"], row.std(), rtol=1e-5)
+        np.testing.assert_allclose(got["p85"], np.percentile(row, 85), rtol=1e-5, atol=1e-6)
+        assert got["min"] == row.min() and got["max"] == row.max()
+        assert got["saturated"] == pytest.approx((np.abs(row) > limits[i].item()).mean())
+        assert got["dead"] == pytest.approx((row <= 0).mean())
+    without, _ = statistics_matrix(data, lengths, (15, 50, 85))
+    assert np.isnan(without[:, -2:].numpy()).all()  # neither asked for: NaN
+
+
+def test_sites_summarized_together_keep_their_own_quantities():
+    """A BatchNorm output, a ReLU input (the same tensor) and a sigmoid input of
+    one width are summarized in one go; each keeps the quantities of its kind,
+    with its own values."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8), nn.Sigmoid()
+    )
+    seen = {}
+    model[2].register_forward_pre_hook(lambda m, a: seen.__setitem__("relu", a[0].detach()))
+    model[4].register_forward_pre_hook(lambda m, a: seen.__setitem__("sig", a[0].detach() * 1))
+    with Monitor(model) as mon:
+        model(torch.randn(10, 6) * 2)
+    frame = mon.to_frame()
+    kinds = {m: set(frame[frame.module == m].quantity) for m in ("1", "2", "4")}
+    assert "saturated" not in kinds["1"] and "dead" not in kinds["1"]
+    assert "dead" in kinds["2"] and "saturated" not in kinds["2"]
+    assert "saturated" in kinds["4"] and "dead" not in kinds["4"]
+    for module, values in (("1", seen["relu"]), ("2", seen["relu"]), ("4", seen["sig"])):
+        flat = values.numpy().astype(np.float64).ravel()
+        assert _values(frame, module, "mean")[0] == pytest.approx(flat.mean(), abs=1e-6)
+        assert _values(frame, module, "max")[0] == pytest.approx(flat.max())
+    assert _values(frame, "2", "dead")[0] == pytest.approx((seen["relu"] <= 0).double().mean())
+    expected = (seen["sig"].abs() > 4.0).double().mean().item()
+    assert _values(frame, "4", "saturated")[0] == pytest.approx(expected)
+
+
+def test_parameter_gradients_are_read_after_the_users_optimizer_pre_hooks():
+    """The monitor's optimizer hooks are registered on the steps that record
+    gradients, after any the user registered: a gradient-clipping pre-hook added
+    after the monitor was attached still acts before the monitor reads the
+    gradients (the norms recorded are the clipped ones)."""
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def clip(optimizer, args, kwargs) -> None:
+        nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+
+    clipped = []
+    with Monitor(model, optimizer=opt, grad_every=1) as mon:
+        opt.register_step_pre_hook(clip)
+        for _ in range(2):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(torch.randn(8, 6) * 5), torch.zeros(8).long())
+            loss.backward()
+            opt.step()
+            clipped.append(torch.linalg.vector_norm(model[0].weight.grad).item())
+    norms = _values(mon.to_frame(), "0.weight", "grad_norm")
+    np.testing.assert_allclose(norms, clipped, rtol=1e-5)
+    assert max(clipped) <= 1e-3 * (1 + 1e-5)

@@ -8,7 +8,6 @@ import fnmatch
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from normlab.monitor.statistics import summarize, wasserstein_1
+from normlab.monitor.statistics import quantities, statistics_matrix, wasserstein_1, work_size
 from normlab.norms import registry
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -73,34 +72,33 @@ class _Site:
     targets: list[Tensor] = field(default_factory=list)  # its rows' first `kept` values
     kept: int = 0  # values a record keeps: min(numel, width)
     dtype: torch.dtype | None = None  # the dtype gathered straight into rows (None: widened)
-    grad_norms: Tensor | None = None  # (capacity,)
     lengths: list[int] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
-    grad_slots: list[int] = field(default_factory=list)  # slots whose gradient is recorded
+    grad_norms: list[tuple[int, Tensor]] = field(default_factory=list)  # (slot, ||dL/dx||)
     sample_index: Tensor | None = None  # the positions recorded, in random order
     sample_numel: int = -1  # the size sample_index was drawn for
-    spare: tuple | Future | None = None  # the other buffers (rows, grad_norms, targets), or
-    # their making on the summarizing thread (submitted at the site's first record)
+    spare: tuple | Future | None = None  # the other buffer (rows, targets), or its
+    # making on the summarizing thread (submitted at the site's first record)
 
-    def make_spare(self) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Buffers like the site's (the summarizing thread makes them, ahead of use)."""
-        assert self.rows is not None and self.grad_norms is not None
-        rows, grad_norms = torch.zeros_like(self.rows), torch.full_like(self.grad_norms, np.nan)
-        return rows, grad_norms, list(rows[:, : self.kept])
+    def make_spare(self) -> tuple[Tensor, list[Tensor]]:
+        """A buffer like the site's (the summarizing thread makes it, ahead of use)."""
+        assert self.rows is not None
+        rows = torch.zeros_like(self.rows)
+        return rows, list(rows[:, : self.kept])
 
     def swap_buffers(self) -> None:
         """Record on into the spare buffers while the filled ones are summarized;
         the bookkeeping lists start afresh. Each buffer's row views are made once,
         not per swap (a few thousand views cost milliseconds)."""
-        assert self.rows is not None and self.grad_norms is not None
-        filled = (self.rows, self.grad_norms, self.targets)
+        assert self.rows is not None
+        filled = (self.rows, self.targets)
         if isinstance(self.spare, Future):
             self.spare = self.spare.result()
-        self.rows, self.grad_norms, self.targets = self.spare
+        self.rows, self.targets = self.spare
         self.spare = filled
         if len(self.targets[0]) != self.kept:  # the spare's views predate a new size
             self.targets = list(self.rows[:, : self.kept])
-        self.lengths, self.steps, self.grad_slots = [], [], []
+        self.lengths, self.steps, self.grad_norms = [], [], []
 
 
 @dataclass(frozen=True)
@@ -118,14 +116,48 @@ class _Chunk:
         return self.steps.nbytes + self.values.nbytes + extra
 
 
-def _vector(norms: Tensor | Sequence[Tensor]) -> Tensor:
-    """A parameter record's norms as one vector (torch._foreach_norm's scalars stacked)."""
-    return norms if isinstance(norms, Tensor) else torch.stack(list(norms))
+def _to_host(records: list[Tensor | Sequence[Tensor]]) -> list[np.ndarray]:
+    """Parameter records' norms (vectors, or torch._foreach_norm's scalars) as float64
+    host rows: one stack and one copy to the host when the records are alike."""
+    if len({len(r) for r in records}) == 1:
+        if all(isinstance(r, Tensor) for r in records):
+            return list(torch.stack(records).double().cpu().numpy())  # type: ignore[arg-type]
+        if not any(isinstance(r, Tensor) for r in records):
+            flat = torch.stack([norm for r in records for norm in r])
+            return list(flat.double().cpu().numpy().reshape(len(records), -1))
+    return [
+        (r if isinstance(r, Tensor) else torch.stack(list(r))).double().cpu().numpy()
+        for r in records
+    ]
 
 
-def _nth_grad(hook: Callable[[Tensor], None], index: int, grads: tuple) -> None:
-    if grads[index] is not None:
-        hook(grads[index])
+def _norm(grad: Tensor) -> Tensor:
+    """||grad||, in float32 at least (a scaled half-precision norm overflows)."""
+    if grad.requires_grad:  # a backward with create_graph=True
+        grad = grad.detach()
+    half = grad.dtype in (torch.float16, torch.bfloat16)
+    return torch.linalg.vector_norm(grad, dtype=torch.float32 if half else None)
+
+
+def _watch_gradient(tensor: Tensor, norms: list[tuple[int, Tensor]], slot: int) -> None:
+    """Append ``(slot, ||dL/d tensor||)`` to ``norms`` when the backward reaches
+    ``tensor``: through a pre-hook of the function that made it (cheaper than a
+    tensor hook), else (a leaf) a tensor hook. The norm is left on the device."""
+    grad_fn = tensor.grad_fn
+    if grad_fn is None:
+
+        def tensor_hook(grad: Tensor) -> None:
+            norms.append((slot, _norm(grad)))
+
+        tensor.register_hook(tensor_hook)
+        return
+    index = tensor.output_nr
+
+    def prehook(grads: tuple) -> None:
+        if grads[index] is not None:
+            norms.append((slot, _norm(grads[index])))
+
+    grad_fn.register_prehook(prehook)
 
 
 class Monitor:
@@ -212,12 +244,18 @@ class Monitor:
         self._recording = False
         self._gradients = False  # whether this step records gradient quantities
         self._handles: list = []
+        # steps="forward" with an optimizer: its step hooks, registered on the steps that
+        # record gradients only (two hook calls a step cost more than registering them
+        # every grad_every-th step: some 7 of 690 us on the BN paper's MLP)
+        self._hook_updates = False
+        self._update_handles: list = []
         self._sites: dict[str, _Site] = {}
         self._calls: dict[str, int] = {}
         self._buffered = 0  # recorded steps since the last flush
         self._chunks: list[_Chunk] = []
         self._summarizer: ThreadPoolExecutor | None = None  # summarizes handed-over records
         self._summary: Future | None = None  # its last job
+        self._held: dict[int, tuple[Tensor, Tensor]] = {}  # its buffers (_summary_buffers)
         self._selected = self._select(modules)
         self._params = (
             [(self._clean(n), p) for n, p in model.named_parameters() if p.requires_grad]
@@ -281,18 +319,22 @@ class Monitor:
             if self.optimizer is None:
                 for i, (_, p) in enumerate(self._params):
                     self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(i)))
-            elif self.steps == "forward":
-                self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
-                self._handles.append(self.optimizer.register_step_post_hook(self._after_step))
+            else:  # its copy of the weights now, not in the first step that needs it
+                self._snapshot = [p.clone() for p in self._param_data]
+                self._hook_updates = self.steps == "forward"
+        self._threads()  # started now, not amid the first steps
         return self
 
     def detach(self) -> None:
         """Remove every hook and flush what is buffered."""
+        self._hook_updates = False
+        self._toggle_update_hooks(False)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._attached = False
         self.flush()
+        self._held.clear()
         if self._summarizer is not None:
             self._summarizer.shutdown()
             self._summarizer = None
@@ -357,6 +399,8 @@ class Monitor:
         self.step += 1
         self._recording = self.step % self.every == 0
         self._gradients = self._recording and self.step % self.grad_every == 0
+        if self._hook_updates and self._gradients != bool(self._update_handles):
+            self._toggle_update_hooks(self._gradients)
         if self._recording:
             self._calls.clear()
             if self._buffered >= self.flush_every:
@@ -394,13 +438,7 @@ class Monitor:
         site.lengths.append(site.kept)
         site.steps.append(self.step)
         if self._gradients and tensor.requires_grad:
-            site.grad_slots.append(slot)
-            hook = self._grad_norm_hook(site.grad_norms[slot])
-            grad_fn = tensor.grad_fn
-            if grad_fn is None:
-                tensor.register_hook(hook)
-            else:  # a pre-hook of the function that made it: cheaper than a tensor hook
-                grad_fn.register_prehook(partial(_nth_grad, hook, tensor.output_nr))
+            _watch_gradient(tensor, site.grad_norms, slot)
 
     def _record_new_shape(self, site: _Site, source: Tensor, slot: int) -> None:
         """The first record of a site, or one of a new size or dtype: set the site's
@@ -410,8 +448,6 @@ class Monitor:
             width = max(1, min(numel, self.sample_size))
             # zeros, not empty: the pages are touched once here, not one per step
             site.rows = torch.zeros(self.flush_every, width, device=source.device)
-            # NaN until a gradient arrives: a slot whose backward never comes stays NaN
-            site.grad_norms = torch.full((self.flush_every,), float("nan"), device=source.device)
             new_site = True
         else:
             new_site = False
@@ -436,20 +472,6 @@ class Monitor:
         generator = torch.Generator().manual_seed(numel)
         return torch.randperm(numel, generator=generator)[:kept].to(device)
 
-    @staticmethod
-    def _grad_norm_hook(out: Tensor):
-        def hook(grad: Tensor) -> None:
-            if grad.requires_grad:  # a backward with create_graph=True
-                grad = grad.detach()
-            if grad.dtype == out.dtype:
-                torch.linalg.vector_norm(grad, out=out)
-            elif grad.dtype in (torch.float16, torch.bfloat16):  # a scaled fp16 norm overflows
-                torch.linalg.vector_norm(grad, dtype=out.dtype, out=out)
-            else:
-                out.copy_(torch.linalg.vector_norm(grad))
-
-        return hook
-
     def _param_record(self, norms: Tensor | Sequence[Tensor] | None = None) -> list:
         """This step's parameter record: made with ``norms`` (or NaNs) on first use,
         its norms replaced by ``norms`` when given."""
@@ -470,6 +492,18 @@ class Monitor:
 
         return hook
 
+    def _toggle_update_hooks(self, on: bool) -> None:
+        """Register (``on``) or remove the optimizer's step hooks (steps="forward")."""
+        if on and self.optimizer is not None:
+            self._update_handles = [
+                self.optimizer.register_step_pre_hook(self._before_step),
+                self.optimizer.register_step_post_hook(self._after_step),
+            ]
+        else:
+            for handle in self._update_handles:
+                handle.remove()
+            self._update_handles = []
+
     def _before_step(self, optimizer, args, kwargs) -> None:  # the optimizer's step hooks
         self._before_update()
 
@@ -481,10 +515,8 @@ class Monitor:
             return
         params = self._param_data
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._params]
-        if self._snapshot is None:
-            self._snapshot = [p.clone() for p in params]
-        else:
-            torch._foreach_copy_(self._snapshot, params)
+        assert self._snapshot is not None  # made by attach()
+        torch._foreach_copy_(self._snapshot, params)
         # As few torch calls as it takes: each small op costs several microseconds
         # amid training (its code is cold); the split and the ratios wait for the
         # summary. The weights' norms from the copy just written: it is in cache.
@@ -515,11 +547,11 @@ class Monitor:
         jobs = []
         for site in self._sites.values():
             k = len(site.steps)
-            if k == 0 or site.rows is None or site.grad_norms is None:
+            if k == 0 or site.rows is None:
                 continue
             jobs.append(
-                (site.name, site.rows[:k], site.lengths, site.steps, site.grad_slots,
-                 site.grad_norms, site.saturation, site.dead)
+                (site.name, site.rows[:k], site.lengths, site.steps, site.grad_norms,
+                 site.saturation, site.dead)
             )  # fmt: skip
             site.swap_buffers()
         params, self._param_records = self._param_records, []
@@ -540,53 +572,85 @@ class Monitor:
             summary.result()
 
     def _summarize(self, jobs: list, params: list) -> None:
-        """The statistics of handed-over records (on the summarizing thread)."""
-        for name, rows, lengths, steps, grad_slots, grad_norms, saturation, dead in jobs:
-            stats, sketch = summarize(rows, lengths, self.percentiles, saturation, dead)
-            k = len(steps)
-            grad = torch.full((k,), float("nan"), dtype=torch.float64, device=rows.device)
-            if grad_slots:
-                slots = torch.tensor(grad_slots, device=grad.device)
-                grad[slots] = grad_norms[slots].to(torch.float64)
-                grad_norms.fill_(float("nan"))  # ready for reuse
-            stats["grad_norm"] = grad
-            self._append(name, steps, stats, sketch)
+        """The statistics of handed-over records (on the summarizing thread). Sites
+        whose buffers share a width and device are summarized together: a few
+        large torch calls instead of many small ones, each of which holds the GIL
+        that the training thread needs."""
+        groups: dict[tuple, list] = {}
+        for job in jobs:
+            groups.setdefault((job[1].shape[1], job[1].device), []).append(job)
+        for group in groups.values():
+            self._summarize_sites(group)
         if params:
-            count = len(self._params)
-            grad = np.full((len(params), count), np.nan)
-            ratio = np.full((len(params), count), np.nan)
-            norms = [_vector(n) for _, n, _ in params]  # (P,) or, around an update, (2P,)
-            if all(len(n) == len(norms[0]) for n in norms):  # one copy to the host
-                norms = list(torch.stack(norms).double().cpu().numpy())
-            else:
-                norms = [n.double().cpu().numpy() for n in norms]
-            moved = [(row, m) for row, (_, _, m) in enumerate(params) if m is not None]
-            if moved:  # ||Δw|| / ||w before||
-                rows = [row for row, _ in moved]
-                delta = torch.stack([_vector(m) for _, m in moved]).double().cpu().numpy()
-                with np.errstate(divide="ignore", invalid="ignore"):  # a zero weight: inf, NaN
-                    ratio[rows] = delta / np.stack([norms[r][count:] for r in rows])
-            grad[:] = np.stack([n[:count] for n in norms])
-            steps = np.asarray([step for step, _, _ in params])
-            for i, (name, _) in enumerate(self._params):
-                values = {"grad_norm": grad[:, i]}
-                if self.optimizer is not None:
-                    values["update_ratio"] = ratio[:, i]
-                self._append(name, steps, values, None)
+            self._summarize_parameters(params)
 
-    def _append(self, module: str, steps, values: dict, sketch: Tensor | None) -> None:
-        matrix = np.stack(
-            [v.cpu().numpy() if isinstance(v, Tensor) else v for v in values.values()], axis=1
-        )
-        self._chunks.append(
-            _Chunk(
-                module,
-                tuple(values),
-                np.asarray(steps, dtype=np.int64),
-                matrix.astype(np.float32),
-                None if sketch is None else sketch.cpu().numpy().astype(np.float32),
+    def _summarize_sites(self, group: list) -> None:
+        count = sum(len(job[3]) for job in group)
+        joined, work = self._summary_buffers(count, group[0][1].shape[1], group[0][1].device)
+        rows = torch.cat([job[1] for job in group], out=joined) if len(group) > 1 else group[0][1]
+        lengths = [n for job in group for n in job[2]]
+        limits = None  # per row: the site's saturation threshold, inf for none
+        if any(job[5] is not None for job in group):
+            limits = torch.tensor(
+                [np.inf if job[5] is None else job[5] for job in group for _ in job[3]],
+                dtype=torch.float64,
             )
-        )
+        dead = any(job[6] for job in group)
+        matrix, sketch = statistics_matrix(rows, lengths, self.percentiles, limits, dead, work)
+        matrix, sketch = matrix.cpu().numpy(), sketch.cpu().numpy().astype(np.float32)
+        # the gradient norms: a slot's last backward wins; one copy to the host
+        latest = [dict(job[4]) for job in group]
+        norms = [norm for slots in latest for norm in slots.values()]
+        if norms:
+            host = iter(torch.stack(norms).to(torch.float64).cpu().numpy())
+        names = quantities(self.percentiles)
+        start = 0
+        for (name, _, _, steps, _, saturation, site_dead), slots in zip(group, latest, strict=True):
+            k = len(steps)
+            columns = list(range(len(names) - 2))
+            columns += [len(names) - 2] * (saturation is not None) + [len(names) - 1] * site_dead
+            grad = np.full((k, 1), np.nan)  # NaN where no gradient came
+            for slot in slots:
+                grad[slot] = next(host)
+            values = np.hstack([matrix[start : start + k, columns], grad]).astype(np.float32)
+            quantity = (*(names[c] for c in columns), "grad_norm")
+            record_steps = np.asarray(steps, np.int64)
+            chunk = _Chunk(name, quantity, record_steps, values, sketch[start : start + k])
+            self._chunks.append(chunk)
+            start += k
+
+    def _summary_buffers(self, count: int, width: int, device: torch.device) -> tuple:
+        """(rows, work) buffers of the summarizing thread for ``count`` records of
+        ``width`` values, kept from flush to flush on the CPU, where a fresh
+        megabyte-sized tensor costs more in page faults than the arithmetic done
+        in it (off the CPU the caching allocator reuses memory: (None, None))."""
+        if device.type != "cpu":
+            return None, None
+        held = self._held.get(width)
+        if held is None or held[0].shape[0] < count:
+            held = torch.empty(count, width), torch.empty(work_size((count, width)))
+            self._held[width] = held
+        return held[0][:count], held[1]
+
+    def _summarize_parameters(self, params: list) -> None:
+        count = len(self._params)
+        ratio = np.full((len(params), count), np.nan)
+        norms = _to_host([n for _, n, _ in params])  # (P,) or, around an update, (2P,)
+        moved = [(row, m) for row, (_, _, m) in enumerate(params) if m is not None]
+        if moved:  # ||Δw|| / ||w before||
+            rows = [row for row, _ in moved]
+            delta = np.stack(_to_host([m for _, m in moved]))
+            with np.errstate(divide="ignore", invalid="ignore"):  # a zero weight: inf, NaN
+                ratio[rows] = delta / np.stack([norms[r][count:] for r in rows])
+        grad = np.stack([n[:count] for n in norms])
+        steps = np.asarray([step for step, _, _ in params], np.int64)
+        if self.optimizer is None:
+            quantity, values = ("grad_norm",), grad[:, :, None]
+        else:
+            quantity, values = ("grad_norm", "update_ratio"), np.stack([grad, ratio], axis=2)
+        values = values.astype(np.float32)
+        for i, (name, _) in enumerate(self._params):
+            self._chunks.append(_Chunk(name, quantity, steps, values[:, i], None))
 
     @property
     def sites(self) -> dict[str, str]:
@@ -634,10 +698,12 @@ class Monitor:
         parameter gradients taken around ``optimizer.step()`` are unscaled
         already and are left alone."""
         for site in self._sites.values():
-            if site.grad_slots and site.steps and site.steps[-1] == self.step:
+            if site.grad_norms and site.steps and site.steps[-1] == self.step:
                 slot = len(site.steps) - 1
-                if site.grad_slots[-1] == slot:
-                    site.grad_norms[slot].mul_(factor)
+                for recorded, norm in reversed(site.grad_norms):
+                    if recorded != slot:
+                        break
+                    norm.mul_(factor)
         records = self._param_records
         if self.optimizer is None and records and records[-1][0] == self.step:
             records[-1][1].mul_(factor)

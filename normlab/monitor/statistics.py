@@ -8,7 +8,9 @@ monitor flushes: one sort per flush instead of many small kernels per step.
 
 from __future__ import annotations
 
-import numpy as np
+import functools
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -19,80 +21,137 @@ SKETCH_LEVELS = 33
 QUANTILE_SAMPLE = 512
 
 
+@functools.lru_cache(maxsize=32)
 def quantile_levels(percentiles: tuple[float, ...]) -> Tensor:
     """The requested percentiles (as fractions) followed by the sketch levels 0..1."""
     sketch = torch.linspace(0.0, 1.0, SKETCH_LEVELS, dtype=torch.float64)
     return torch.cat([torch.tensor(percentiles, dtype=torch.float64) / 100.0, sketch])
 
 
-def _sorted_quantiles(ordered: Tensor, levels: Tensor) -> Tensor:
-    """Quantiles of each sorted row (R, n) at ``levels`` -> (R, len(levels)); linear
-    interpolation between order statistics, as NumPy's default method."""
-    n = ordered.shape[1]
-    position = levels.to(ordered.device, torch.float64) * (n - 1)
-    lo = position.floor().long()
-    hi = position.ceil().long()
-    frac = (position - lo).to(ordered.dtype)
+@functools.lru_cache(maxsize=64)
+def _interpolation(n: int, percentiles: tuple[float, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """Order statistics (lo, hi) and weights of the quantile levels in n sorted values."""
+    position = quantile_levels(percentiles) * (n - 1)
+    lo, hi = position.floor().long(), position.ceil().long()
+    return lo, hi, position - lo
+
+
+def _sorted_quantiles(ordered: Tensor, percentiles: tuple[float, ...]) -> Tensor:
+    """Quantiles of each sorted row (R, n) at ``quantile_levels(percentiles)`` ->
+    (R, levels); linear interpolation between order statistics, as NumPy's default."""
+    lo, hi, frac = _interpolation(ordered.shape[1], percentiles)
+    if lo.device != ordered.device:
+        lo, hi, frac = lo.to(ordered.device), hi.to(ordered.device), frac.to(ordered.device)
     low, high = ordered[:, lo], ordered[:, hi]
-    return low + (high - low) * frac
+    return low + (high - low) * frac.to(ordered.dtype)
 
 
-def _sort_rows(values: Tensor) -> Tensor:
-    """Each row sorted. On the CPU through NumPy, whose vectorized sort is some 30
-    times faster than torch's on rows of a few hundred values (0.19 vs 5.8 ms for
-    256 x 512, one thread): sorting is most of a flush's cost."""
-    if values.device.type == "cpu":
-        return torch.from_numpy(np.sort(values.numpy(), axis=1))
-    return values.sort(dim=1).values
+def _sort_rows(values: Tensor, out: Tensor) -> Tensor:
+    """Each row sorted; on the CPU into ``out`` (values' shape, contiguous) through
+    NumPy, whose vectorized sort is some 30 times faster than torch's on rows of a
+    few hundred values (0.19 vs 5.8 ms for 256 x 512, one thread)."""
+    if values.device.type != "cpu":
+        return values.sort(dim=1).values
+    target = out.numpy()
+    target[...] = values.numpy()
+    target.sort(axis=1)
+    return out
 
 
-def summarize(
+def quantities(percentiles: tuple[float, ...]) -> list[str]:
+    """The columns of :func:`statistics_matrix`, in order."""
+    return ["mean", "std", *(f"p{p:g}" for p in percentiles), "min", "max", "saturated", "dead"]
+
+
+def statistics_matrix(
     rows: Tensor,
-    lengths: list[int],
+    lengths: Sequence[int],
     percentiles: tuple[float, ...],
-    saturation: float | None = None,
+    saturation: Tensor | None = None,
     dead: bool = False,
-) -> tuple[dict[str, Tensor], Tensor]:
+    work: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Statistics of each row of ``rows`` (R, L), of which row i holds
     ``lengths[i]`` values (the rest is ignored), in random order (the monitor
     records them so: any prefix of a row is a random sample of it).
 
-    Returns ({quantity: (R,) float64 tensor}, sketch (R, SKETCH_LEVELS)): mean,
-    std (population, ddof 0), min, max, and when asked the fraction with
-    |x| > ``saturation`` and the fraction <= 0 (``dead``), over all the row's
-    values; the percentiles (linear interpolation, as NumPy's default) and the
-    sketch over the row's values when there are at most QUANTILE_SAMPLE of
-    them, else over its first QUANTILE_SAMPLE (a random subset). Rows of equal length
-    are done together: one sort per length.
+    Returns (R, len(quantities(percentiles))) and the sketch (R, SKETCH_LEVELS),
+    float64: mean, std (population, ddof 0), min, max, the fraction with |x| >
+    ``saturation[i]`` (per-row thresholds, inf for none; NaN without
+    ``saturation``) and the fraction <= 0 (NaN unless ``dead``), over all the
+    row's values; the percentiles (linear interpolation, as NumPy's default) and
+    the sketch over the row's values when there are at most QUANTILE_SAMPLE of
+    them, else over its first QUANTILE_SAMPLE (a random subset). Rows of equal
+    length are done together: one sort per length. As few torch calls as it
+    takes: on the CPU each holds the GIL that training needs.
+
+    ``work``: a flat buffer of ``rows``' dtype and device with room for
+    ``work_size(rows.shape)`` values, for the temporaries (a monitor keeps one:
+    on the CPU a fresh megabyte-sized tensor costs more in page faults than the
+    arithmetic done in it); one is made when None.
     """
     count = len(lengths)
-    levels = quantile_levels(percentiles)
-    names = ["mean", "std", *(f"p{p:g}" for p in percentiles), "min", "max"]
-    names += ["saturated"] * (saturation is not None) + ["dead"] * dead
-    out = torch.empty(count, len(names), dtype=torch.float64, device=rows.device)
+    k = len(percentiles)
+    out = torch.empty(count, k + 6, dtype=torch.float64, device=rows.device)
     sketch = torch.empty(count, SKETCH_LEVELS, dtype=torch.float64, device=rows.device)
     by_length: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         by_length.setdefault(n, []).append(i)
     for n, index in by_length.items():
-        idx = torch.tensor(index, device=rows.device)
-        # one length (the usual case): the rows themselves, not a gathered copy
-        values = rows[:count, :n] if len(index) == count else rows[idx, :n]
-        mean = values.mean(1)
-        std = torch.linalg.vector_norm(values - mean.unsqueeze(1), dim=1) / n**0.5  # two-pass
+        every = len(index) == count  # one length (the usual case): the rows, not a copy
+        idx = slice(None) if every else torch.tensor(index, device=rows.device)
+        values = rows[:count, :n] if every else rows[idx, :n]
+        if work is None or work.numel() < work_size(values.shape):
+            work = values.new_empty(work_size(values.shape))
+        scratch = work[: values.numel()].view(values.shape)
         subset = values[:, :QUANTILE_SAMPLE]  # the rows are in random order: a random subset
-        q = _sorted_quantiles(_sort_rows(subset), levels)
-        k = len(percentiles)
+        ordered = work[values.numel() : values.numel() + subset.numel()].view(subset.shape)
+        mean = values.mean(1)
+        deviation = torch.sub(values, mean.unsqueeze(1), out=scratch)
+        std = torch.linalg.vector_norm(deviation, dim=1) / n**0.5  # two-pass
+        q = _sorted_quantiles(_sort_rows(subset, ordered), percentiles)
         columns = [mean, std, *q[:, :k].T, values.amin(1), values.amax(1)]
         # counts as float 0/1 compared in place and summed: some 3x faster on the CPU
         # than counting a boolean tensor (exact below 2^24 values a row)
+        if saturation is None or not dead:  # a column not asked for
+            missing = mean.new_full(mean.shape, float("nan"))
         if saturation is not None:
-            columns.append(values.abs().gt_(saturation).sum(1) / n)
-        if dead:
-            columns.append(values.neg().ge_(0).sum(1) / n)  # x <= 0
+            limit = saturation.to(values.device, values.dtype)[idx].unsqueeze(1)
+            columns.append(torch.abs(values, out=scratch).gt_(limit).sum(1) / n)
+        else:
+            columns.append(missing)
+        if dead:  # x <= 0
+            columns.append(torch.neg(values, out=scratch).ge_(0).sum(1) / n)
+        else:
+            columns.append(missing)
         out[idx] = torch.stack(columns, dim=1).to(torch.float64)
         sketch[idx] = q[:, k:].to(torch.float64)
-    return {name: out[:, j] for j, name in enumerate(names)}, sketch
+    return out, sketch
+
+
+def work_size(shape: Sequence[int]) -> int:
+    """Values of the ``work`` buffer :func:`statistics_matrix` needs for rows of ``shape``."""
+    count, width = shape
+    return count * (width + min(width, QUANTILE_SAMPLE))
+
+
+def summarize(
+    rows: Tensor,
+    lengths: Sequence[int],
+    percentiles: tuple[float, ...],
+    saturation: float | None = None,
+    dead: bool = False,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """:func:`statistics_matrix` with one ``saturation`` threshold for every row,
+    as ({quantity: (R,) float64 tensor}, sketch); ``saturated`` and ``dead``
+    only when asked."""
+    limits = None
+    if saturation is not None:
+        limits = torch.full((len(lengths),), float(saturation), dtype=torch.float64)
+    matrix, sketch = statistics_matrix(rows, lengths, percentiles, limits, dead)
+    names = quantities(percentiles)
+    wanted = names[:-2] + ["saturated"] * (saturation is not None) + ["dead"] * dead
+    return {name: matrix[:, names.index(name)] for name in wanted}, sketch
 
 
 def wasserstein_1(sketch_a: Tensor, sketch_b: Tensor) -> Tensor:
