@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,19 +116,12 @@ class _Chunk:
         return self.steps.nbytes + self.values.nbytes + extra
 
 
-def _to_host(records: list[Tensor | Sequence[Tensor]]) -> list[np.ndarray]:
-    """Parameter records' norms (vectors, or torch._foreach_norm's scalars) as float64
-    host rows: one stack and one copy to the host when the records are alike."""
+def _to_host(records: list[Tensor]) -> list[np.ndarray]:
+    """Parameter records' norm vectors as float64 host rows: one stack and one copy
+    to the host when they are alike."""
     if len({len(r) for r in records}) == 1:
-        if all(isinstance(r, Tensor) for r in records):
-            return list(torch.stack(records).double().cpu().numpy())  # type: ignore[arg-type]
-        if not any(isinstance(r, Tensor) for r in records):
-            flat = torch.stack([norm for r in records for norm in r])
-            return list(flat.double().cpu().numpy().reshape(len(records), -1))
-    return [
-        (r if isinstance(r, Tensor) else torch.stack(list(r))).double().cpu().numpy()
-        for r in records
-    ]
+        return list(torch.stack(records).double().cpu().numpy())
+    return [r.double().cpu().numpy() for r in records]
 
 
 def _norm(grad: Tensor) -> Tensor:
@@ -265,7 +258,6 @@ class Monitor:
         self._param_data = [p.detach() for _, p in self._params]  # updated in place by steps
         # per recorded step: [step, norms, moved]: norms (P,) gradient norms, or (2P,)
         # gradient then weight norms around an optimizer step; moved (P,) ||Δw|| or None
-        # (around an optimizer step, each a sequence of scalars, stacked in the summary)
         self._param_records: list[list] = []
         self._snapshot: list[Tensor] | None = None  # weights before optimizer.step()
         self._snapshot_step = -1  # the step it was taken in, until the update is measured
@@ -472,7 +464,7 @@ class Monitor:
         generator = torch.Generator().manual_seed(numel)
         return torch.randperm(numel, generator=generator)[:kept].to(device)
 
-    def _param_record(self, norms: Tensor | Sequence[Tensor] | None = None) -> list:
+    def _param_record(self, norms: Tensor | None = None) -> list:
         """This step's parameter record: made with ``norms`` (or NaNs) on first use,
         its norms replaced by ``norms`` when given."""
         records = self._param_records
@@ -520,7 +512,9 @@ class Monitor:
         # As few torch calls as it takes: each small op costs several microseconds
         # amid training (its code is cold); the split and the ratios wait for the
         # summary. The weights' norms from the copy just written: it is in cache.
-        self._param_record(torch._foreach_norm(grads + self._snapshot))
+        # Stacked now: hundreds of 0-d tensors kept until the hand-over cost more
+        # (made, freed and gathered beside training) than one stack here.
+        self._param_record(torch.stack(torch._foreach_norm(grads + self._snapshot)))
         self._snapshot_step = self.step
 
     def _after_update(self) -> None:
@@ -528,7 +522,7 @@ class Monitor:
             return  # no copy of this step's weights (or measured already)
         self._snapshot_step = -1
         torch._foreach_sub_(self._snapshot, self._param_data)  # -delta w
-        self._param_records[-1][2] = torch._foreach_norm(self._snapshot)
+        self._param_records[-1][2] = torch.stack(torch._foreach_norm(self._snapshot))
 
     # ------------------------------------------------------------ results
 
