@@ -44,6 +44,7 @@ Selector = str | type[nn.Module] | Callable[[str, nn.Module], bool]
 STEPS = ("forward", "manual")  # what marks a step: see Monitor(steps=)
 
 _unrecorded = 0  # > 0 while passes run that no Monitor may see (see unrecorded())
+_set_grad_enabled = torch._C._set_grad_enabled  # what torch.no_grad() calls
 
 
 @contextlib.contextmanager
@@ -421,12 +422,18 @@ class Monitor:
     def _record(self, site: _Site, tensor: Tensor) -> None:
         # The hot path (every step, every site): one gather into the ring buffer,
         # as few torch calls as it takes; the statistics wait for flush().
-        source = tensor.detach()
         slot = len(site.steps)
-        if source.numel() == site.sample_numel and source.dtype == site.dtype:
-            torch.take(source, site.sample_index, out=site.targets[slot])  # flat positions
+        if tensor.numel() == site.sample_numel and tensor.dtype == site.dtype:
+            if torch.is_grad_enabled():  # out= refuses inputs that need grad: grad mode
+                _set_grad_enabled(False)  # off for the call (cheaper than a detach)
+                try:
+                    torch.take(tensor, site.sample_index, out=site.targets[slot])
+                finally:
+                    _set_grad_enabled(True)
+            else:
+                torch.take(tensor, site.sample_index, out=site.targets[slot])  # flat positions
         else:
-            self._record_new_shape(site, source, slot)
+            self._record_new_shape(site, tensor.detach(), slot)
         site.lengths.append(site.kept)
         site.steps.append(self.step)
         if self._gradients and tensor.requires_grad:
