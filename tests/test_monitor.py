@@ -587,3 +587,118 @@ def test_parameter_gradients_are_read_after_the_users_optimizer_pre_hooks():
     norms = _values(mon.to_frame(), "0.weight", "grad_norm")
     np.testing.assert_allclose(norms, clipped, rtol=1e-5)
     assert max(clipped) <= 1e-3 * (1 + 1e-5)
+
+
+def test_a_clipping_hook_added_mid_run_acts_before_the_norms_even_with_grad_every_1():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def clip(optimizer, args, kwargs) -> None:
+        nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+
+    clipped = []
+    with Monitor(model, optimizer=opt, grad_every=1) as mon:
+        for step in range(4):
+            if step == 1:  # clipping switched on after a warm-up step
+                opt.register_step_pre_hook(clip)
+            opt.zero_grad()
+            nn.functional.cross_entropy(
+                model(torch.randn(8, 6) * 5), torch.zeros(8).long()
+            ).backward()
+            opt.step()
+            clipped.append(torch.linalg.vector_norm(model[0].weight.grad).item())
+    norms = _values(mon.to_frame(), "0.weight", "grad_norm")
+    np.testing.assert_allclose(norms[1:], clipped[1:], rtol=1e-5)
+
+
+def test_a_users_optimizer_post_hook_sees_this_steps_update_ratio():
+    """The monitor's post-hook runs first, whenever the user's was registered: a
+    logger in the user's post-hook (flushing through latest()) gets this step's
+    update ratio, and nothing breaks."""
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    with Monitor(model, optimizer=opt, grad_every=1) as mon:
+        opt.register_step_post_hook(lambda o, a, k: seen.append(mon.latest(["update_ratio"])))
+        for _ in range(3):
+            before = model[0].weight.detach().clone()
+            opt.zero_grad()
+            model(torch.randn(8, 6)).sum().backward()
+            opt.step()
+            expected = ((model[0].weight - before).norm() / before.norm()).item()
+            assert seen[-1]["0.weight/update_ratio"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_forward_mode_ad_through_a_monitored_model():
+    model = _mlp(nn.Tanh)
+    x, tangent = torch.randn(4, 6), torch.randn(4, 6)
+    expected = torch.func.jvp(model, (x,), (tangent,))
+    with Monitor(model, record_eval=True) as mon:
+        model(x)  # the first record sets the site up
+        for _ in range(2):
+            out = torch.func.jvp(model, (x,), (tangent,))
+    torch.testing.assert_close(out, expected)
+    assert len(_values(mon.to_frame(), "1", "mean")) == 3
+
+
+def test_an_empty_batch_is_recorded_as_nan_not_a_crash():
+    model = _mlp()
+    with Monitor(model, grad_every=1) as mon:
+        for batch in (4, 0, 4):
+            model(torch.randn(batch, 6)).sum().backward()
+    means = _values(mon.to_frame(), "1", "mean")
+    assert len(means) == 3 and np.isnan(means[1]) and np.isfinite(means[[0, 2]]).all()
+
+
+def test_a_watched_leaf_tensor_gets_one_gradient_hook_per_record_not_one_more_each_step():
+    """A parameter fed straight into a watched activation outlives the step: its
+    gradient hook removes itself once it has fired."""
+
+    class Direct(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.randn(5))
+            self.act = nn.Tanh()
+
+        def forward(self, x):
+            return self.act(self.p) * x
+
+    model = Direct()
+    with Monitor(model, grad_every=1) as mon:
+        for scale in (1.0, 2.0, 3.0):
+            (model(torch.ones(5)) * scale).sum().backward()
+    assert not model.p._backward_hooks
+    expected = [
+        (scale * (1 - torch.tanh(model.p.detach()) ** 2)).norm().item() for scale in (1, 2, 3)
+    ]
+    np.testing.assert_allclose(_values(mon.to_frame(), "act", "grad_norm"), expected, rtol=1e-5)
+
+
+def test_percentiles_may_be_a_list_and_repeat():
+    from normlab.monitor.statistics import summarize
+
+    data = torch.randn(2, 50)
+    stats, _ = summarize(data, [50, 50], [25, 75])
+    np.testing.assert_allclose(stats["p75"][0], np.percentile(data[0].numpy(), 75), rtol=1e-5)
+    model = _mlp()
+    with Monitor(model, percentiles=[50, 50, 90]) as mon:
+        model(torch.randn(4, 6))
+    frame = mon.to_frame()
+    assert (frame[frame.module == "1"].quantity == "p50").sum() == 1
+
+
+def test_update_ratios_follow_a_model_cast_while_attached():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    expected = []
+    with Monitor(model, optimizer=opt, grad_every=1) as mon:
+        for step in range(3):
+            if step == 1:
+                model.double()  # every parameter's data is swapped for a float64 copy
+            before = model[0].weight.detach().clone()
+            opt.zero_grad()
+            model(torch.randn(8, 6, dtype=model[0].weight.dtype)).sum().backward()
+            opt.step()
+            expected.append(((model[0].weight - before).norm() / before.norm()).item())
+    got = _values(mon.to_frame(), "0.weight", "update_ratio")
+    np.testing.assert_allclose(got, expected, rtol=1e-4)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -44,7 +45,6 @@ Selector = str | type[nn.Module] | Callable[[str, nn.Module], bool]
 STEPS = ("forward", "manual")  # what marks a step: see Monitor(steps=)
 
 _unrecorded = 0  # > 0 while passes run that no Monitor may see (see unrecorded())
-_set_grad_enabled = torch._C._set_grad_enabled  # what torch.no_grad() calls
 
 
 @contextlib.contextmanager
@@ -88,7 +88,7 @@ class _Site:
         return rows, list(rows[:, : self.kept])
 
     def swap_buffers(self) -> None:
-        """Record on into the spare buffers while the filled ones are summarized;
+        """Record on into the spare buffer while the filled one is summarized;
         the bookkeeping lists start afresh. Each buffer's row views are made once,
         not per swap (a few thousand views cost milliseconds)."""
         assert self.rows is not None
@@ -100,6 +100,18 @@ class _Site:
         if len(self.targets[0]) != self.kept:  # the spare's views predate a new size
             self.targets = list(self.rows[:, : self.kept])
         self.lengths, self.steps, self.grad_norms = [], [], []
+
+
+class _Job(NamedTuple):
+    """One site's records, handed over to the summarizing thread."""
+
+    name: str
+    rows: Tensor  # (k, width)
+    lengths: list[int]
+    steps: list[int]
+    grad_norms: list[tuple[int, Tensor]]
+    saturation: float | None
+    dead: bool
 
 
 @dataclass(frozen=True)
@@ -140,10 +152,11 @@ def _watch_gradient(tensor: Tensor, norms: list[tuple[int, Tensor]], slot: int) 
     grad_fn = tensor.grad_fn
     if grad_fn is None:
 
-        def tensor_hook(grad: Tensor) -> None:
+        def tensor_hook(grad: Tensor) -> None:  # a leaf outlives the step: once only
             norms.append((slot, _norm(grad)))
+            handle.remove()
 
-        tensor.register_hook(tensor_hook)
+        handle = tensor.register_hook(tensor_hook)
         return
     index = tensor.output_nr
 
@@ -227,7 +240,7 @@ class Monitor:
         self.model = model
         self.every = every
         self.grad_every = grad_every
-        self.percentiles = tuple(percentiles)
+        self.percentiles = tuple(dict.fromkeys(percentiles))  # each once, in order
         self.optimizer = optimizer
         self.sample_size = sample_size
         self.flush_every = flush_every
@@ -249,7 +262,7 @@ class Monitor:
         self._chunks: list[_Chunk] = []
         self._summarizer: ThreadPoolExecutor | None = None  # summarizes handed-over records
         self._summary: Future | None = None  # its last job
-        self._held: dict[int, tuple[Tensor, Tensor]] = {}  # its buffers (_summary_buffers)
+        self._held: dict[int, tuple] = {}  # its buffers (_summary_buffers)
         self._selected = self._select(modules)
         self._params = (
             [(self._clean(n), p) for n, p in model.named_parameters() if p.requires_grad]
@@ -392,7 +405,7 @@ class Monitor:
         self.step += 1
         self._recording = self.step % self.every == 0
         self._gradients = self._recording and self.step % self.grad_every == 0
-        if self._hook_updates and self._gradients != bool(self._update_handles):
+        if self._hook_updates and (self._gradients or self._update_handles):
             self._toggle_update_hooks(self._gradients)
         if self._recording:
             self._calls.clear()
@@ -422,18 +435,13 @@ class Monitor:
     def _record(self, site: _Site, tensor: Tensor) -> None:
         # The hot path (every step, every site): one gather into the ring buffer,
         # as few torch calls as it takes; the statistics wait for flush().
+        # detached: out= refuses inputs that carry a gradient, backward or forward-mode
+        source = tensor.detach()
         slot = len(site.steps)
-        if tensor.numel() == site.sample_numel and tensor.dtype == site.dtype:
-            if torch.is_grad_enabled():  # out= refuses inputs that need grad: grad mode
-                _set_grad_enabled(False)  # off for the call (cheaper than a detach)
-                try:
-                    torch.take(tensor, site.sample_index, out=site.targets[slot])
-                finally:
-                    _set_grad_enabled(True)
-            else:
-                torch.take(tensor, site.sample_index, out=site.targets[slot])  # flat positions
+        if source.numel() == site.sample_numel and source.dtype == site.dtype:
+            torch.take(source, site.sample_index, out=site.targets[slot])  # flat positions
         else:
-            self._record_new_shape(site, tensor.detach(), slot)
+            self._record_new_shape(site, source, slot)
         site.lengths.append(site.kept)
         site.steps.append(self.step)
         if self._gradients and tensor.requires_grad:
@@ -467,7 +475,7 @@ class Monitor:
     def _index(numel: int, kept: int, device: torch.device) -> Tensor:
         """``kept`` of ``numel`` flat positions, fixed per size, in random order: a
         record is a random sample, and every prefix of it one too (the quantiles
-        are read off a prefix: :func:`~normlab.monitor.statistics.summarize`)."""
+        are read off a prefix: :func:`~normlab.monitor.statistics.statistics_matrix`)."""
         generator = torch.Generator().manual_seed(numel)
         return torch.randperm(numel, generator=generator)[:kept].to(device)
 
@@ -492,16 +500,24 @@ class Monitor:
         return hook
 
     def _toggle_update_hooks(self, on: bool) -> None:
-        """Register (``on``) or remove the optimizer's step hooks (steps="forward")."""
+        """Remove the optimizer's step hooks (steps="forward") and, when ``on``,
+        register them afresh: the pre-hook last of the pre-hooks, so that the
+        gradients it reads are final (after the user's clipping hooks, whenever
+        those were registered); the post-hook first of the post-hooks, so that
+        ``update_ratio`` is the optimizer's own update and the user's post-hooks
+        (a logger calling :meth:`latest`) see it. torch has no ``prepend`` for
+        optimizer hooks: the post-hook is moved to the front of the optimizer's
+        hook dict where that dict is the OrderedDict torch keeps (else it runs last)."""
+        for handle in self._update_handles:
+            handle.remove()
+        self._update_handles = []
         if on and self.optimizer is not None:
-            self._update_handles = [
-                self.optimizer.register_step_pre_hook(self._before_step),
-                self.optimizer.register_step_post_hook(self._after_step),
-            ]
-        else:
-            for handle in self._update_handles:
-                handle.remove()
-            self._update_handles = []
+            pre = self.optimizer.register_step_pre_hook(self._before_step)
+            post = self.optimizer.register_step_post_hook(self._after_step)
+            hooks = getattr(self.optimizer, "_optimizer_step_post_hooks", None)
+            if isinstance(hooks, OrderedDict) and post.id in hooks:
+                hooks.move_to_end(post.id, last=False)
+            self._update_handles = [pre, post]
 
     def _before_step(self, optimizer, args, kwargs) -> None:  # the optimizer's step hooks
         self._before_update()
@@ -513,6 +529,12 @@ class Monitor:
         if not self._gradients or _unrecorded or not self._params:
             return
         params = self._param_data
+        if any(
+            a.data_ptr() != p.data_ptr() for a, (_, p) in zip(params, self._params, strict=True)
+        ):
+            # the model was moved or cast since (model.double() swaps every weight's data)
+            params = self._param_data = [p.detach() for _, p in self._params]
+            self._snapshot = [p.clone() for p in params]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._params]
         assert self._snapshot is not None  # made by attach()
         torch._foreach_copy_(self._snapshot, params)
@@ -528,6 +550,9 @@ class Monitor:
         if self._snapshot_step != self.step or self._snapshot is None or _unrecorded:
             return  # no copy of this step's weights (or measured already)
         self._snapshot_step = -1
+        records = self._param_records
+        if not records or records[-1][0] != self.step:
+            return  # handed over already (a flush between the two hooks): left NaN
         torch._foreach_sub_(self._snapshot, self._param_data)  # -delta w
         self._param_records[-1][2] = torch.stack(torch._foreach_norm(self._snapshot))
 
@@ -551,8 +576,8 @@ class Monitor:
             if k == 0 or site.rows is None:
                 continue
             jobs.append(
-                (site.name, site.rows[:k], site.lengths, site.steps, site.grad_norms,
-                 site.saturation, site.dead)
+                _Job(site.name, site.rows[:k], site.lengths, site.steps, site.grad_norms,
+                     site.saturation, site.dead)
             )  # fmt: skip
             site.swap_buffers()
         params, self._param_records = self._param_records, []
@@ -577,61 +602,68 @@ class Monitor:
         whose buffers share a width and device are summarized together: a few
         large torch calls instead of many small ones, each of which holds the GIL
         that the training thread needs."""
-        groups: dict[tuple, list] = {}
+        groups: dict[tuple, list[_Job]] = {}
         for job in jobs:
-            groups.setdefault((job[1].shape[1], job[1].device), []).append(job)
+            groups.setdefault((job.rows.shape[1], job.rows.device), []).append(job)
         for group in groups.values():
             self._summarize_sites(group)
         if params:
             self._summarize_parameters(params)
 
-    def _summarize_sites(self, group: list) -> None:
-        count = sum(len(job[3]) for job in group)
-        joined, work = self._summary_buffers(count, group[0][1].shape[1], group[0][1].device)
-        rows = torch.cat([job[1] for job in group], out=joined) if len(group) > 1 else group[0][1]
-        lengths = [n for job in group for n in job[2]]
+    def _summarize_sites(self, group: list[_Job]) -> None:
+        count = sum(len(job.steps) for job in group)
+        width, device = group[0].rows.shape[1], group[0].rows.device
+        joined, work = self._summary_buffers(count, width, device, len(group) > 1)
+        rows = group[0].rows
+        if len(group) > 1:
+            rows = torch.cat([job.rows for job in group], out=joined)
+        lengths = [n for job in group for n in job.lengths]
         limits = None  # per row: the site's saturation threshold, inf for none
-        if any(job[5] is not None for job in group):
+        if any(job.saturation is not None for job in group):
             limits = torch.tensor(
-                [np.inf if job[5] is None else job[5] for job in group for _ in job[3]],
+                [np.inf if job.saturation is None else job.saturation for job in group
+                 for _ in job.steps],
                 dtype=torch.float64,
-            )
-        dead = any(job[6] for job in group)
+            )  # fmt: skip
+        dead = any(job.dead for job in group)  # counted for every row, kept for ReLU sites
         matrix, sketch = statistics_matrix(rows, lengths, self.percentiles, limits, dead, work)
         matrix, sketch = matrix.cpu().numpy(), sketch.cpu().numpy().astype(np.float32)
         # the gradient norms: a slot's last backward wins; one copy to the host
-        latest = [dict(job[4]) for job in group]
-        norms = [norm for slots in latest for norm in slots.values()]
-        if norms:
-            host = iter(torch.stack(norms).to(torch.float64).cpu().numpy())
+        by_slot = [dict(job.grad_norms) for job in group]
+        norms = [norm for slots in by_slot for norm in slots.values()]
+        host = iter(torch.stack(norms).to(torch.float64).cpu().numpy() if norms else ())
         names = quantities(self.percentiles)
+        saturated, counted_dead = names.index("saturated"), names.index("dead")
         start = 0
-        for (name, _, _, steps, _, saturation, site_dead), slots in zip(group, latest, strict=True):
-            k = len(steps)
-            columns = list(range(len(names) - 2))
-            columns += [len(names) - 2] * (saturation is not None) + [len(names) - 1] * site_dead
+        for job, slots in zip(group, by_slot, strict=True):
+            k = len(job.steps)
+            columns = list(range(saturated))  # mean ... max, then what the site's kind has
+            columns += [saturated] * (job.saturation is not None) + [counted_dead] * job.dead
             grad = np.full((k, 1), np.nan)  # NaN where no gradient came
             for slot in slots:
                 grad[slot] = next(host)
             values = np.hstack([matrix[start : start + k, columns], grad]).astype(np.float32)
             quantity = (*(names[c] for c in columns), "grad_norm")
-            record_steps = np.asarray(steps, np.int64)
-            chunk = _Chunk(name, quantity, record_steps, values, sketch[start : start + k])
+            steps = np.asarray(job.steps, np.int64)
+            chunk = _Chunk(job.name, quantity, steps, values, sketch[start : start + k])
             self._chunks.append(chunk)
             start += k
 
-    def _summary_buffers(self, count: int, width: int, device: torch.device) -> tuple:
+    def _summary_buffers(self, count: int, width: int, device: torch.device, join: bool):
         """(rows, work) buffers of the summarizing thread for ``count`` records of
-        ``width`` values, kept from flush to flush on the CPU, where a fresh
-        megabyte-sized tensor costs more in page faults than the arithmetic done
-        in it (off the CPU the caching allocator reuses memory: (None, None))."""
+        ``width`` values (rows only to ``join`` several sites' records), kept from
+        flush to flush on the CPU, where a fresh megabyte-sized tensor costs more
+        in page faults than the arithmetic done in it (off the CPU the caching
+        allocator reuses memory: (None, None))."""
         if device.type != "cpu":
             return None, None
-        held = self._held.get(width)
-        if held is None or held[0].shape[0] < count:
-            held = torch.empty(count, width), torch.empty(work_size((count, width)))
-            self._held[width] = held
-        return held[0][:count], held[1]
+        rows, work = self._held.get(width, (None, None))
+        if work is None or work.numel() < work_size((count, width)):
+            work = torch.empty(work_size((count, width)))
+        if join and (rows is None or rows.shape[0] < count):
+            rows = torch.empty(count, width)
+        self._held[width] = rows, work
+        return (rows[:count] if join and rows is not None else None), work
 
     def _summarize_parameters(self, params: list) -> None:
         count = len(self._params)

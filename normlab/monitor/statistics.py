@@ -1,7 +1,8 @@
 """Summary statistics of recorded activation samples, vectorized over records.
 
 The monitor copies each recorded tensor (or a fixed random sample of it) into
-a row of a buffer; rows shorter than the buffer are NaN-padded. Statistics
+a row of a buffer; a row shorter than the buffer says how many of its values
+count (the rest is ignored). Statistics
 for all buffered rows are computed together, on the buffer's device, when the
 monitor flushes: one sort per flush instead of many small kernels per step.
 """
@@ -21,16 +22,16 @@ SKETCH_LEVELS = 33
 QUANTILE_SAMPLE = 512
 
 
-@functools.lru_cache(maxsize=32)
-def quantile_levels(percentiles: tuple[float, ...]) -> Tensor:
+def quantile_levels(percentiles: Sequence[float]) -> Tensor:
     """The requested percentiles (as fractions) followed by the sketch levels 0..1."""
     sketch = torch.linspace(0.0, 1.0, SKETCH_LEVELS, dtype=torch.float64)
-    return torch.cat([torch.tensor(percentiles, dtype=torch.float64) / 100.0, sketch])
+    return torch.cat([torch.tensor(list(percentiles), dtype=torch.float64) / 100.0, sketch])
 
 
 @functools.lru_cache(maxsize=64)
 def _interpolation(n: int, percentiles: tuple[float, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """Order statistics (lo, hi) and weights of the quantile levels in n sorted values."""
+    """Order statistics (lo, hi) and weights of the quantile levels in n sorted values
+    (cached: the monitor asks for the same few every flush)."""
     position = quantile_levels(percentiles) * (n - 1)
     lo, hi = position.floor().long(), position.ceil().long()
     return lo, hi, position - lo
@@ -66,7 +67,7 @@ def quantities(percentiles: tuple[float, ...]) -> list[str]:
 def statistics_matrix(
     rows: Tensor,
     lengths: Sequence[int],
-    percentiles: tuple[float, ...],
+    percentiles: Sequence[float],
     saturation: Tensor | None = None,
     dead: bool = False,
     work: Tensor | None = None,
@@ -90,6 +91,7 @@ def statistics_matrix(
     on the CPU a fresh megabyte-sized tensor costs more in page faults than the
     arithmetic done in it); one is made when None.
     """
+    percentiles = tuple(percentiles)  # the key of the cached interpolation
     count = len(lengths)
     k = len(percentiles)
     out = torch.empty(count, k + 6, dtype=torch.float64, device=rows.device)
@@ -98,6 +100,9 @@ def statistics_matrix(
     for i, n in enumerate(lengths):
         by_length.setdefault(n, []).append(i)
     for n, index in by_length.items():
+        if n == 0:  # an empty tensor recorded (a batch of 0): nothing to describe
+            out[index], sketch[index] = float("nan"), float("nan")
+            continue
         every = len(index) == count  # one length (the usual case): the rows, not a copy
         idx = slice(None) if every else torch.tensor(index, device=rows.device)
         values = rows[:count, :n] if every else rows[idx, :n]
@@ -138,7 +143,7 @@ def work_size(shape: Sequence[int]) -> int:
 def summarize(
     rows: Tensor,
     lengths: Sequence[int],
-    percentiles: tuple[float, ...],
+    percentiles: Sequence[float],
     saturation: float | None = None,
     dead: bool = False,
 ) -> tuple[dict[str, Tensor], Tensor]:
