@@ -702,3 +702,26 @@ def test_update_ratios_follow_a_model_cast_while_attached():
             expected.append(((model[0].weight - before).norm() / before.norm()).item())
     got = _values(mon.to_frame(), "0.weight", "update_ratio")
     np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_a_failed_first_record_leaves_the_site_to_be_set_up_later(monkeypatch):
+    """A site whose first record fails (here the sample positions cannot be
+    drawn) is set up at its next record; flushes keep working."""
+    model = _mlp()
+    real = Monitor._index
+    calls = {"n": 0}
+
+    def flaky(numel, kept, device):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("random op refused")
+        return real(numel, kept, device)
+
+    monkeypatch.setattr(Monitor, "_index", staticmethod(flaky))
+    with Monitor(model) as mon:
+        with pytest.raises(RuntimeError, match="random op refused"):
+            model(torch.randn(4, 6))
+        for _ in range(2):
+            model(torch.randn(4, 6))
+        mon.flush()
+    assert list(mon.to_frame().query("module == '1' and quantity == 'mean'").step) == [1, 2]

@@ -449,25 +449,24 @@ class Monitor:
 
     def _record_new_shape(self, site: _Site, source: Tensor, slot: int) -> None:
         """The first record of a site, or one of a new size or dtype: set the site's
-        buffers, sample positions and row views up, then record."""
+        buffers, sample positions and row views up, then record. The site changes
+        only once all of it worked: a failure (say, a random op refused inside
+        vmap) leaves it as it was, to be set up at its next record."""
         numel = source.numel()
-        if site.rows is None:  # as wide as the first record needs, at most sample_size
-            width = max(1, min(numel, self.sample_size))
-            # zeros, not empty: the pages are touched once here, not one per step
-            site.rows = torch.zeros(self.flush_every, width, device=source.device)
-            new_site = True
+        new_site, rows = site.rows is None, site.rows
+        if rows is None:  # as wide as the first record needs, at most sample_size; zeros,
+            width = max(1, min(numel, self.sample_size))  # not empty: pages touched once here
+            rows = torch.zeros(self.flush_every, width, device=source.device)
+        kept = min(numel, rows.shape[1])
+        index = self._index(numel, kept, source.device)
+        dtype = source.dtype if source.dtype == rows.dtype else None
+        targets = list(rows[:, :kept])
+        if dtype is None:  # half precision: gather, then widen the sample only
+            targets[slot].copy_(source.take(index))
         else:
-            new_site = False
-        width = site.rows.shape[1]
-        site.kept = min(numel, width)
-        site.sample_index = self._index(numel, site.kept, source.device)
-        site.sample_numel = numel
-        site.dtype = source.dtype if source.dtype == site.rows.dtype else None
-        site.targets = list(site.rows[:, : site.kept])
-        if site.dtype is None:  # half precision: gather, then widen the sample only
-            site.targets[slot].copy_(source.take(site.sample_index))
-        else:
-            torch.take(source, site.sample_index, out=site.targets[slot])
+            torch.take(source, index, out=targets[slot])
+        site.rows, site.kept, site.targets = rows, kept, targets
+        site.sample_index, site.sample_numel, site.dtype = index, numel, dtype
         if new_site:  # the next hand-over's buffers, made beside training
             site.spare = self._threads().submit(site.make_spare)
 
