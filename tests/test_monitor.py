@@ -725,3 +725,26 @@ def test_a_failed_first_record_leaves_the_site_to_be_set_up_later(monkeypatch):
             model(torch.randn(4, 6))
         mon.flush()
     assert list(mon.to_frame().query("module == '1' and quantity == 'mean'").step) == [1, 2]
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_recomputation_is_not_a_second_call(reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.act, self.out = nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)
+
+        def forward(self, x):
+            inner = lambda t: self.act(self.lin(t))  # noqa: E731
+            return self.out(checkpoint(inner, x, use_reentrant=reentrant))
+
+    torch.manual_seed(0)
+    model = Block()
+    x = torch.randn(4, 6, requires_grad=reentrant)
+    with Monitor(model, grad_every=1) as mon:
+        model(x).sum().backward()
+    assert mon.sites == {"act": "input of Tanh"}
+    pre = model.lin(x).detach()
+    assert _values(mon.to_frame(), "act", "mean")[0] == pytest.approx(pre.mean().item(), abs=1e-6)

@@ -423,6 +423,8 @@ class Monitor:
             if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
                 return
             call = calls.get(name, 0)
+            if call and torch._C._current_graph_task_id() != -1:
+                return  # a call inside a backward: activation checkpointing recomputing
             calls[name] = call + 1
             key = name if call == 0 else f"{name}#{call}"
             site = sites.get(key)
