@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 import normlab
 from normlab.monitor import Monitor, unrecorded
-from normlab.monitor.statistics import summarize, wasserstein_1
+from normlab.monitor.statistics import quantities, statistics_matrix, wasserstein_1
 
 
 def _values(frame, module, quantity):
@@ -25,9 +25,9 @@ def test_summarize_matches_numpy():
     rng = np.random.default_rng()
     data = rng.normal(0.3, 2.0, size=(5, 300)).astype(np.float32)
     lengths = [300, 300, 120, 300, 7]
-    stats, sketch = summarize(
-        torch.from_numpy(data), lengths, (15, 50, 85), saturation=1.5, dead=True
-    )
+    limits = torch.full((len(lengths),), 1.5, dtype=torch.float64)
+    matrix, sketch = statistics_matrix(torch.from_numpy(data), lengths, (15, 50, 85), limits, True)
+    stats = dict(zip(quantities((15, 50, 85)), matrix.T, strict=True))
     for i, n in enumerate(lengths):
         row = data[i, :n].astype(np.float64)
         np.testing.assert_allclose(stats["mean"][i], row.mean(), rtol=1e-5, atol=1e-6)
@@ -509,7 +509,7 @@ def test_statistics_matrix_takes_a_threshold_per_row_and_a_work_buffer():
     """The summary of many sites at once: rows of several lengths, each with its
     own saturation threshold (inf: none), against NumPy; the result does not
     depend on the work buffer given (none, too small, large enough)."""
-    from normlab.monitor.statistics import quantities, statistics_matrix, work_size
+    from normlab.monitor.statistics import work_size
 
     rng = np.random.default_rng(1)
     data = torch.from_numpy(rng.normal(0.2, 2.0, size=(6, 300)).astype(np.float32))
@@ -675,11 +675,10 @@ def test_a_watched_leaf_tensor_gets_one_gradient_hook_per_record_not_one_more_ea
 
 
 def test_percentiles_may_be_a_list_and_repeat():
-    from normlab.monitor.statistics import summarize
-
     data = torch.randn(2, 50)
-    stats, _ = summarize(data, [50, 50], [25, 75])
-    np.testing.assert_allclose(stats["p75"][0], np.percentile(data[0].numpy(), 75), rtol=1e-5)
+    matrix, _ = statistics_matrix(data, [50, 50], [25, 75])
+    p75 = matrix[0, quantities((25, 75)).index("p75")]
+    np.testing.assert_allclose(p75, np.percentile(data[0].numpy(), 75), rtol=1e-5)
     model = _mlp()
     with Monitor(model, percentiles=[50, 50, 90]) as mon:
         model(torch.randn(4, 6))

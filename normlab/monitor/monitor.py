@@ -129,12 +129,10 @@ class _Chunk:
         return self.steps.nbytes + self.values.nbytes + extra
 
 
-def _to_host(records: list[Tensor]) -> list[np.ndarray]:
-    """Parameter records' norm vectors as float64 host rows: one stack and one copy
-    to the host when they are alike."""
-    if len({len(r) for r in records}) == 1:
-        return list(torch.stack(records).double().cpu().numpy())
-    return [r.double().cpu().numpy() for r in records]
+def _to_host(records: list[Tensor]) -> np.ndarray:
+    """Parameter records' norm vectors (all of one length: a monitor makes them one
+    way) as one float64 host array: one stack, one copy to the host."""
+    return torch.stack(records).double().cpu().numpy()
 
 
 def _norm(grad: Tensor) -> Tensor:
@@ -673,10 +671,10 @@ class Monitor:
         moved = [(row, m) for row, (_, _, m) in enumerate(params) if m is not None]
         if moved:  # ||Δw|| / ||w before||
             rows = [row for row, _ in moved]
-            delta = np.stack(_to_host([m for _, m in moved]))
+            delta = _to_host([m for _, m in moved])
             with np.errstate(divide="ignore", invalid="ignore"):  # a zero weight: inf, NaN
-                ratio[rows] = delta / np.stack([norms[r][count:] for r in rows])
-        grad = np.stack([n[:count] for n in norms])
+                ratio[rows] = delta / norms[rows, count:]
+        grad = norms[:, :count]
         steps = np.asarray([step for step, _, _ in params], np.int64)
         if self.optimizer is None:
             quantity, values = ("grad_norm",), grad[:, :, None]

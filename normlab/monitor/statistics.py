@@ -2,9 +2,9 @@
 
 The monitor copies each recorded tensor (or a fixed random sample of it) into
 a row of a buffer; a row shorter than the buffer says how many of its values
-count (the rest is ignored). Statistics
-for all buffered rows are computed together, on the buffer's device, when the
-monitor flushes: one sort per flush instead of many small kernels per step.
+count (the rest is ignored). Statistics for all buffered rows are computed
+together, on the buffer's device, when the monitor flushes: one sort per flush
+instead of many small kernels per step.
 """
 
 from __future__ import annotations
@@ -138,25 +138,6 @@ def work_size(shape: Sequence[int]) -> int:
     """Values of the ``work`` buffer :func:`statistics_matrix` needs for rows of ``shape``."""
     count, width = shape
     return count * (width + min(width, QUANTILE_SAMPLE))
-
-
-def summarize(
-    rows: Tensor,
-    lengths: Sequence[int],
-    percentiles: Sequence[float],
-    saturation: float | None = None,
-    dead: bool = False,
-) -> tuple[dict[str, Tensor], Tensor]:
-    """:func:`statistics_matrix` with one ``saturation`` threshold for every row,
-    as ({quantity: (R,) float64 tensor}, sketch); ``saturated`` and ``dead``
-    only when asked."""
-    limits = None
-    if saturation is not None:
-        limits = torch.full((len(lengths),), float(saturation), dtype=torch.float64)
-    matrix, sketch = statistics_matrix(rows, lengths, percentiles, limits, dead)
-    names = quantities(percentiles)
-    wanted = names[:-2] + ["saturated"] * (saturation is not None) + ["dead"] * dead
-    return {name: matrix[:, names.index(name)] for name in wanted}, sketch
 
 
 def wasserstein_1(sketch_a: Tensor, sketch_b: Tensor) -> Tensor:
