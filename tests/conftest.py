@@ -87,7 +87,7 @@ def _run(module: nn.Module, x: torch.Tensor, weights: torch.Tensor | None, gen):
     xg = x.clone().requires_grad_()
     y = module(xg)
     if weights is None:
-        weights = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+        weights = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.device)
     (y.double() * weights).sum().backward()
     return [y, xg.grad, *(p.grad for p in module.parameters())], weights
 
