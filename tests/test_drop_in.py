@@ -9,6 +9,7 @@ backend (the formula in composed ops, differentiated by autograd).
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 
 import pytest
@@ -423,3 +424,50 @@ def test_jacrev_with_respect_to_the_input_matches_the_reference(name, gen):
     got = jacrev(lambda x: layer(x))(x)
     expected = _reference(layer, lambda m: torch.autograd.functional.jacobian(m, x))
     torch.testing.assert_close(got, expected)
+
+
+def _without_bias_keyword(init):
+    """A torch norm constructor as torch 2.11 has it: no ``bias`` keyword."""
+
+    def old_init(self, *args, **kwargs):
+        if "bias" in kwargs:
+            raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword 'bias'")
+        init(self, *args, **kwargs)
+
+    return old_init
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(
+    ("twin", "torch_cls", "args", "shape"),
+    [
+        (normlab.GroupNorm, nn.GroupNorm, (4, 8), SHAPE),
+        (normlab.BatchNorm2d, nn.BatchNorm2d, (8,), SHAPE),
+        (normlab.InstanceNorm1d, nn.InstanceNorm1d, (8, 1e-5, 0.1, True), (4, 8, 5)),
+    ],
+    ids=lambda v: getattr(v, "__name__", None),
+)
+def test_twins_build_on_torch_without_the_bias_keyword(
+    monkeypatch, twin, torch_cls, args, shape, bias
+):
+    """torch 2.11 (the GPU image's) has no ``bias`` keyword on GroupNorm and the
+    batch/instance norms: the twins must still build there, with the bias
+    parameter dropped as newer torch drops it."""
+    if "bias" not in inspect.signature(torch_cls.__init__).parameters:
+        pytest.skip("this torch has no bias keyword to compare with")
+    theirs = torch_cls(*args, bias=bias)  # this torch's own, the oracle
+    randomize_affine(theirs, torch.Generator().manual_seed(0))
+    torch_bases = (
+        nn.GroupNorm,
+        nn.modules.batchnorm._BatchNorm,
+        nn.modules.instancenorm._InstanceNorm,
+    )
+    for base in torch_bases:
+        monkeypatch.setattr(base, "__init__", _without_bias_keyword(base.__init__))
+    ours = twin(*args, bias=bias)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [
+        (n, p.shape) for n, p in theirs.named_parameters()
+    ]
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(shape)
+    torch.testing.assert_close(ours(x), theirs(x))

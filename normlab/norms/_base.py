@@ -8,6 +8,9 @@ buffers ``running_mean``, ``running_var`` and ``num_batches_tracked`` (when
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -31,6 +34,19 @@ def add_affine(
     module.register_parameter(
         "bias", nn.Parameter(torch.empty(shape, **factory)) if has_bias else None
     )
+
+
+def init_torch_norm(init: Callable[..., None], *args, bias: bool, **kwargs) -> None:
+    """Run torch's norm constructor ``init`` (bound, e.g. ``super().__init__``) with
+    ``bias``. Older torch (2.11 has none) lacks that keyword on GroupNorm and the
+    batch/instance norms: there the bias parameter is dropped afterwards, as newer
+    torch does (registered as None)."""
+    if "bias" in inspect.signature(init).parameters:
+        init(*args, bias=bias, **kwargs)
+        return
+    init(*args, **kwargs)
+    if not bias:
+        init.__self__.register_parameter("bias", None)
 
 
 def reset_affine(module: nn.Module) -> None:
@@ -65,7 +81,8 @@ class RunningStatsNorm(nn.modules.batchnorm._NormBase):
             raise ValueError(
                 f"{type(self).__name__}: num_features must be positive, got {num_features}"
             )
-        super().__init__(
+        init_torch_norm(
+            super().__init__,
             num_features,
             eps,
             momentum,

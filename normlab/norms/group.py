@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from normlab import functional as NF
 from normlab.functional import checks
 from normlab.functional.backend import runs_torch
-from normlab.norms._base import RunningStatsNorm, reset_affine
+from normlab.norms._base import RunningStatsNorm, init_torch_norm, reset_affine
 from normlab.norms._twin import TorchTwin
 
 
@@ -41,7 +41,9 @@ class GroupNorm(TorchTwin, nn.GroupNorm):
         bias: bool = True,
     ) -> None:
         checks.check_groups(f"GroupNorm({num_groups}, {num_channels})", num_channels, num_groups)
-        super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
+        init_torch_norm(
+            super().__init__, num_groups, num_channels, eps, affine, device, dtype, bias=bias
+        )
 
     def forward(self, input: Tensor) -> Tensor:
         if runs_torch(input):
