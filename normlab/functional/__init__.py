@@ -19,6 +19,7 @@ from torch import Tensor
 
 from normlab.functional import checks, native, reference
 from normlab.functional.backend import (
+    AUTO_KERNEL_OPS,
     BACKENDS,
     get_backend,
     resolve,
@@ -75,9 +76,9 @@ def _pick(op: str, backend: str | None, native_covers: bool = True, call: tuple 
 
     ``call`` is the functional call's arguments (input first), for the Triton
     backend to decide whether its kernel covers them. Auto picks Triton for
-    CUDA inputs of the ops it has kernels for. A Triton call its kernel does
-    not cover (another op, dtype or device) runs the native backend instead,
-    with a debug log line saying why.
+    CUDA inputs of the ops in ``AUTO_KERNEL_OPS`` (those with kernels, but
+    BatchNorm). A Triton call its kernel does not cover (another op, dtype or
+    device) runs the native backend instead, with a debug log line saying why.
 
     Where torch has no native kernel for ``op`` (or for this input), a call
     that did not name ``backend="native"`` itself runs the reference backend,
@@ -86,10 +87,8 @@ def _pick(op: str, backend: str | None, native_covers: bool = True, call: tuple 
     name = resolve(backend)
     if name is None:
         name = "native"
-        if call and call[0].is_cuda and triton_installed():
-            from normlab import kernels
-
-            name = "triton" if op in kernels.OPS else "native"
+        if call and call[0].is_cuda and triton_installed() and op in AUTO_KERNEL_OPS:
+            name = "triton"
     if name == "triton":
         if not triton_installed():
             raise RuntimeError(

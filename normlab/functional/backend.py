@@ -23,6 +23,10 @@ BACKENDS: tuple[str, ...] = ("native", "reference", "triton")
 KERNEL_OPS: tuple[str, ...] = ("batch_norm", "group_norm", "layer_norm", "rms_norm")
 KERNEL_OPS += ("add_layer_norm", "add_rms_norm")  # normlab.kernels.residual
 KERNEL_OPS += ("modulated_layer_norm", "modulated_rms_norm")  # normlab.kernels.modulated
+# The ones the automatic choice runs on CUDA inputs. BatchNorm's kernel was slower
+# than torch's (cuDNN) at every shape measured on an H200 (1.1x to 7x,
+# benchmarks/results/gpu_norms-nvidia-h200.json): it runs only when Triton is named.
+AUTO_KERNEL_OPS: tuple[str, ...] = tuple(op for op in KERNEL_OPS if op != "batch_norm")
 
 _default: str | None = None  # set by use_backend; None: chosen per input
 
