@@ -323,6 +323,10 @@ def run(args, save: Callable[[dict], None]) -> dict:
         + (["torch.compile"] if args.compile else [])
         + (["liger"] if liger else [])
     )
+    if args.compile:
+        # measure() replays one graph's backward (retain_graph=True); AOTAutograd's donated
+        # buffers (torch >= 2.5) forbid that once a shape is compiled dynamically.
+        torch._functorch.config.donated_buffer = False
     copy = copy_bandwidth()
     card = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke, interpreted)"
     print(f"{card}: copy bandwidth {copy:.0f} GB/s; implementations: {', '.join(impls)}")
