@@ -10,7 +10,7 @@
 # carry its wheels, and Liger's pure-Python one to compare, in .whl/ (carry=[".whl"]):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux2014_x86_64 -d .whl liger-kernel pydantic pydantic-core \
-#       annotated-types typing-inspection            # the versions constraints.txt pins
+#       annotated-types typing-inspection   # pydantic 2.14.4 + core 2.50.5 worked there
 # On an H200 (2026-11-27) the two test files took over 200 s, the bf16 table about 4 min.
 set -o pipefail
 out=${OUT:-benchmarks/results}
