@@ -442,6 +442,18 @@ def test_the_gpu_benchmark_script_runs_end_to_end(tmp_path):
     assert max(r["rel_err"] for r in ours) <= TOL[torch.bfloat16]
 
 
+def test_the_host_overhead_script_runs(tmp_path):
+    """benchmarks/kernel_host_overhead.py: every stage it times reaches the stubbed
+    launches (the table's numbers are the script's business, not a test's)."""
+    script = Path(__file__).parents[1] / "benchmarks" / "kernel_host_overhead.py"
+    out = tmp_path / "host.json"
+    args = [sys.executable, str(script), "--iters", "5", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 8 and all(r["us"] > 0 for r in rows)
+
+
 # --- GPU only: the real shapes ------------------------------------------------------
 
 
