@@ -727,6 +727,24 @@ def test_a_failed_first_record_leaves_the_site_to_be_set_up_later(monkeypatch):
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
+def test_a_checkpointed_model_counts_each_step_once(reentrant):
+    """The whole forward under torch.utils.checkpoint: its recomputation in the
+    backward is neither a step nor a record."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    xs = [torch.randn(4, 6, requires_grad=reentrant) for _ in range(3)]
+    with Monitor(model, grad_every=1) as mon:
+        for x in xs:
+            checkpoint(model, x, use_reentrant=reentrant).sum().backward()
+    assert mon.step == 2
+    assert list(_values(mon.to_frame(), "1", "mean")) == pytest.approx(
+        [model[0](x).mean().item() for x in xs], abs=1e-6
+    )
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
 def test_activation_checkpointing_recomputation_is_not_a_second_call(reentrant):
     from torch.utils.checkpoint import checkpoint
 

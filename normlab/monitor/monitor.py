@@ -392,6 +392,8 @@ class Monitor:
             )
 
     def _on_step(self, module, args) -> None:  # steps="forward": the model's forward pre-hook
+        if torch._C._current_graph_task_id() != -1:
+            return  # inside a backward: activation checkpointing recomputing the forward
         self._begin_step(module.training)
 
     def _begin_step(self, training: bool) -> None:
