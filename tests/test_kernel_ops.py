@@ -362,3 +362,31 @@ def test_compiled_kernels_are_single_ops_without_graph_breaks(name):
     assert fw_targets.count(forward_op) == 1, fw.code
     assert bw_targets.count(backward_op) == 1, bw.code
     assert not [t for t in fw_targets + bw_targets if "triton" in str(t)], "traced into Triton"
+
+
+def test_dispatch_modes_see_the_custom_op_and_fake_tensors_run_no_kernel():
+    """Plain eager calls run a kernel's implementation directly (the custom op's dispatch
+    costs host time: benchmarks/kernel_host_overhead.py). Under a dispatch mode the op
+    itself must run: a recording mode sees one normlab op, and FakeTensorMode gets the
+    fake implementation's shapes instead of a kernel launched on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import normlab.functional as NF
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(3, 8, device=DEVICE, requires_grad=True)
+    with Record():
+        NF.layer_norm(x, 8, backend="triton")
+    assert "normlab.layer_norm_fwd.default" in seen
+    with FakeTensorMode():
+        fake = torch.empty(5, 16, device=DEVICE, requires_grad=True)
+        y = NF.rms_norm(fake, 16, backend="triton")
+        (dx,) = torch.autograd.grad(y.sum(), fake)
+    assert y.shape == dx.shape == (5, 16)

@@ -20,6 +20,12 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_TILE = 16384
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the host's grid arithmetic (``triton.cdiv`` is a constexpr
+    function in Triton 3.9, some 5 us a call from Python)."""
+    return -(-a // b)
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -119,3 +125,57 @@ def _channels_last_dense(x: torch.Tensor) -> bool:
             return False
         expected *= shape[axis]
     return (stride[1] == 1 or c == 1) and (shape[0] == 1 or stride[0] == expected)
+
+
+# The eager twin of each forward op (register_autograd below): its implementation in
+# an autograd.Function, with the op's own setup_context and backward.
+_EAGER: dict = {}
+
+
+def register_autograd(op, backward, setup_context) -> None:
+    """``op.register_autograd(backward, setup_context=...)``, and the same pair as a
+    plain ``torch.autograd.Function`` around the op's implementation, for :func:`run`."""
+    op.register_autograd(backward, setup_context=setup_context)
+    implementation = op._init_fn
+
+    def forward(ctx, *inputs):  # ctx first, no setup_context: Function.apply binds no
+        output = implementation(*inputs)  # signature (inspect.signature costs ~10 us)
+        setup_context(ctx, inputs, output)
+        return output
+
+    _EAGER[op] = type(
+        f"{op._name}_eager",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+    )
+
+
+def run(op, *args):
+    """``op(*args)``: a kernel's custom op (forward or backward), called the cheap way
+    where nothing needs the op itself.
+
+    A ``torch.library.custom_op`` call crosses the dispatcher in and out of Python
+    (with grad, through an autograd wrapper too): some 40 us of host time per call,
+    against some 10 for an ``autograd.Function`` (``benchmarks/kernel_host_overhead.py``).
+    So in plain eager code (plain tensors, no torch.func transform, no dispatch mode
+    such as FakeTensorMode or FlopCounterMode) the op's implementation runs directly,
+    inside the twin ``autograd.Function`` when autograd records; while compiling, and
+    under any of those, the op runs, one node for the compiler as before. Backward ops
+    run directly unless the backward is differentiated (``create_graph=True``), where
+    the op's refusal of a double backward must be seen.
+    """
+    if torch.compiler.is_compiling():  # first: dynamo folds it and reads no further
+        return op(*args)
+    if (
+        torch._C._functorch.peek_interpreter_stack() is not None
+        or torch._C._len_torch_dispatch_stack()
+        or any(type(a) not in _PLAIN for a in args if isinstance(a, torch.Tensor))
+    ):
+        return op(*args)
+    if not torch.is_grad_enabled():
+        return op._init_fn(*args)
+    eager = _EAGER.get(op)
+    return op(*args) if eager is None else eager.apply(*args)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)

@@ -43,6 +43,7 @@ import triton.language as tl
 from torch import Tensor
 
 from normlab.kernels._launch import (
+    cdiv,
     channel_view,
     dense_like,
     max_programs,
@@ -51,6 +52,8 @@ from normlab.kernels._launch import (
     placeholder,
     pow2,
     refuse_double_backward,
+    register_autograd,
+    run,
 )
 
 
@@ -433,19 +436,19 @@ class _Tiling:
         if planar:  # NCHW planes: tiles along S within a sample
             block_r = min(1024, pow2(s))
             block_c = max(1, min(pow2(c), 2048 // block_r))
-            tiles_per_sample = triton.cdiv(s, block_r)
+            tiles_per_sample = cdiv(s, block_r)
             self.tiles = n * tiles_per_sample
         else:  # channels innermost: rows of the flattened batch and spatial axes
             block_c = min(128, pow2(c))
             block_r = max(1, 2048 // block_c)
             tiles_per_sample = 1
-            self.tiles = triton.cdiv(n * s, block_r)
+            self.tiles = cdiv(n * s, block_r)
         # tiles_per_sample, sN, sC and the row stride: what _tile needs to address a tile
         self.address = (tiles_per_sample, s_n, s_c, s_s if s > 1 else s_n)
-        self.channel_blocks = triton.cdiv(c, block_c)
+        self.channel_blocks = cdiv(c, block_c)
         want = max(1, max_programs(x) // self.channel_blocks)
-        self.tiles_per_split = triton.cdiv(self.tiles, want)
-        self.splits = triton.cdiv(self.tiles, self.tiles_per_split)
+        self.tiles_per_split = cdiv(self.tiles, want)
+        self.splits = cdiv(self.tiles, self.tiles_per_split)
         self.fused = self.splits == 1 or x.numel() <= self.FUSED_MAX
         self._meta = {
             "PLANAR": planar,
@@ -482,7 +485,7 @@ def _forward(x, mean, spread, weight, bias, eps, training, running=None, momentu
                 x, *partial, t.c, *t.shape, t.tiles, t.tiles_per_split, *t.address,
                 **t.meta(),
             )  # fmt: skip
-            _bn_finalize[(triton.cdiv(t.c, 128),)](
+            _bn_finalize[(cdiv(t.c, 128),)](
                 *partial, mean, spread, *running, t.c, t.splits, eps, momentum,
                 UPDATE=update, BLOCK_C=128,
             )  # fmt: skip
@@ -594,7 +597,7 @@ def _setup_eval(ctx, inputs, output):
 
 def _grads(ctx, dy):
     x, weight, mean, spread = ctx.saved_tensors
-    dx, sums = batch_norm_bwd(dy, x, weight, mean, spread, ctx.training, ctx.eps)
+    dx, sums = run(batch_norm_bwd, dy, x, weight, mean, spread, ctx.training, ctx.eps)
     dweight = sums[1].to(weight.dtype) if weight is not None else None
     dbias = sums[0].to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
     return dx, dweight, dbias
@@ -610,8 +613,8 @@ def _backward_eval(ctx, dy):
     return dx, None, None, dweight, dbias, None
 
 
-batch_norm_train_fwd.register_autograd(_backward_train, setup_context=_setup_train)
-batch_norm_eval_fwd.register_autograd(_backward_eval, setup_context=_setup_eval)
+register_autograd(batch_norm_train_fwd, _backward_train, _setup_train)
+register_autograd(batch_norm_eval_fwd, _backward_eval, _setup_eval)
 refuse_double_backward(batch_norm_bwd)
 
 
@@ -620,9 +623,16 @@ def batch_norm(
 ):
     """``torch.nn.functional.batch_norm`` on the Triton kernels."""
     if not training:
-        return batch_norm_eval_fwd(x, running_mean, running_var, weight, bias, float(eps))
-    y, _mean, _rstd, new_mean, new_var = batch_norm_train_fwd(
-        x, running_mean, running_var, weight, bias, float(momentum), float(eps)
+        return run(batch_norm_eval_fwd, x, running_mean, running_var, weight, bias, float(eps))
+    y, _mean, _rstd, new_mean, new_var = run(
+        batch_norm_train_fwd,
+        x,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        float(momentum),
+        float(eps),
     )
     if running_mean is not None:
         running_mean.copy_(new_mean)

@@ -35,6 +35,8 @@ from normlab.kernels._launch import (
     only_first_differentiable,
     pow2,
     refuse_double_backward,
+    register_autograd,
+    run,
 )
 
 
@@ -234,16 +236,16 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, _dmean, _drstd):
     x, weight, mean, rstd = ctx.saved_tensors
-    dx, dw, db = group_norm_bwd(dy, x, weight, mean, rstd, ctx.num_groups)
+    dx, dw, db = run(group_norm_bwd, dy, x, weight, mean, rstd, ctx.num_groups)
     dweight = dw.to(weight.dtype) if ctx.needs_input_grad[2] else None
     dbias = db.to(ctx.bias_dtype) if ctx.needs_input_grad[3] else None
     return dx, None, dweight, dbias, None
 
 
-group_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(group_norm_fwd, _backward, _setup_context)
 refuse_double_backward(group_norm_bwd)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """``torch.nn.functional.group_norm`` on the Triton kernels."""
-    return group_norm_fwd(x, num_groups, weight, bias, float(eps))[0]
+    return run(group_norm_fwd, x, num_groups, weight, bias, float(eps))[0]

@@ -39,12 +39,15 @@ from torch import Tensor
 
 from normlab.kernels._launch import (
     MAX_TILE,
+    cdiv,
     max_programs,
     num_warps,
     only_first_differentiable,
     placeholder,
     pow2,
     refuse_double_backward,
+    register_autograd,
+    run,
 )
 
 
@@ -227,7 +230,7 @@ def _forward(x, n, weight, bias, eps, rms):
     b = None if bias is None else bias.reshape(-1).contiguous()
     block_m, block_n, single = _tiles(n)
     if m:
-        _row_norm_fwd[(triton.cdiv(m, block_m),)](
+        _row_norm_fwd[(cdiv(m, block_m),)](
             x2, y, x2 if w is None else w, x2 if b is None else b,
             rstd if mean is None else mean, rstd, m, n, eps,
             RMS=rms, HAS_W=w is not None, HAS_B=b is not None,
@@ -249,9 +252,9 @@ def _backward(dy, x, weight, mean, rstd, n, rms, need_dw, need_db):
     w_arg = x2 if w is None else w
     mean_arg = rstd if mean is None else mean
     if single:
-        groups = max(1, min(triton.cdiv(m, block_m), max_programs(x2)))
+        groups = max(1, min(cdiv(m, block_m), max_programs(x2)))
     else:
-        column_blocks = triton.cdiv(n, block_n)
+        column_blocks = cdiv(n, block_n)
         groups = max(1, min(m, max_programs(x2) // column_blocks))
     dw = torch.empty((groups, n), device=x2.device, dtype=torch.float32)
     db = torch.empty_like(dw) if need_db else None
@@ -273,7 +276,7 @@ def _backward(dy, x, weight, mean, rstd, n, rms, need_dw, need_db):
         )  # fmt: skip
         _row_norm_bwd_columns[(groups, column_blocks)](
             x2, dy2, dx, w_arg, mean_arg, rstd, c1, c2, dw, dw if db is None else db, m, n,
-            triton.cdiv(m, groups), **flags, HAS_B=need_db, BLOCK_N=block_n,
+            cdiv(m, groups), **flags, HAS_B=need_db, BLOCK_N=block_n,
             num_warps=num_warps(block_n),
         )  # fmt: skip
     dweight = _reduce(dw) if need_dw else placeholder(x)
@@ -342,13 +345,15 @@ def _layer_norm_setup(ctx, inputs, output):
 def _layer_norm_backward(ctx, dy, _dmean, _drstd):
     x, weight, mean, rstd = ctx.saved_tensors
     need_dw, need_db = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-    dx, dw, db = layer_norm_bwd(dy, x, weight, mean, rstd, ctx.normalized_shape, need_dw, need_db)
+    dx, dw, db = run(
+        layer_norm_bwd, dy, x, weight, mean, rstd, ctx.normalized_shape, need_dw, need_db
+    )
     dweight = _param_grad(dw, weight.dtype, weight.shape) if need_dw else None
     dbias = _param_grad(db, *ctx.bias_meta) if need_db else None
     return dx, None, dweight, dbias, None
 
 
-layer_norm_fwd.register_autograd(_layer_norm_backward, setup_context=_layer_norm_setup)
+register_autograd(layer_norm_fwd, _layer_norm_backward, _layer_norm_setup)
 refuse_double_backward(layer_norm_bwd)
 
 
@@ -393,17 +398,17 @@ def _rms_norm_setup(ctx, inputs, output):
 def _rms_norm_backward(ctx, dy, _drstd):
     x, weight, rstd = ctx.saved_tensors
     need_dw = ctx.needs_input_grad[2]
-    dx, dw = rms_norm_bwd(dy, x, weight, rstd, ctx.normalized_shape, need_dw)
+    dx, dw = run(rms_norm_bwd, dy, x, weight, rstd, ctx.normalized_shape, need_dw)
     return dx, None, _param_grad(dw, weight.dtype, weight.shape) if need_dw else None, None
 
 
-rms_norm_fwd.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup)
+register_autograd(rms_norm_fwd, _rms_norm_backward, _rms_norm_setup)
 refuse_double_backward(rms_norm_bwd)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """``torch.nn.functional.layer_norm`` on the Triton kernels."""
-    return layer_norm_fwd(x, normalized_shape, weight, bias, float(eps))[0]
+    return run(layer_norm_fwd, x, normalized_shape, weight, bias, float(eps))[0]
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None):
@@ -411,4 +416,4 @@ def rms_norm(x, normalized_shape, weight=None, eps=None):
     the dtype the statistics are computed in, float32 for half inputs, as torch's)."""
     if eps is None:
         eps = torch.finfo(torch.promote_types(x.dtype, torch.float32)).eps
-    return rms_norm_fwd(x, normalized_shape, weight, float(eps))[0]
+    return run(rms_norm_fwd, x, normalized_shape, weight, float(eps))[0]

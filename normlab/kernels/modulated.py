@@ -39,12 +39,15 @@ from torch import Tensor
 
 from normlab.kernels._launch import (
     MAX_TILE,
+    cdiv,
     max_programs,
     num_warps,
     only_first_differentiable,
     placeholder,
     pow2,
     refuse_double_backward,
+    register_autograd,
+    run,
 )
 
 
@@ -168,7 +171,7 @@ def _forward(x, shift, scale, weight, bias, eps, rms):
     b = None if bias is None else bias.contiguous()
     block_m, block_n = _block_m(n), pow2(n)
     if m:
-        _modulated_fwd[(triton.cdiv(m, block_m),)](
+        _modulated_fwd[(cdiv(m, block_m),)](
             x2, y, h, s, x2 if w is None else w, x2 if b is None else b,
             rstd if mean is None else mean, rstd, m, n, m // h.shape[0], h_stride, s_stride, eps,
             RMS=rms, HAS_W=w is not None, HAS_B=b is not None,
@@ -180,7 +183,7 @@ def _forward(x, shift, scale, weight, bias, eps, rms):
 def _splits(rows_per_mod: int, mods: int, block_m: int, device_programs: int) -> int:
     """How many programs share one modulation row's rows: enough to fill the device,
     never more than its row tiles."""
-    return max(1, min(triton.cdiv(rows_per_mod, block_m), triton.cdiv(device_programs, mods)))
+    return max(1, min(cdiv(rows_per_mod, block_m), cdiv(device_programs, mods)))
 
 
 def _backward(dy, x, scale, weight, bias, mean, rstd, rms, need_dw, need_db):
@@ -291,8 +294,8 @@ def _layer_setup(ctx, inputs, output):
 def _layer_backward(ctx, dy, _dmean, _drstd):
     x, scale, weight, bias, mean, rstd = ctx.saved_tensors
     need = ctx.needs_input_grad
-    dx, dshift, dscale, dw, db = modulated_layer_norm_bwd(
-        dy, x, scale, weight, bias, mean, rstd, need[3], need[4]
+    dx, dshift, dscale, dw, db = run(
+        modulated_layer_norm_bwd, dy, x, scale, weight, bias, mean, rstd, need[3], need[4]
     )
     return (
         dx,
@@ -304,7 +307,7 @@ def _layer_backward(ctx, dy, _dmean, _drstd):
     )
 
 
-modulated_layer_norm_fwd.register_autograd(_layer_backward, setup_context=_layer_setup)
+register_autograd(modulated_layer_norm_fwd, _layer_backward, _layer_setup)
 refuse_double_backward(modulated_layer_norm_bwd)
 
 
@@ -349,7 +352,7 @@ def _rms_setup(ctx, inputs, output):
 def _rms_backward(ctx, dy, _drstd):
     x, scale, weight, rstd = ctx.saved_tensors
     need = ctx.needs_input_grad
-    dx, dshift, dscale, dw = modulated_rms_norm_bwd(dy, x, scale, weight, rstd, need[3])
+    dx, dshift, dscale, dw = run(modulated_rms_norm_bwd, dy, x, scale, weight, rstd, need[3])
     return (
         dx,
         dshift if need[1] else None,
@@ -359,15 +362,15 @@ def _rms_backward(ctx, dy, _drstd):
     )
 
 
-modulated_rms_norm_fwd.register_autograd(_rms_backward, setup_context=_rms_setup)
+register_autograd(modulated_rms_norm_fwd, _rms_backward, _rms_setup)
 refuse_double_backward(modulated_rms_norm_bwd)
 
 
 def modulated_layer_norm(x, shift, scale, weight=None, bias=None, eps=1e-6):
     """:func:`normlab.functional.modulated_layer_norm` on the Triton kernels."""
-    return modulated_layer_norm_fwd(x, shift, scale, weight, bias, float(eps))[0]
+    return run(modulated_layer_norm_fwd, x, shift, scale, weight, bias, float(eps))[0]
 
 
 def modulated_rms_norm(x, shift, scale, weight=None, eps=1e-6):
     """:func:`normlab.functional.modulated_rms_norm` on the Triton kernels."""
-    return modulated_rms_norm_fwd(x, shift, scale, weight, float(eps))[0]
+    return run(modulated_rms_norm_fwd, x, shift, scale, weight, float(eps))[0]

@@ -39,11 +39,14 @@ from normlab.functional.reference.layer import residual_stream_dtype
 from normlab.kernels import layer
 from normlab.kernels._launch import (
     MAX_TILE,
+    cdiv,
     max_programs,
     num_warps,
     placeholder,
     pow2,
     refuse_double_backward,
+    register_autograd,
+    run,
     unsupported,
 )
 from normlab.kernels.layer import _fake_stats, _param_grad, _reduce, _tiles
@@ -154,7 +157,7 @@ def _forward(x, residual, n, weight, bias, eps, rms, residual_in_fp32):
     mean = None if rms else torch.empty_like(rstd)
     block_m, block_n, _single = _tiles(n)
     if m:
-        _add_norm_fwd[(triton.cdiv(m, block_m),)](
+        _add_norm_fwd[(cdiv(m, block_m),)](
             x2, x2 if r2 is None else r2, y, h, x2 if w is None else w, x2 if b is None else b,
             rstd if mean is None else mean, rstd, m, n, eps,
             RMS=rms, HAS_R=r2 is not None, HAS_W=w is not None, HAS_B=b is not None,
@@ -171,7 +174,7 @@ def _backward(dy, dh, h, weight, mean, rstd, n, rms, x_dtype, residual_dtype, ne
     dx = torch.empty(h2.shape, device=h.device, dtype=x_dtype)
     dr = None if residual_dtype is None else torch.empty_like(dx, dtype=residual_dtype)
     block_m, block_n, _single = _tiles(n)
-    groups = max(1, min(triton.cdiv(m, block_m), max_programs(h2)))
+    groups = max(1, min(cdiv(m, block_m), max_programs(h2)))
     dw = torch.empty((groups, n), device=h.device, dtype=torch.float32)
     db = torch.empty_like(dw) if need_db else None
     if m == 0:
@@ -220,15 +223,15 @@ def _setup(ctx, inputs, output):
     )
 
 
-def _input_grads(ctx, dy, dh, run):
-    """Gradients for (x, residual, weight, bias) from those of y and h; ``run(dy, dh,
+def _input_grads(ctx, dy, dh, grads):
+    """Gradients for (x, residual, weight, bias) from those of y and h; ``grads(dy, dh,
     separate_dr_dtype)`` calls the backward op. Without a gradient for y (only h was
     used) h's passes straight through and the parameters get none."""
     x_dtype, r_dtype = ctx.x_dtype, ctx.residual_dtype
     if dy is None:
         return dh.to(x_dtype), None if r_dtype is None else dh.to(r_dtype), None, None
     separate = r_dtype if r_dtype not in (None, x_dtype) else None
-    dx, dres, dw, db = run(dy, dh, separate)
+    dx, dres, dw, db = grads(dy, dh, separate)
     dres = None if r_dtype is None else (dx if separate is None else dres)
     _h, weight, *_stats = ctx.saved_tensors
     dweight = _param_grad(dw, weight.dtype, weight.shape) if dw.numel() else None
@@ -279,19 +282,28 @@ def _(dy, dh, h, weight, rstd, normalized_shape, x_dtype, residual_dtype, weight
 
 
 def _add_rms_norm_backward(ctx, dy, dh, _drstd):
-    def run(dy, dh, separate):
+    def grads(dy, dh, separate):
         h, weight, rstd = ctx.saved_tensors
         need_dw = ctx.needs_input_grad[3]
-        out = add_rms_norm_bwd(
-            dy, dh, h, weight, rstd, ctx.normalized_shape, ctx.x_dtype, separate, need_dw
+        out = run(
+            add_rms_norm_bwd,
+            dy,
+            dh,
+            h,
+            weight,
+            rstd,
+            ctx.normalized_shape,
+            ctx.x_dtype,
+            separate,
+            need_dw,
         )
         return (*out, placeholder(h))
 
-    dx, dres, dweight, _dbias = _input_grads(ctx, dy, dh, run)
+    dx, dres, dweight, _dbias = _input_grads(ctx, dy, dh, grads)
     return dx, dres, None, dweight, None, None
 
 
-add_rms_norm_fwd.register_autograd(_add_rms_norm_backward, setup_context=_setup)
+register_autograd(add_rms_norm_fwd, _add_rms_norm_backward, _setup)
 refuse_double_backward(add_rms_norm_bwd)
 
 
@@ -333,19 +345,20 @@ def _(dy, dh, h, weight, mean, rstd, normalized_shape, x_dtype, residual_dtype, 
 
 
 def _add_layer_norm_backward(ctx, dy, dh, _dmean, _drstd):
-    def run(dy, dh, separate):
+    def grads(dy, dh, separate):
         h, weight, mean, rstd = ctx.saved_tensors
         need_dw, need_db = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-        return add_layer_norm_bwd(
+        return run(
+            add_layer_norm_bwd,
             dy, dh, h, weight, mean, rstd, ctx.normalized_shape, ctx.x_dtype, separate,
             need_dw, need_db,
         )  # fmt: skip
 
-    dx, dres, dweight, dbias = _input_grads(ctx, dy, dh, run)
+    dx, dres, dweight, dbias = _input_grads(ctx, dy, dh, grads)
     return dx, dres, None, dweight, dbias, None, None
 
 
-add_layer_norm_fwd.register_autograd(_add_layer_norm_backward, setup_context=_setup)
+register_autograd(add_layer_norm_fwd, _add_layer_norm_backward, _setup)
 refuse_double_backward(add_layer_norm_bwd)
 
 
@@ -359,8 +372,10 @@ def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, residual_
     float32's machine epsilon (the statistics' dtype), as torch does."""
     eps = torch.finfo(torch.float32).eps if eps is None else float(eps)
     if _no_add(x, residual, residual_in_fp32):
-        return layer.rms_norm_fwd(x, normalized_shape, weight, eps)[0], x
-    y, h, _rstd = add_rms_norm_fwd(x, residual, normalized_shape, weight, eps, residual_in_fp32)
+        return run(layer.rms_norm_fwd, x, normalized_shape, weight, eps)[0], x
+    y, h, _rstd = run(
+        add_rms_norm_fwd, x, residual, normalized_shape, weight, eps, residual_in_fp32
+    )
     return y, h
 
 
@@ -369,8 +384,15 @@ def add_layer_norm(
 ):
     """(y, h): h = x + residual, y = LayerNorm(h), on the Triton kernels."""
     if _no_add(x, residual, residual_in_fp32):
-        return layer.layer_norm_fwd(x, normalized_shape, weight, bias, float(eps))[0], x
-    out = add_layer_norm_fwd(
-        x, residual, normalized_shape, weight, bias, float(eps), residual_in_fp32
+        return run(layer.layer_norm_fwd, x, normalized_shape, weight, bias, float(eps))[0], x
+    out = run(
+        add_layer_norm_fwd,
+        x,
+        residual,
+        normalized_shape,
+        weight,
+        bias,
+        float(eps),
+        residual_in_fp32,
     )
     return out[0], out[1]
