@@ -515,3 +515,12 @@ def test_cuda_inputs_pick_triton_automatically(monkeypatch):
     monkeypatch.setattr(kernels, "group_norm", lambda *a: calls.append(1) or real(*a))
     normlab.GroupNorm(2, 4).cuda()(torch.randn(2, 4, 3, 3, device="cuda"))
     assert calls == [1]
+
+
+def test_host_grid_arithmetic_is_tritons():
+    """_launch's pow2 and cdiv (plain Python: Triton's are constexpr functions costing
+    microseconds per host call) agree with triton.next_power_of_2 and triton.cdiv."""
+    for n in [*range(0, 2050), 4095, 4096, 4097, 65535, 65536, 70001, 2**31 - 1]:
+        assert _launch.pow2(n) == triton.next_power_of_2(max(1, n)), n
+        for d in (1, 3, 64, 1000):
+            assert _launch.cdiv(n, d) == triton.cdiv(n, d), (n, d)
