@@ -390,3 +390,63 @@ def test_dispatch_modes_see_the_custom_op_and_fake_tensors_run_no_kernel():
         y = NF.rms_norm(fake, 16, backend="triton")
         (dx,) = torch.autograd.grad(y.sum(), fake)
     assert y.shape == dx.shape == (5, 16)
+
+
+def _ln(x):
+    import normlab.functional as NF
+
+    return NF.layer_norm(x, 8, backend="triton")
+
+
+def test_batched_gradients_run_the_op():
+    """is_grads_batched (and jacobian(vectorize=True)) hand the backward batched
+    gradients, which no kernel can read: the op's batching fallback takes them."""
+    x = torch.randn(3, 8, device=DEVICE, requires_grad=True)
+    dys = torch.randn(2, 3, 8, device=DEVICE)
+    (batched,) = torch.autograd.grad(_ln(x), x, dys, is_grads_batched=True)
+    for dy, got in zip(dys, batched, strict=True):
+        (expected,) = torch.autograd.grad(_ln(x), x, dy)
+        torch.testing.assert_close(got, expected)
+
+
+def test_jit_trace_and_torch_function_modes_see_the_op():
+    """torch.jit.trace records the op as one node (a trace through the launches would
+    hand tensors to the kernel), and a TorchFunctionMode sees the op, not its insides."""
+    from torch.overrides import TorchFunctionMode
+
+    x = torch.randn(3, 8, device=DEVICE)
+    traced = torch.jit.trace(_ln, (x,), check_trace=False)
+    assert "normlab::layer_norm_fwd" in str(traced.graph)
+    torch.testing.assert_close(traced(x), _ln(x))
+
+    seen = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        _ln(x)
+    assert "empty" not in seen and any("layer_norm_fwd" in s for s in seen), seen
+
+
+def test_forward_mode_ad_is_refused_with_a_clear_error():
+    """The kernels have no jvp: forward-mode AD says so (it used to give no tangent)."""
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(3, 8, device=DEVICE)
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match=r"forward-mode AD.*native"):
+        _ln(fwAD.make_dual(x, torch.randn_like(x)))
+
+
+def test_group_count_may_be_a_numpy_or_tensor_integer():
+    import numpy as np
+
+    import normlab.functional as NF
+
+    x = torch.randn(2, 4, 3, 3, device=DEVICE)
+    expected = torch.nn.functional.group_norm(x, 2)
+    for groups in (np.int64(2), torch.tensor(2)):
+        got = NF.group_norm(x, groups, backend="triton")
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

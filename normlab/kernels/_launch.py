@@ -86,7 +86,7 @@ def refuse_double_backward(op) -> None:
 def pow2(n: int) -> int:
     """The smallest power of two >= n (>= 1), without ``triton.next_power_of_2``'s
     constexpr-function call (some 5 us from Python in Triton 3.9)."""
-    return 1 << (max(1, n) - 1).bit_length()
+    return 1 << (max(1, int(n)) - 1).bit_length()
 
 
 def dense_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -144,11 +144,17 @@ def register_autograd(op, backward, setup_context) -> None:
         setup_context(ctx, inputs, output)
         return output
 
+    def jvp(ctx, *tangents):
+        raise RuntimeError(
+            f"{op._qualname}: the Triton kernels have no forward-mode AD (use backend='native')"
+        )
+
     _EAGER[op] = type(
-        f"{op._name}_eager",
+        op._qualname,  # what profiles name it, as they name the op
         (torch.autograd.Function,),
-        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
-    )
+        {"forward": staticmethod(forward), "backward": staticmethod(backward),
+         "jvp": staticmethod(jvp)},
+    )  # fmt: skip
 
 
 def run(op, *args):
@@ -158,19 +164,27 @@ def run(op, *args):
     A ``torch.library.custom_op`` call crosses the dispatcher in and out of Python
     (with grad, through an autograd wrapper too): some 40 us of host time per call,
     against some 10 for an ``autograd.Function`` (``benchmarks/kernel_host_overhead.py``).
-    So in plain eager code (plain tensors, no torch.func transform, no dispatch mode
-    such as FakeTensorMode or FlopCounterMode) the op's implementation runs directly,
-    inside the twin ``autograd.Function`` when autograd records; while compiling, and
-    under any of those, the op runs, one node for the compiler as before. Backward ops
-    run directly unless the backward is differentiated (``create_graph=True``), where
-    the op's refusal of a double backward must be seen.
+    So in plain eager code the op's implementation runs directly, inside the twin
+    ``autograd.Function`` when autograd records. The op itself runs, as before, where
+    something must see it or where only it can cope: while compiling or tracing
+    (dynamo, ``torch.jit.trace``), under a torch.func transform, a dispatch mode
+    (FakeTensorMode, FlopCounterMode, export) or a torch function mode, and for tensor
+    subclasses and batched gradients (``is_grads_batched``). Backward ops run directly
+    unless the backward is differentiated (``create_graph=True``), where the op's
+    refusal of a double backward must be seen.
     """
     if torch.compiler.is_compiling():  # first: dynamo folds it and reads no further
         return op(*args)
     if (
         torch._C._functorch.peek_interpreter_stack() is not None
         or torch._C._len_torch_dispatch_stack()
-        or any(type(a) not in _PLAIN for a in args if isinstance(a, torch.Tensor))
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._get_tracing_state() is not None
+        or any(
+            type(a) not in _PLAIN or torch._C._functorch.is_legacy_batchedtensor(a)
+            for a in args
+            if isinstance(a, torch.Tensor)
+        )
     ):
         return op(*args)
     if not torch.is_grad_enabled():

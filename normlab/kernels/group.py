@@ -248,4 +248,4 @@ refuse_double_backward(group_norm_bwd)
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """``torch.nn.functional.group_norm`` on the Triton kernels."""
-    return run(group_norm_fwd, x, num_groups, weight, bias, float(eps))[0]
+    return run(group_norm_fwd, x, int(num_groups), weight, bias, float(eps))[0]
