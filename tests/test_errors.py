@@ -252,3 +252,30 @@ def test_nan_propagates_as_in_torch(backend):
         with normlab.use_backend(backend):
             got = ours(x)
         assert torch.equal(torch.isnan(got), torch.isnan(theirs(x)))
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape"),
+    [
+        (lambda: normlab.LayerNorm(8), (2, 8)),
+        (lambda: normlab.GroupNorm(2, 4), (2, 4, 3)),
+        (lambda: normlab.BatchNorm1d(4), (2, 4, 3)),
+        (lambda: normlab.InstanceNorm1d(4, affine=True), (2, 4, 3)),
+        (lambda: normlab.AdaptiveLayerNorm(8, 3, elementwise_affine=True), (2, 8)),
+        (lambda: normlab.LayerNorm2d(4), (2, 4, 3, 3)),
+        (lambda: normlab.FrozenBatchNorm2d(4), (2, 4, 3, 3)),
+        (lambda: normlab.CrossIterationBatchNorm(4), (2, 4, 3, 3)),
+    ],
+    ids=lambda v: type(v()).__name__ if callable(v) else None,
+)
+def test_an_input_of_another_dtype_than_the_parameters_is_named(layer, shape):
+    """A float64 input to float32 parameters: torch says only "mixed dtype"; the error
+    names the layer, both dtypes and the two ways out. Half inputs with float32
+    parameters stay allowed, as in torch (and RMSNorm, which torch lets promote, is
+    not in the list)."""
+    module = layer()
+    extra = (torch.randn(shape[0], 3),) if isinstance(module, normlab.AdaptiveLayerNorm) else ()
+    with pytest.raises(normlab.NormInputError, match=r"float64.*float32.*\.float\(\)"):
+        module(torch.randn(shape, dtype=torch.float64), *extra)
+    out = module(torch.randn(shape, dtype=torch.bfloat16), *extra)
+    assert out.dtype == torch.bfloat16

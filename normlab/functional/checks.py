@@ -36,6 +36,29 @@ def check_floating(who: str, x: torch.Tensor) -> None:
         )
 
 
+_CONVERT = {
+    torch.float16: ".half()",
+    torch.bfloat16: ".bfloat16()",
+    torch.float32: ".float()",
+    torch.float64: ".double()",
+}
+
+
+def check_parameter_dtype(who: str, x: torch.Tensor, tensors: Sequence) -> None:
+    """Raise unless ``x`` can meet the layer's floating ``tensors`` (parameters,
+    running statistics; None skipped): torch's kernels take one dtype, or a
+    half-precision input with float32 ones, and otherwise say only "mixed dtype"."""
+    other = {t.dtype for t in tensors if t is not None and t.is_floating_point()} - {x.dtype}
+    if not other or (x.dtype in (torch.float16, torch.bfloat16) and other == {torch.float32}):
+        return
+    theirs = sorted(other, key=str)
+    raise NormInputError(
+        f"{who}: input of dtype {x.dtype}, parameters of dtype "
+        f"{', '.join(map(str, theirs))}; convert one to the other, e.g. "
+        f"x{_CONVERT.get(theirs[0], '.to(...)')} or layer{_CONVERT.get(x.dtype, '.to(...)')}"
+    )
+
+
 def check_dims(who: str, x: torch.Tensor, allowed: Sequence[int], layout: str) -> None:
     """Raise unless ``x.dim()`` is one of ``allowed``; ``layout`` names the axes."""
     if x.dim() not in allowed:

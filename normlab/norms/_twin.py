@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from normlab.functional import checks
 from normlab.functional.backend import runs_torch
 
 
@@ -47,6 +48,8 @@ class TorchTwin(nn.Module):
         failure again as normlab's error naming the layer (if the checks find it)."""
         self._undo_torch_forward(input)
         self._check_input(input)
+        floating = [*self.parameters(recurse=False), *self.buffers(recurse=False)]
+        checks.check_parameter_dtype(repr(self), input, floating)
 
     def _undo_torch_forward(self, input: Tensor) -> None:
         """Undo what torch's forward changed before it raised (nothing, by default)."""

@@ -105,6 +105,7 @@ class _AdaptiveNorm(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         who = self._who
         _check_input(who, x, self.dim)
+        checks.check_parameter_dtype(who, x, (self.weight, self.bias))
         _check_cond(who, c, self.cond_dim, self.linear.weight.dtype)
         _check_pair(who, x, c, "c")
         shift, scale = self.linear(F.silu(c)).to(x.dtype).chunk(2, dim=-1)

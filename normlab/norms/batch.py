@@ -334,6 +334,8 @@ class FrozenBatchNorm2d(nn.Module):
         checks.check_floating(who, input)
         checks.check_min_dims(who, input, 2, "(N, C, *)")
         checks.check_channels(who, input, self.num_features)
+        frozen = (self.weight, self.bias, self.running_mean, self.running_var)
+        checks.check_parameter_dtype(who, input, frozen)
         return NF.run(
             "batch_norm",
             input,

@@ -139,6 +139,7 @@ class _ChannelsFirst(nn.Module):
         checks.check_floating(who, input)
         checks.check_min_dims(who, input, 2, "(N, C, *)")
         checks.check_channels(who, input, self.num_channels)
+        checks.check_parameter_dtype(who, input, (self.weight, self.bias))
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
