@@ -336,7 +336,8 @@ def test_rmsnorm_eps_none_becomes_the_targets_default(target):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         normlab.convert(model, target)
-    assert model[0].eps == registry.create(target, 8).eps
+    layer = getattr(model[0], "norm", model[0])  # channels-first ones come wrapped
+    assert layer.eps == registry.create(target, 8).eps
     assert torch.isfinite(model(torch.randn(3, 8))).all()
 
 
@@ -359,3 +360,21 @@ def test_converted_norms_are_what_runs_in_a_torch_transformer_encoder(target):
             torch.backends.mha.set_fastpath_enabled(True)
     # (attention's own fast path may round differently: close, not bitwise)
     torch.testing.assert_close(fast_path_allowed, slow_path)
+
+
+@pytest.mark.parametrize("target", ["batchnorm", "groupnorm", "instancenorm"])
+def test_a_last_axis_norm_becomes_a_channels_first_technique_over_that_axis(target):
+    """A LayerNorm normalizes the last axis of (N, T, C) tokens; the channels-first
+    technique that replaces it takes that axis as its channels, as the model
+    builders' channels-last layout does (it used to take dim 1, the tokens, and
+    fail, or normalize the wrong axis where the sizes happened to agree)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8))
+    normlab.convert(model, target)
+    inner = model[1].norm  # the technique itself, under its wrapper
+    assert type(inner) is type(registry.create(target, 8))
+    inputs = [torch.randn(4, 5, 6)] + ([] if target == "instancenorm" else [torch.randn(4, 6)])
+    for x in inputs:  # tokens, and a plain (N, C) batch
+        h = model[0](x).detach()
+        expected = copy.deepcopy(inner)(h.movedim(-1, 1)).movedim(1, -1)
+        torch.testing.assert_close(model(x), expected)

@@ -12,6 +12,7 @@ from torch import nn
 
 from normlab._names import did_you_mean
 from normlab.norms import registry
+from normlab.norms._layout import FeaturesLast
 from normlab.norms.batch import BatchNormNd, FrozenBatchNorm2d, SyncBatchNorm
 from normlab.norms.cross_iteration import CrossIterationBatchNorm, link_cross_iteration
 from normlab.norms.layer import LayerNorm as layer_norm_twin
@@ -331,7 +332,8 @@ def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> n
     statistics, a momentum, ...), and when no layer matches ``source``. An
     unknown target or source name raises KeyError with the choices. A
     channels-last layer (LayerNorm) replaced by a channels-first technique
-    (BatchNorm) only fits inputs whose features are at dim 1, e.g. (N, C).
+    (BatchNorm) comes wrapped in :class:`~normlab.norms._layout.FeaturesLast`, so
+    that it normalizes the same last axis, for (N, C) and (N, T, C) inputs alike.
     See :func:`to_torch` for the way back.
     """
     spec = _lookup(target, "target")
@@ -364,9 +366,10 @@ def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> n
             if new is not None:
                 return new
         c = num_features_of(old)
+        old_last = _is_channels_last(old)
         build = (
             spec.channels_first
-            if spec.channels_last and not _is_channels_last(old) and spec.channels_first
+            if spec.channels_last and not old_last and spec.channels_first
             else lambda n, **kw: registry.create(target, n, **kw)
         )
         accepted = _accepted(build(c, **kwargs))
@@ -377,7 +380,11 @@ def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> n
         new = build(c, **values)
         for item in _lost(old, new, settings, accepted):
             dropped[item] = dropped.get(item, 0) + 1
-        return _transfer(old, new)
+        new = _transfer(old, new)
+        if old_last and not spec.channels_last and spec.cls is not nn.Identity:
+            # a channels-first technique over the axis the old layer normalized: the last
+            new = FeaturesLast(new).train(old.training)
+        return new
 
     result = _replace(model, selected, make)
     _keep_transformer_layers_exact(result)
