@@ -175,8 +175,8 @@ class CrossIterationBatchNorm(RunningStatsNorm):
 
     def _check_input(self, input: Tensor) -> None:
         super()._check_input(input)
-        floating = [*self.parameters(recurse=False), *self.buffers(recurse=False)]
-        checks.check_parameter_dtype(self._who, input, floating)
+        own = (self.weight, self.bias, self.running_mean, self.running_var)
+        checks.check_parameter_dtype(self._who, input, own)
         if self.training:
             checks.check_per_channel(self._who, input)
 
