@@ -564,6 +564,15 @@ def test_sites_summarized_together_keep_their_own_quantities():
     assert _values(frame, "4", "saturated")[0] == pytest.approx(expected)
 
 
+def _clipping_pre_hook(model: nn.Module):
+    """An optimizer step pre-hook clipping the model's gradient norm to 1e-3."""
+
+    def clip(optimizer, args, kwargs) -> None:
+        nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+
+    return clip
+
+
 def test_parameter_gradients_are_read_after_the_users_optimizer_pre_hooks():
     """The monitor's optimizer hooks are registered on the steps that record
     gradients, after any the user registered: a gradient-clipping pre-hook added
@@ -571,13 +580,9 @@ def test_parameter_gradients_are_read_after_the_users_optimizer_pre_hooks():
     gradients (the norms recorded are the clipped ones)."""
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    def clip(optimizer, args, kwargs) -> None:
-        nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
-
     clipped = []
     with Monitor(model, optimizer=opt, grad_every=1) as mon:
-        opt.register_step_pre_hook(clip)
+        opt.register_step_pre_hook(_clipping_pre_hook(model))
         for _ in range(2):
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(torch.randn(8, 6) * 5), torch.zeros(8).long())
@@ -592,15 +597,11 @@ def test_parameter_gradients_are_read_after_the_users_optimizer_pre_hooks():
 def test_a_clipping_hook_added_mid_run_acts_before_the_norms_even_with_grad_every_1():
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    def clip(optimizer, args, kwargs) -> None:
-        nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
-
     clipped = []
     with Monitor(model, optimizer=opt, grad_every=1) as mon:
         for step in range(4):
             if step == 1:  # clipping switched on after a warm-up step
-                opt.register_step_pre_hook(clip)
+                opt.register_step_pre_hook(_clipping_pre_hook(model))
             opt.zero_grad()
             nn.functional.cross_entropy(
                 model(torch.randn(8, 6) * 5), torch.zeros(8).long()
