@@ -214,8 +214,8 @@ def test_the_ics_experiment_draws_the_colorful_dimension(tmp_path):
     fig = next(f for f, caption in figures if "colorful dimension" in caption)
     titles = [ax.get_title() for ax in panels(fig)]
     assert titles == [
-        "batchnorm: hidden layer 3's sigmoid input",
-        "none: hidden layer 3's sigmoid input",
+        "BatchNorm: hidden layer 3's sigmoid input",
+        "no normalization: hidden layer 3's sigmoid input",
     ]
     assert len(colorbars(fig)) == 1
     assert panels(fig)[0].get_ylim() == panels(fig)[1].get_ylim()  # one range: comparable

@@ -7,60 +7,99 @@ import math
 import numpy as np
 import pandas as pd
 
-from normlab.experiments.store import ResultsStore
+from normlab.experiments import stats
+from normlab.experiments.outcomes import DID_NOT_LEARN, DIVERGED, TRAINED
 
-OUTCOMES = ("trained", "did not learn", "diverged")  # best to worst
+OUTCOMES = (TRAINED, DID_NOT_LEARN, DIVERGED)  # best to worst
 
 
-def final_table(store: ResultsStore, axis: str) -> pd.DataFrame:
-    """Per norm and ``axis`` value, over seeds: mean, min and max final test accuracy,
-    the number of seeds, the fraction of diverged runs and the typical outcome (the
-    most common; a tie goes to the worse)."""
-    columns = ["norm", axis, "test_acc", "acc_min", "acc_max", "seeds", "diverged", "outcome"]
-    table = store.summaries()
-    if table.empty:
-        return pd.DataFrame(columns=columns)
+def final_table(runs: pd.DataFrame, axis: str, score: str = "final_test_acc") -> pd.DataFrame:
+    """Per norm and ``axis`` value of ``runs`` (a store's summaries), over seeds: the
+    accuracy ``score`` (a summary field) as mean, sample sd, 95% t-interval, min and
+    max over the seeds that have one; ``runs`` (seeds run) and ``seeds`` (seeds with a
+    finite accuracy); the test set's size and binomial standard error at the mean; the
+    fraction of diverged runs; every seed's outcome (``outcomes``, e.g. "2 trained, 1
+    diverged") and the typical one (the most common; a tie goes to the worse)."""
+    if runs.empty:
+        return pd.DataFrame(columns=[*FINAL_COLUMNS[:1], axis, *FINAL_COLUMNS[1:]])
     rows = []
-    for (norm, value), group in table.groupby(["norm", axis], dropna=False):
-        outcomes = (
-            group.outcome
-            if "outcome" in group
-            else group.diverged.map({True: "diverged", False: "trained"})
-        )
+    for (norm, value), group in runs.groupby(["norm", axis], dropna=False):
+        outcomes = group.outcome
         counts = outcomes.value_counts()
         typical = max(OUTCOMES, key=lambda o: (counts.get(o, 0), OUTCOMES.index(o)))
+        accuracy = group[score].astype(float)
+        finite = accuracy[np.isfinite(accuracy)]
+        estimate = stats.interval(finite)
+        n_test = int(group.test_examples.iloc[0]) if "test_examples" in group else 0
         rows.append(
             {
                 "norm": norm,
                 axis: value,
-                "test_acc": group.final_test_acc.mean(),
-                "acc_min": group.final_test_acc.min(),
-                "acc_max": group.final_test_acc.max(),
-                "seeds": len(group),
-                "diverged": float((outcomes == "diverged").mean()),
+                "test_acc": estimate.mean,
+                "acc_sd": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
+                "ci_low": estimate.low,
+                "ci_high": estimate.high,
+                "acc_min": finite.min() if len(finite) else math.nan,
+                "acc_max": finite.max() if len(finite) else math.nan,
+                "seeds": len(finite),
+                "runs": len(group),
+                "test_examples": n_test,
+                "test_se": stats.binomial_se(estimate.mean, n_test),
+                "diverged": float((outcomes == DIVERGED).mean()),
                 "outcome": typical,
+                "outcomes": ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if o in counts),
             }
         )
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows)
 
 
-def differs(a: pd.Series | dict, b: pd.Series | dict) -> bool:
-    """Whether two rows' accuracy ranges over seeds (acc_min..acc_max) do not overlap:
-    only then is a difference called a difference. One seed each: never. With k seeds
-    each and no true difference, the ranges of two runs' sets separate with probability
-    2 (k!)² / (2k)!: 1/3 for 2 seeds, 1/10 for 3 — weak at 2 seeds."""
-    if a["seeds"] < 2 or b["seeds"] < 2:
-        return False
-    return a["acc_min"] > b["acc_max"] or b["acc_min"] > a["acc_max"]
+FINAL_COLUMNS = [
+    "norm",
+    "test_acc",
+    "acc_sd",
+    "ci_low",
+    "ci_high",
+    "acc_min",
+    "acc_max",
+    "seeds",
+    "runs",
+    "test_examples",
+    "test_se",
+    "diverged",
+    "outcome",
+    "outcomes",
+]
+
+
+def seed_table(frame: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
+    """Per group of ``by`` in a one-row-per-seed ``frame``: each of ``columns`` as its
+    mean over seeds and its sample sd (``<column>_sd``), and ``seeds``, the group's
+    size: what :func:`stats.row_difference` reads."""
+    grouped = frame.groupby(by)
+    table = grouped[columns].mean()
+    for column in columns:
+        table[f"{column}_sd"] = grouped[column].std(ddof=1)
+    table["seeds"] = grouped.size()
+    return table.reset_index()
+
+
+def compare(a, b, margin: float = stats.MARGIN) -> stats.Difference:
+    """``a − b`` in accuracy for two :func:`final_table` rows (Welch's interval)."""
+    return stats.row_difference(a, b, "test_acc", margin)
 
 
 def spread(row) -> str:
-    """'0.912 (0.905–0.918, 3 seeds)' or '0.912 (1 seed)'."""
-    if row["seeds"] < 2:
-        return f"{row['test_acc']:.3f} (1 seed)"
-    return (
-        f"{row['test_acc']:.3f} ({row['acc_min']:.3f}–{row['acc_max']:.3f}, {row['seeds']} seeds)"
-    )
+    """'0.912 [0.905, 0.918], 3 seeds' (mean and 95% t-interval) or '0.912, 1 seed';
+    with the seeds' outcomes where they were not all the same."""
+    estimate = stats.Interval(row["test_acc"], row["ci_low"], row["ci_high"], int(row["seeds"]))
+    seeds = int(row["seeds"])
+    text = f"{estimate}" if seeds < 2 else f"{estimate}, {seeds} seeds"
+    if seeds == 1:
+        text = f"{row['test_acc']:.3f}, 1 seed"
+    outcomes = str(row.get("outcomes", ""))
+    if "," in outcomes:  # seeds with different outcomes: say each
+        text += f" ({outcomes})"
+    return text
 
 
 def metric_series(metrics: pd.DataFrame, name: str) -> pd.Series:

@@ -34,6 +34,8 @@ NormPosition = Literal["pre", "post", "peri", "sandwich", "deepnorm", "lns"]
 # Placements only the transformer has (mlp and cnn take pre or post).
 TRANSFORMER_ONLY_POSITIONS = ("peri", "sandwich", "deepnorm", "lns")
 Optimizer = Literal["sgd", "momentum", "adam"]
+LRSchedule = Literal["constant", "step", "cosine"]
+EvalSchedule = Literal["every", "log", "tail"]
 
 # Fields only normlab's own builders read: a user's builder (model="pkg.mod:fn") gets
 # the norm factory, the input shape and the class count, not these.
@@ -49,13 +51,10 @@ MODEL_FIELDS = (
     "qk_norm",
 )
 
-# Fields added after results were stored: left out of run_id at their default
-# value, so that earlier runs keep their ids (and stay resumable, not rerun).
-ADDED_LATER = ("qk_norm",)
-
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class ConfigError(ValueError):
@@ -83,17 +82,20 @@ class RunConfig(BaseModel):
     lr: PositiveFloat = 0.5
     lr_scaling: Annotated[bool, Field(strict=True)] = False  # lr * batch_size / 32
     warmup_steps: NonNegativeInt = 0  # lr rises linearly from lr/warmup_steps over these
+    lr_schedule: LRSchedule = "constant"  # after the warm-up (experiments.schedule)
+    weight_decay: NonNegativeFloat = 0.0  # on every parameter, the norms' γ and β too
     batch_size: PositiveInt = 60
     steps: PositiveInt = 1000
     epochs: PositiveInt | None = None  # if set, steps = epochs * train examples // batch
     eval_every: PositiveInt | None = 100  # None: evaluate once, at the end
+    eval_schedule: EvalSchedule = "every"  # log: also densely early; tail: see schedule
     train_size: PositiveInt | None = None
     test_size: PositiveInt | None = None
     seed: NonNegativeInt = 0
     monitor: Annotated[bool, Field(strict=True)] = True
     train_mode_eval: Annotated[bool, Field(strict=True)] = False  # also eval on batch stats
     probe_every: NonNegativeInt = 0  # ICS and smoothness probes every k steps (0: never)
-    noise: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0  # "noisy BatchNorm"
+    noise: NonNegativeFloat = 0.0  # "noisy BatchNorm" (runner.add_noise)
     nproc: PositiveInt = 1  # data-parallel processes (gloo, DDP); batch_size is per process
     watch: tuple[str, ...] = ()  # Monitor modules= patterns; () = the defaults
     norm_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -166,11 +168,7 @@ class RunConfig(BaseModel):
     @property
     def run_id(self) -> str:
         """A hash of the full configuration: same config, same id."""
-        fields = self.to_dict()
-        for name in ADDED_LATER:  # at their default, as runs stored before them were
-            if fields[name] == type(self).model_fields[name].default:
-                del fields[name]
-        text = json.dumps(fields, sort_keys=True, default=str)
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -228,6 +226,7 @@ class Sweep:
     grid: dict[str, tuple] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
     keep: Callable[[RunConfig], bool] | None = None  # drops combinations that make no sense
+    size: str = "default"  # "quick" (a smoke test), "default" or "full": how big it was run
 
     def configs(self) -> list[RunConfig]:
         """Every combination, validated, in a stable order, without duplicates."""

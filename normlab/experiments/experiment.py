@@ -38,12 +38,23 @@ class Expectation:
     """A published finding and what our numbers say of it."""
 
     claim: str  # the finding, with its source
-    held: bool | None  # None: not testable from these runs (too few seeds, runs missing)
+    held: bool | None  # None: not decided by these runs (too few seeds, an unresolved difference)
     measured: str  # our numbers
+    note: str = ""  # what the verdict rests on, or why it may differ from the paper
 
     def __post_init__(self) -> None:
         if self.held is not None:  # numpy's bools from comparisons of table cells
             object.__setattr__(self, "held", bool(self.held))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One line of an anchor's "paper / here / why different" table."""
+
+    aspect: str  # "model", "initialization", "learning rate", ...
+    paper: str  # the paper's recipe, with where it says so
+    here: str  # ours, read from the stored runs
+    why: str = ""  # why ours differs, and what that could do to the result
 
 
 class Experiment(ABC):
@@ -53,14 +64,15 @@ class Experiment(ABC):
     name: ClassVar[str]
     title: ClassVar[str]  # the report section's heading
     description: ClassVar[str]  # one line: what is swept and measured
-    question: ClassVar[str]  # the report's lead paragraph: what the figures show
     default_norms: ClassVar[tuple[str, ...]]
     base: ClassVar[RunConfig]
     grid: ClassVar[dict[str, tuple]] = {}
     quick: ClassVar[dict[str, Any]] = {}  # overrides that shrink it to a smoke test
     full: ClassVar[dict[str, Any]] = {}  # overrides for `--full`: the published sizes
+    full_grid: ClassVar[dict[str, tuple] | None] = None  # `--full`'s grid (None: the grid)
     full_norms: ClassVar[tuple[str, ...] | None] = None  # `--full`'s norms (None: the default)
     seeds: ClassVar[int] = 1  # seeds `normlab compare` runs (its 10-minute budget)
+    full_seeds: ClassVar[int] = 3  # seeds `--full` runs: a verdict needs 3 (stats.MIN_SEEDS)
     exclusive: ClassVar[bool] = False  # runs one at a time (timings: nothing beside them)
     in_suite: ClassVar[bool] = True  # part of `normlab compare`
     section: ClassVar[str] = "compare"  # the article's part: see SECTIONS
@@ -90,11 +102,12 @@ class Experiment(ABC):
             raise ConfigError("norm: given twice (--norms and --set norm=); use --norms")
         if quick and full:
             raise ConfigError("quick and full: choose one")
-        seeds = (1 if quick else self.seeds) if seeds is None else seeds
+        if seeds is None:
+            seeds = 1 if quick else max(self.seeds, self.full_seeds) if full else self.seeds
         if not isinstance(seeds, int) or seeds < 1:
             raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
         names = canonical_norms(norms or (full and self.full_norms) or self.default_norms)
-        grid = {"norm": names, **self.grid}
+        grid = {"norm": names, **((full and self.full_grid) or self.grid)}
         if quick:
             grid = {k: v if k == "norm" else v[:2] for k, v in grid.items()}
         base_changes = dict(self.quick if quick else self.full if full else {})
@@ -105,7 +118,8 @@ class Experiment(ABC):
                 grid[field] = canonical_norms([value]) if field == "norm" else (value,)
             else:
                 base_changes[field] = value
-        sweep = Sweep(self.base.replace(**base_changes), grid, tuple(range(seeds)), self.keep)
+        size = "quick" if quick else "full" if full else "default"
+        sweep = Sweep(self.base.replace(**base_changes), grid, tuple(range(seeds)), self.keep, size)
         ignored = [f for f in grid if f in MODEL_FIELDS]
         if ":" in sweep.base.model and ignored:
             raise ConfigError(
@@ -135,6 +149,15 @@ class Experiment(ABC):
     @abstractmethod
     def headline(self, store: ResultsStore) -> pd.DataFrame:
         """The numbers that matter, one row per norm (and swept value)."""
+
+    @abstractmethod
+    def lead(self, runs: pd.DataFrame) -> str:
+        """The section's lead paragraph: the question, and what ran, every number read
+        from ``runs`` (the store's summaries: each run's config and summary fields)."""
+
+    def recipe(self, runs: pd.DataFrame) -> list[Recipe]:
+        """The published recipe beside ours (anchors only; "here" read from ``runs``)."""
+        return []
 
     def figures(self, store: ResultsStore, headline: pd.DataFrame) -> list[tuple[Figure, str]]:
         """(figure, caption) pairs for the report."""

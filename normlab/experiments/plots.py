@@ -20,30 +20,72 @@ def density(sketches: pd.DataFrame, site: str, step: int) -> tuple[np.ndarray, n
     return quantiles, np.append(1.0 / (len(quantiles) - 1) / widths, 0.0)
 
 
-def error_vs(headline: pd.DataFrame, axis: str, log: bool = True):
-    """Test error against ``axis`` (e.g. batch size), one line per norm, the band
-    between the best and worst seed shaded."""
-    if headline.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    banded = "seeds" in headline and (headline.seeds > 1).any()
+# Paul Tol's "muted" scheme and its "bright" extras: distinguishable with the common
+# colour-vision deficiencies. Each technique keeps its colour in every figure.
+PALETTE = (
+    "#332288",
+    "#88CCEE",
+    "#44AA99",
+    "#117733",
+    "#999933",
+    "#DDCC77",
+    "#CC6677",
+    "#882255",
+    "#AA4499",
+    "#4477AA",
+    "#EE6677",
+    "#228833",
+    "#CCBB44",
+    "#66CCEE",
+    "#BB5566",
+    "#004488",
+    "#DDAA33",
+    "#EE7733",
+    "#0077BB",
+    "#EE3377",
+)
+
+
+def color(norm: str) -> str:
+    """The colour of technique ``norm`` in every figure (by its place in the registry;
+    grey for no normalization)."""
+    from normlab.norms import registry
+
+    if norm == "none":
+        return "#555555"
+    names = [n for n in registry.available() if n != "none"]
+    try:
+        return PALETTE[names.index(registry.canonical(norm)) % len(PALETTE)]
+    except (KeyError, ValueError):
+        return "#000000"
+
+
+def error_lines(ax, headline: pd.DataFrame, axis: str, log: bool = True) -> None:
+    """Test error against ``axis`` on ``ax``, one line per norm (mean over seeds), the
+    95% t-interval shaded where there are several seeds."""
     for norm, group in headline.groupby("norm"):
         group = group.sort_values(axis)
-        (line,) = ax.plot(group[axis], 1 - group.test_acc, marker="o", label=norm)
-        if banded and (group.seeds > 1).any():
+        ax.plot(group[axis], 1 - group.test_acc, marker="o", label=norm, color=color(norm))
+        if "ci_low" in group and group.ci_low.notna().any():
             ax.fill_between(
-                group[axis],
-                1 - group.acc_max,
-                1 - group.acc_min,
-                color=line.get_color(),
-                alpha=0.15,
+                group[axis], 1 - group.ci_high, 1 - group.ci_low, color=color(norm), alpha=0.15
             )
     if log:
         ax.set_xscale("log", base=2)
+        ticks = sorted(headline[axis].unique())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_xlabel(axis.replace("_", " "))
-    ax.set_ylabel("test error (band: best to worst seed)" if banded else "test error")
+    ax.set_ylabel("test error")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
+
+
+def error_vs(headline: pd.DataFrame, axis: str, log: bool = True):
+    """Test error against ``axis`` (e.g. batch size): :func:`error_lines` in a figure."""
+    if headline.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    error_lines(ax, headline, axis, log)
     fig.tight_layout()
     return fig
 

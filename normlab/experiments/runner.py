@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from normlab import data, models
-from normlab.experiments import plugins
+from normlab.experiments import plugins, schedule
 from normlab.experiments.config import ConfigError, RunConfig
+from normlab.experiments.outcomes import DIVERGED, classify, loss_window
 from normlab.experiments.store import RunResult
 from normlab.monitor import Monitor, internal_covariate_shift, loss_landscape, preserved_state
 from normlab.norms import registry
@@ -97,11 +98,11 @@ def build_model(config: RunConfig, dataset: data.Dataset) -> nn.Module:
 
 
 def _optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    lr = config.effective_lr
+    lr, decay = config.effective_lr, config.weight_decay
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
     momentum = 0.9 if config.optimizer == "momentum" else 0.0
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=decay)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator):
@@ -143,18 +144,24 @@ def _activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int
 
 
 def add_noise(model: nn.Module, level: float) -> list:
-    """Santurkar et al.'s "noisy BatchNorm": after every normalization layer, in
-    training, scale and shift each channel by random amounts drawn afresh at
-    every step (scale ~ U(1, 1 + level), shift ~ U(-level, level)), so the next
-    layer's input distribution moves all the time. Returns the hook handles."""
+    """Santurkar et al.'s (2018) "noisy BatchNorm": after every normalization layer,
+    each activation of each sample becomes s·a + m, with noise whose distribution
+    itself changes at every step. Per layer and step, μ ~ U(−0.5, 0.5) and
+    σ ~ U(1, 1.25); per element, m ~ U(μ − 0.1, μ + 0.1) and s ~ N(σ, 0.1), every
+    width times ``level`` (1: their values, as their appendix is summarized; see the
+    smoothness experiment's recipe). In eval mode the layer's output is scaled by the
+    noise's expectation, E[s] = 1 + 0.125·level (E[m] = 0), so the network is
+    scored as the deterministic one its noisy training approximates (as dropout
+    is). Returns the hook handles."""
 
     def hook(module, args, output):
         if not module.training:
-            return output
-        shape = (1, output.shape[1], *([1] * (output.dim() - 2)))
-        scale = 1 + level * torch.rand(shape, dtype=output.dtype)
-        shift = level * (2 * torch.rand(shape, dtype=output.dtype) - 1)
-        return output * scale + shift
+            return output * (1 + 0.125 * level)
+        mu = level * (torch.rand(()) - 0.5)
+        sigma = 1 + 0.25 * level * torch.rand(())
+        shift = mu + 0.1 * level * (2 * torch.rand(output.shape) - 1)
+        scale = sigma + 0.1 * level * torch.randn(output.shape)
+        return output * scale.to(output.dtype) + shift.to(output.dtype)
 
     norms = [m for m in model.modules() if registry.spec_of(m) is not None]
     return [m.register_forward_hook(hook) for m in norms]
@@ -211,28 +218,6 @@ def _machine() -> str:
         f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}"
     )
-
-
-DIVERGED, DID_NOT_LEARN, TRAINED = "diverged", "did not learn", "trained"
-
-
-def classify(
-    non_finite: bool, initial_loss: float, final_loss: float, test_acc: float, classes: int
-) -> str:
-    """A run's outcome, three never conflated:
-
-    - **diverged**: the loss became non-finite, or ended above its starting value
-      (mean of the last 20 steps against the first step's);
-    - **did not learn**: finite, but test accuracy still near chance (below
-      chance + 10% of the way to perfect: 0.19 for ten classes);
-    - **trained**: otherwise.
-    """
-    if non_finite or not math.isfinite(final_loss) or final_loss > initial_loss:
-        return DIVERGED
-    chance = 1.0 / classes
-    if not test_acc >= chance + 0.1 * (1 - chance):
-        return DID_NOT_LEARN
-    return TRAINED
 
 
 def run(config: RunConfig) -> RunResult:
@@ -316,6 +301,7 @@ def _train(config: RunConfig, rank: int = 0, world: int = 1) -> RunResult:
     steps = config.steps
     if config.epochs is not None:
         steps = max(1, config.epochs * len(dataset.train_x) // global_batch)
+    evaluations = set(schedule.evaluation_steps(config, steps))
     non_finite, step_ms, losses, step = False, [], [], 0
     try:
         for step in range(1, steps + 1):
@@ -325,9 +311,8 @@ def _train(config: RunConfig, rank: int = 0, world: int = 1) -> RunResult:
             if config.probe_every and (step - 1) % config.probe_every == 0:
                 rows += _probe_rows(step - 1, model, optimizer, x, y)
             start = time.perf_counter()
-            if config.warmup_steps and step <= config.warmup_steps:  # linear warm-up
-                for group in optimizer.param_groups:
-                    group["lr"] = config.effective_lr * step / config.warmup_steps
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.learning_rate(config, step, steps)
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(x), y)
             finite = torch.isfinite(loss.detach()).float()
@@ -341,8 +326,7 @@ def _train(config: RunConfig, rank: int = 0, world: int = 1) -> RunResult:
             optimizer.step()
             step_ms.append(1e3 * (time.perf_counter() - start))
             losses.append(loss.item())
-            due = step == steps or (config.eval_every and step % config.eval_every == 0)
-            if rank == 0 and due:
+            if rank == 0 and step in evaluations:
                 rows.append((step, "train_loss", loss.item()))
                 local.eval()
                 accuracy, test_loss = evaluate(local, dataset.test_x, dataset.test_y)
@@ -365,19 +349,30 @@ def _train(config: RunConfig, rank: int = 0, world: int = 1) -> RunResult:
             handle.remove()
     metrics = pd.DataFrame(rows, columns=["step", "metric", "value"])
     final = metrics.groupby("metric").value.last().to_dict() if len(metrics) else {}
-    initial_loss = losses[0] if losses else math.nan
-    final_loss = float(np.mean(losses[-20:])) if losses else math.nan
+    window = loss_window(losses)
+    initial_loss = float(np.mean(losses[:window])) if losses else math.nan
+    final_loss = float(np.mean(losses[-window:])) if losses else math.nan
     final_acc = final.get("test_acc", math.nan)
-    outcome = classify(non_finite, initial_loss, final_loss, final_acc, dataset.num_classes)
+    outcome = classify(non_finite, losses, final_acc, dataset.num_classes)
     timings = np.array(step_ms[1:] or step_ms or [math.nan])  # the first step warms caches
+    accuracy = metrics[metrics.metric == "test_acc"]
+    tail = accuracy[accuracy.step >= schedule.tail_steps(steps)].value
     summary = {
         "final_test_acc": final_acc,
+        # the median of the evaluations in the run's last tenth (the last one alone
+        # where it has one): the final accuracy without one evaluation's noise
+        "final_test_acc_tail": float(tail.median()) if len(tail) else math.nan,
         "final_test_acc_train_mode": final.get("test_acc_train_mode", math.nan),
         "initial_train_loss": initial_loss,
         "final_train_loss": final_loss,
         "outcome": outcome,
         "diverged": outcome == DIVERGED,
         "steps_done": step,
+        "steps_planned": steps,
+        "train_examples": len(dataset.train_x),
+        "test_examples": len(dataset.test_x),
+        "input_shape": list(dataset.input_shape),
+        "classes": dataset.num_classes,
         "ms_per_step": float(np.median(timings)),
         "ms_per_step_iqr": float(np.subtract(*np.percentile(timings, [75, 25]))),
         "activation_mb": memory / 2**20,

@@ -226,23 +226,36 @@ class ResultsStore:
             shutil.rmtree(aside, ignore_errors=True)
         return final
 
-    def set_current(self, run_ids: list[str]) -> None:
+    def set_current(self, run_ids: list[str], size: str = "default") -> None:
         """Record the runs of the sweep now planned here (atomically): what
         :meth:`ids` and :meth:`summaries` read from then on, so that runs of an
-        earlier, different sweep in the same directory are kept but not mixed in."""
+        earlier, different sweep in the same directory are kept but not mixed in;
+        and the sweep's ``size`` ("quick", "default" or "full", :meth:`size`)."""
         tmp = self.root / f".current-{secrets.token_hex(4)}.json"
-        tmp.write_text(json.dumps(sorted(set(run_ids))))
+        tmp.write_text(json.dumps({"runs": sorted(set(run_ids)), "size": size}))
         os.replace(tmp, self.root / "current.json")
 
-    def _current(self) -> set[str] | None:
+    def _current_record(self) -> dict | None:
         path = self.root / "current.json"
         if not path.is_file():
             return None
         try:
-            return set(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            warnings.warn(f"{path} does not read back: every run counts", DamagedRunWarning, 2)
+            value = json.loads(path.read_text())
+            if isinstance(value, list):  # written before sizes were recorded
+                value = {"runs": value, "size": "default"}
+            return {"runs": set(value["runs"]), "size": str(value.get("size", "default"))}
+        except (OSError, ValueError, TypeError, KeyError):
+            warnings.warn(f"{path} does not read back: every run counts", DamagedRunWarning, 3)
             return None
+
+    def _current(self) -> set[str] | None:
+        record = self._current_record()
+        return None if record is None else record["runs"]
+
+    def size(self) -> str:
+        """The current sweep's size: "quick" (a smoke test), "default" or "full"."""
+        record = self._current_record()
+        return "default" if record is None else record["size"]
 
     def ids(self, everything: bool = False) -> list[str]:
         """The finished runs' ids: of the current sweep (see :meth:`set_current`),

@@ -50,7 +50,7 @@ def run_sweep(
     with store.lock():
         store.remove_partial()
         configs = sweep.configs()
-        store.set_current([c.run_id for c in configs])
+        store.set_current([c.run_id for c in configs], sweep.size)
         todo = list({c.run_id: c for c in configs if not store.has(c)}.values())
         by_id = {c.run_id: c for c in todo}
         executor = executor or LocalExecutor()

@@ -21,11 +21,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from normlab.experiments import catalog
+from normlab.experiments import catalog, describe, stats
 from normlab.experiments.experiment import SECTIONS, Expectation, Experiment
 from normlab.experiments.store import ResultsStore
 from normlab.norms import registry
-from normlab.report import axes, primer
+from normlab.report import axes, guide, primer
 
 
 class _Figures:
@@ -82,9 +82,9 @@ def find_stores(root: Path) -> dict[str, ResultsStore]:
 
 
 def summary_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    """Per technique, every experiment's summary columns side by side, and a
-    recommendation: the experiments' remarks, then what the registry says the
-    technique is (only numbers measured here, and facts)."""
+    """Per technique, every experiment's summary columns side by side, and notes: the
+    experiments' remarks, then what the registry says the technique is (only numbers
+    measured here, and facts)."""
     table = pd.DataFrame(columns=["norm"])
     remarks: dict[str, list[str]] = {}
     for part in parts:
@@ -92,7 +92,7 @@ def summary_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
             if remark:
                 remarks.setdefault(norm, []).append(remark)
         table = table.merge(part.drop(columns="remark"), on="norm", how="outer")
-    table["recommendation"] = [_recommend(norm, remarks.get(norm, [])) for norm in table.norm]
+    table["notes"] = [_recommend(norm, remarks.get(norm, [])) for norm in table.norm]
     return table.rename(columns={"norm": "technique"})
 
 
@@ -114,39 +114,18 @@ def _recommend(norm: str, remarks: list[str]) -> str:
     return "; ".join([*remarks, fact])
 
 
-def _guide(summary: pd.DataFrame) -> str:
-    """Which one to use, from the summary's measured columns and the registry."""
-    table = summary.set_index("technique")
-    lines = []
-    if "largest good lr" in table:
-        lr = table["largest good lr"].dropna()
-        if len(lr):
-            best = lr.idxmax()
-            lines.append(
-                f"Learning rate: {best} trained well at the largest learning rate here "
-                f"({lr.max():g}); BatchNorm {lr.get('batchnorm', math.nan):g}, no "
-                f"normalization {lr.get('none', math.nan):g} (the CNN, one epoch)."
-            )
-    independent = [t for t in table.index if t != "none" and not registry.spec(t).batch_dependent]
-    measured = [c for c in table.columns if c.startswith("acc @ batch")]
-    if measured and independent:
-        column = measured[0]
-        small = table.loc[[t for t in independent if pd.notna(table.at[t, column])], column]
-        if len(small):
-            lines.append(
-                f"Small or uneven per-device batches (detection, segmentation, video): a "
-                f"technique that does not use the batch — here {small.idxmax()} had "
-                f"{small.max():.3f} accuracy at {column.removeprefix('acc @ ')}."
-            )
-    if "transformer acc (pre-norm)" in table:
-        acc = table["transformer acc (pre-norm)"].dropna()
-        if len(acc):
-            lines.append(
-                "Transformers: per-token normalization over the features; here "
-                + ", ".join(f"{t} {a:.3f}" for t, a in acc.sort_values(ascending=False).items())
-                + " (pre-norm)."
-            )
-    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
+def _guide(headlines: dict[str, pd.DataFrame]) -> str:
+    """The decision guide (:mod:`normlab.report.guide`) as a table."""
+    rows = guide.advice(headlines)
+    frame = pd.DataFrame(
+        {
+            "situation": [a.situation for a in rows],
+            "use": [a.technique for a in rows],
+            "why": [a.why for a in rows],
+            "evidence: here, then published": [a.evidence for a in rows],
+        }
+    )
+    return _table(frame)
 
 
 STYLE = """
@@ -167,6 +146,7 @@ p.finding { background: #f3f6fa; padding: 0.5em 0.8em; border-left: 3px solid #1
             font-family: system-ui, sans-serif; font-size: 0.95em; }
 li.held::marker { content: "✓ "; color: #2a7d2a; } li.failed::marker { content: "✗ "; color: #b22; }
 li.untested::marker { content: "? "; color: #888; }
+p.quick { background: #fff3cd; padding: 0.6em 0.9em; border-left: 4px solid #d39e00; }
 nav ol { columns: 2; font-family: system-ui, sans-serif; font-size: 0.95em; }
 """
 
@@ -249,8 +229,8 @@ def _what_part(figure: _Figures, norms: list[str]) -> list[str]:
 
 def _experiment_html(experiment: Experiment, store, headline, figure: _Figures) -> list[str]:
     parts = [
-        f"<h3>{html.escape(experiment.title)}</h3>",
-        f"<p>{html.escape(experiment.question)}</p>",
+        f'<h3 id="{experiment.name}">{html.escape(experiment.title)}</h3>',
+        f"<p>{html.escape(experiment.lead(store.summaries()))}</p>",
     ]
     finding = experiment.finding(headline)
     if finding:
@@ -264,33 +244,46 @@ def _expectation_items(found: list[tuple[str, Expectation]]) -> str:
     items = []
     for name, e in found:
         status = {True: "held", False: "failed", None: "untested"}[e.held]
-        word = {True: "Reproduced", False: "Not reproduced", None: "Not testable here"}[e.held]
+        word = {True: "Reproduced", False: "Not reproduced", None: "Not decided here"}[e.held]
+        note = f" {html.escape(e.note[0].upper() + e.note[1:])}." if e.note else ""
         items.append(
-            f'<li class="{status}"><b>{word}</b> ({html.escape(name)}): '
-            f"{html.escape(e.claim)}. Measured: {html.escape(e.measured)}.</li>"
+            f'<li class="{status}"><b>{word}</b> (<a href="#{name}">{html.escape(name)}</a>): '
+            f"{html.escape(e.claim)}. Measured: {html.escape(e.measured)}.{note}</li>"
         )
     return "<ul>" + "".join(items) + "</ul>"
+
+
+def _recipe_tables(stores: dict[str, ResultsStore]) -> list[str]:
+    """Each anchor's "paper / here / why different" table."""
+    parts = []
+    for name, store in stores.items():
+        rows = catalog.get(name).recipe(store.summaries())
+        if rows:
+            frame = pd.DataFrame(
+                {
+                    "": [r.aspect for r in rows],
+                    "the paper": [r.paper for r in rows],
+                    "here": [r.here for r in rows],
+                    "why different, and what it could change": [r.why for r in rows],
+                }
+            )
+            title = catalog.get(name).title
+            parts += [f"<h3>{html.escape(title)}: the paper's recipe and ours</h3>", _table(frame)]
+    return parts
 
 
 def _setup_table(stores: dict[str, ResultsStore]) -> pd.DataFrame:
     rows = []
     for name, store in stores.items():
         runs = store.summaries()
-        first = runs.iloc[0]
-        steps = (
-            "epochs " + str(first.epochs)
-            if pd.notna(first.get("epochs"))
-            else f"{first.steps} steps"
-        )
         rows.append(
             {
                 "experiment": name,
                 "runs": len(runs),
-                "seeds": runs.seed.nunique(),
-                "model": first.model,
-                "data": first.dataset,
-                "training": f"{first.optimizer}, lr {first.lr:g}, batch {first.batch_size}, "
-                f"{steps}",
+                "seeds": describe.seeds(runs),
+                "model": describe.model(runs),
+                "data": describe.data(runs),
+                "training": describe.training(runs),
                 "run time, summed (s)": runs.wall_seconds.sum()
                 if "wall_seconds" in runs
                 else math.nan,
@@ -300,17 +293,33 @@ def _setup_table(stores: dict[str, ResultsStore]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _seed_note(stores: dict[str, ResultsStore]) -> str:
-    few = {name: s.summaries().seed.nunique() for name, s in stores.items()}
-    few = {name: n for name, n in few.items() if n < 3}
-    if not few:
-        return "<p>Every experiment ran at least 3 seeds.</p>"
-    listed = ", ".join(f"{name} ({n})" for name, n in few.items())
-    return (
-        f"<p>Fewer than 3 seeds, to keep <code>normlab compare</code> within 10 minutes on 2 "
-        f"cores: {html.escape(listed)}. With one seed no difference is called a difference; "
-        "<code>--seeds N</code> or <code>--full</code> runs more.</p>"
+def _seed_note(stores: dict[str, ResultsStore], undecided: list[tuple[str, Expectation]]) -> str:
+    few = {name: describe.seeds(s.summaries()) for name, s in stores.items()}
+    few = {name: n for name, n in few.items() if n < stats.MIN_SEEDS}
+    text = (
+        f"<p>A verdict needs {stats.MIN_SEEDS} seeds on each side. Differences are Welch "
+        "95% intervals over seeds; a difference counts where its interval excludes zero, "
+        f'and "the same" only where it lies within ±{stats.MARGIN:g} accuracy (unless '
+        "a verdict states another margin). The test sets' own sampling error is the "
+        "binomial standard error of each accuracy: √(p(1−p)/n) for n test examples, "
+        "e.g. ±0.008 at p = 0.93 and n = 1,000 (the test_se column of the CSV files).</p>"
     )
+    if few:
+        listed = ", ".join(f"{name} ({n})" for name, n in few.items())
+        text += f"<p>Fewer than {stats.MIN_SEEDS} seeds: {html.escape(listed)}."
+        if undecided:
+            claims = "; ".join(f"{e.claim} ({name})" for name, e in undecided)
+            text += f" So these verdicts are not drawn: {html.escape(claims)}."
+        text += " <code>normlab compare --full</code> runs every experiment with enough.</p>"
+    return text
+
+
+QUICK_BANNER = (
+    '<p class="quick"><b>Built from <code>--quick</code> runs</b>: smoke-test sizes, so the '
+    "numbers below show that everything runs, not what the techniques do. No verdict and "
+    "no advice is drawn from them. <code>normlab compare</code> (or "
+    "<code>--full</code>) runs the real sizes.</p>"
+)
 
 
 def build(root: str | Path, out: str | Path) -> Path:
@@ -339,62 +348,70 @@ def build(root: str | Path, out: str | Path) -> Path:
         if registry.spec(n).stats
         and n not in ("batchnorm", "layernorm_chw", "instancenorm", "groupnorm")
     ]
+    quick = any(store.size() == "quick" for store in stores.values())
     expectations = [
         (name, e) for name in stores for e in catalog.get(name).expectations(headlines[name])
     ]
+    undecided = [(n, e) for n, e in expectations if e.held is None and "seeds" in e.note]
+    parts = [
+        (key, title)
+        for key, title in PARTS
+        if key not in SECTIONS or any(catalog.get(n).section == key for n in stores)
+    ]
+    runs = sum(len(s.ids()) for s in stores.values())
     body = [
         "<h1>Understanding activation normalization</h1>",
+        QUICK_BANNER if quick else "",
         '<p class="lead">What normalization does to a network\'s activations, why it helps, '
-        "and which technique to use — every result below measured on the runs in "
-        f"<code>{html.escape(str(root))}</code> ({sum(len(s.ids()) for s in stores.values())} "
-        f"runs, {len(stores)} experiments).</p>",
+        f"and which technique to use — every result below measured on {runs} runs of "
+        f"{len(stores)} experiments, stored beside this page's tables.</p>",
         "<nav><ol>"
         + "".join(
-            f'<li><a href="#{key}">{html.escape(t.split(". ", 1)[1])}</a></li>' for key, t in PARTS
+            f'<li><a href="#{key}">{html.escape(t.split(". ", 1)[1])}</a></li>' for key, t in parts
         )
         + "</ol></nav>",
     ]
-    for key, title in PARTS:
-        body.append(f'<h2 id="{key}">{html.escape(title)}</h2>')
+    for number, (key, title) in enumerate(parts, 1):
+        heading = f"{number}. {title.split('. ', 1)[1]}"
+        body.append(f'<h2 id="{key}">{html.escape(heading)}</h2>')
         if key == "what":
             body += _what_part(figure, others)
         elif key == "why":
             body.append(f"<p>{LITERATURE}</p>")
         if key in SECTIONS:
-            members = [e for e in catalog.EXPERIMENTS.values() if e.section == key]
-            for experiment in members:
-                if experiment.name in stores:
+            for experiment in catalog.EXPERIMENTS.values():
+                if experiment.section == key and experiment.name in stores:
                     store, headline = stores[experiment.name], headlines[experiment.name]
                     body += _experiment_html(experiment, store, headline, figure)
-                else:
-                    body.append(
-                        f"<h3>{html.escape(experiment.title)}</h3><p><em>not run "
-                        f"(normlab run {experiment.name})</em></p>"
-                    )
+        elif key == "use" and quick:
+            body.append("<p>No advice from <code>--quick</code> runs.</p>")
         elif key == "use":
             body += [
-                _guide(summary),
+                "<p>By situation: what to use, why, and the evidence — first what these runs "
+                "measured (with its 95% interval; a difference the seeds do not resolve is "
+                "called so, and nothing is recommended on it), then the published result.</p>",
+                _guide(headlines),
                 "<p>Per technique: what the experiments above measured and where its "
-                "statistics come from. A difference counts only where the seeds' accuracy "
-                "ranges do not overlap — a weak test with 2 seeds (it separates two equal "
-                "techniques about one time in three), a fair one with 3 or more.</p>",
+                "statistics come from.</p>",
                 _table(summary),
             ]
+        elif key == "reproduced" and quick:
+            body.append("<p>No verdicts from <code>--quick</code> runs.</p>")
         elif key == "reproduced":
             body.append(
                 "<p>Each published finding the experiments test, and whether our numbers show "
-                "it. A finding marked not reproduced is reported with the numbers, not "
-                "hidden.</p>"
+                "it: reproduced, not reproduced, or not decided (too few seeds, or a "
+                "difference the seeds do not resolve). A finding that did not reproduce is "
+                "reported with the numbers and what we think explains it.</p>"
             )
             body.append(_expectation_items(expectations) if expectations else "<p>none tested</p>")
         elif key == "setup":
             body += [
-                "<p>Models: the lab's MLP, CNN (conv-norm-activation-pool stages) and patch "
-                "transformer (normlab.models); data: the embedded MNIST (5,000 digits, 4,000 "
-                "train / 1,000 test) unless stated. Each row: the first run's settings; the "
-                "swept field varies.</p>",
+                "<p>What each experiment ran, read from its stored runs (models from "
+                "normlab.models, data offline).</p>",
                 _table(_setup_table(stores)),
-                _seed_note(stores),
+                _seed_note(stores, [] if quick else undecided),
+                *_recipe_tables(stores),
                 "<p>Tables as CSV beside this page, figures in figures/, every run's metrics "
                 "and monitor records in the results directory (Parquet).</p>",
             ]

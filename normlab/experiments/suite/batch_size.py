@@ -1,113 +1,242 @@
-"""Sensitivity to the batch size, after Wu & He (2018, the GroupNorm paper's
-Figure 1): the lab's CNN trained at batch sizes 2 to 32 with the batch size the
-only variable — the same learning rate per sample (linear scaling, Goyal et al.
-2017), the same number of epochs, a warm-up, and at least 375 steps at every size.
-LayerNorm is the paper's, over (C, H, W)."""
+"""Sensitivity to the batch size, as Wu & He (2018, the GroupNorm paper's Figure 1
+and Table 2) ran it, in small: the same network at batch sizes 2 to 32, with the
+batch size the only variable — the learning rate per sample fixed (0.1 × batch/32),
+the same epochs, the paper's step schedule and weight decay — and no normalization
+run the same way as the control, which shows what the protocol itself does (more,
+smaller steps at small batches).
+
+The network has the problem's shape: BatchNorm's statistics come from N × H × W
+values per channel, and the paper's ResNet-50 normalizes its last stages over 14×14
+and 7×7 maps. The lab CNN here has four stages, normalized at 28×28, 14×14, 7×7 and
+3×3, so at batch 2 its last norms see 18 values per channel from two images (the
+paper's, 98); its GroupNorm has 8 groups: 2, 4, 8 and 16 channels per group (the
+paper's 32 groups give 2 channels per group at its narrowest stage), never one
+channel per group, which would be InstanceNorm."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from normlab.experiments import analysis, plots
-from normlab.experiments.experiment import LAB_CNN, Expectation, Experiment
-from normlab.norms import registry
+from normlab.experiments import analysis, describe, plots, stats
+from normlab.experiments.experiment import LAB_CNN, Expectation, Experiment, Recipe
 
-# Same epochs at every size: batch 32 sees 3 x 4,000 / 32 = 375 steps, batch 2 6,000.
 GRID = (2, 4, 8, 16, 32)
+GROUPS = 8
+PAPER_ERROR = {  # Wu & He (2018), Table 2: ImageNet validation error (%), images per GPU
+    "batchnorm": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
+    "groupnorm": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
+}
 
 
 class BatchSize(Experiment):
     name = "batch-size"
     title = "Batch size"
     description = (
-        "The GroupNorm paper's batch-size study in small: a CNN at batch sizes 2 to 32, "
-        "the same epochs and learning rate per sample, with warm-up."
-    )
-    question = (
-        "Does a technique's accuracy depend on the batch size? As in Wu & He's protocol, the "
-        "same number of epochs and the same learning rate per sample at every size (lr 0.05 "
-        "× batch/32, warmed up over 50 steps), so smaller batches take more, smaller steps. "
-        "The paper's claim is about the gap between BatchNorm and GroupNorm as the batch "
-        "shrinks. Note that BatchNorm's statistic spans N × H × W values per channel: even at "
-        "batch 2 that is 1,568 values in the first layer of this 28×28 CNN, far more than in "
-        "the paper's detection-sized batches of 1–2 large images. The band spans the seeds. "
-        "Cross-Iteration BatchNorm (Yao et al., 2021) pools the statistics of the last 4 "
-        "steps' batches, each compensated for the weights' change since, to keep BatchNorm's "
-        "accuracy at small batches (in the --full run, with the layer's default: no burn-in)."
+        "The GroupNorm paper's batch-size study in small: a four-stage CNN at batch sizes 2 "
+        "to 32, the same epochs and learning rate per sample, step decay, weight decay."
     )
     default_norms = ("batchnorm", "groupnorm", "layernorm_chw", "none")
-    base = LAB_CNN.replace(epochs=3, lr=0.05, lr_scaling=True, warmup_steps=50)
+    base = LAB_CNN.replace(
+        channels=(16, 32, 64, 128),
+        epochs=2,
+        lr=0.1,
+        lr_scaling=True,
+        warmup_steps=50,
+        lr_schedule="step",
+        weight_decay=1e-4,
+        eval_schedule="tail",
+        norm_kwargs=(
+            *LAB_CNN.norm_kwargs,
+            ("groupnorm:num_groups", GROUPS),
+            ("evonorm_s0:groups", GROUPS),
+        ),
+    )
     grid = {"batch_size": GRID}
     quick = {"epochs": 1, "train_size": 256, "test_size": 200, "warmup_steps": 5}
-    full = {"dataset": "fashion-mnist", "train_size": 10000, "test_size": 2000}
+    full = {"dataset": "fashion-mnist", "train_size": 10000, "epochs": 4}
     full_norms = (
         "batchnorm",
         "groupnorm",
         "layernorm_chw",
-        "instancenorm",
         "batchrenorm",
         "cross_iteration_bn",
-        "frn",
-        "evonorm_s0",
         "none",
     )
     seeds = 2
     order = 20
 
+    def lead(self, runs: pd.DataFrame) -> str:
+        return (
+            "Does a technique's accuracy depend on the batch size? Wu & He trained ResNet-50 "
+            "on ImageNet at 32 to 2 images per GPU with the same epochs and the learning rate "
+            "scaled with the batch; BatchNorm's error rose from 23.6% to 34.7% while "
+            "GroupNorm's stayed at 24.1%. We run their protocol on "
+            f"{describe.model(runs)}, normalized at ever lower resolution as the paper's "
+            f"network is: {describe.training(runs)}, on {describe.data(runs)}, "
+            f"{describe.seeds(runs)} seeds. Smaller batches take more, smaller steps; the "
+            "control without normalization shows what that alone does. A run's accuracy is "
+            "the median of its evaluations in the last tenth of training (the paper: the "
+            "median of its final 5 epochs). Intervals are 95% t-intervals over seeds."
+        )
+
+    def recipe(self, runs: pd.DataFrame) -> list[Recipe]:
+        run = describe.first(runs)
+        groups = dict(run.norm_kwargs).get("groupnorm:num_groups", 32)
+        per_group = ", ".join(str(c // groups) for c in run.channels)
+        return [
+            Recipe(
+                "model",
+                "ResNet-50; last stages normalized over 14×14 and 7×7 maps",
+                f"{describe.model(runs)}, maps of {_resolutions(run)}",
+                "a CPU budget; the same problem shape: few values per channel at small batch",
+            ),
+            Recipe(
+                "GroupNorm groups",
+                "32 (2 to 64 channels per group)",
+                f"{groups} ({per_group} channels per group)",
+                "32 groups of 16–128 channels would be 1 channel per group, i.e. InstanceNorm",
+            ),
+            Recipe(
+                "data, evaluation",
+                "ImageNet, 1.28M images at 224 px; the 50,000 validation images; median "
+                "error of the final 5 of 100 epochs",
+                f"{describe.data(runs)}; the whole test split; median of the "
+                "evaluations in the last tenth",
+                "a CPU budget",
+            ),
+            Recipe(
+                "learning rate",
+                "0.1 × N/32, SGD momentum 0.9; ÷10 at epochs 30, 60, 90; no warm-up stated",
+                describe.training(runs),
+                "the same schedule over fewer epochs; a 50-step warm-up guards the first steps",
+            ),
+            Recipe(
+                "weight decay",
+                "1e-4 on every weight, γ and β included",
+                f"{run.weight_decay:g} on every parameter",
+            ),
+            Recipe(
+                "epochs",
+                "100 at every batch size",
+                f"{describe.number(run.epochs)} at every batch size",
+                "a CPU budget; the last tenth of each run is at 1/1000 of the lr, where "
+                "accuracy has settled (the table's last-tenth spread)",
+            ),
+            Recipe(
+                "seeds",
+                "not stated (one run per setting, presumably)",
+                f"{describe.seeds(runs)} per setting, 95% t-intervals",
+            ),
+            Recipe(
+                "Cross-Iteration BN",
+                "Yao et al. (2021): the authors' detection configurations pool 4 steps, "
+                "plain BN until the first lr decay (burn-in)",
+                "4 steps pooled from the first step (the layer's default: no burn-in)",
+            ),
+        ]
+
     def headline(self, store) -> pd.DataFrame:
-        return analysis.final_table(store, "batch_size")
+        """:func:`analysis.final_table` of the last tenth's median accuracy per norm and
+        batch size, and the mean spread (max − min) of each run's last-tenth
+        evaluations: how settled the final accuracy is."""
+        runs = store.summaries()
+        table = analysis.final_table(runs, "batch_size", score="final_test_acc_tail")
+        if table.empty:
+            return table
+        spreads = pd.DataFrame(
+            {
+                "norm": runs.norm,
+                "batch_size": runs.batch_size,
+                "tail_spread": [
+                    _tail_spread(store.metrics(r.run_id), r.steps_planned)
+                    for _, r in runs.iterrows()
+                ],
+            }
+        )
+        mean = spreads.groupby(["norm", "batch_size"]).tail_spread.mean().reset_index()
+        return table.merge(mean, on=["norm", "batch_size"], how="left")
 
     def figures(self, store, headline):
-        caption = "Test error against batch size (band: best to worst seed)."
-        return [(plots.error_vs(headline, "batch_size"), caption)]
+        caption = (
+            "Test error against batch size (line: mean over seeds; band: 95% interval), "
+            "beside the paper's ImageNet errors (Wu & He, 2018, Table 2)."
+        )
+        return [(_error_figure(headline), caption)]
 
     def finding(self, headline: pd.DataFrame) -> str:
         parts = []
-        for norm, row in _ends(headline).items():
-            small, large = row
-            verdict = (
-                "differs beyond the seed spread"
-                if analysis.differs(small, large)
-                else "no difference beyond the seed spread"
+        for norm, group in headline.groupby("norm"):
+            rows = group.set_index("batch_size").sort_index()
+            largest = rows.iloc[-1]
+            worse = [
+                f"{int(b)} ({analysis.compare(r, largest)})"
+                for b, r in rows.iloc[:-1].iterrows()
+                if analysis.compare(r, largest).verdict == stats.LOWER
+            ]
+            better = [
+                f"{int(b)} ({analysis.compare(r, largest)})"
+                for b, r in rows.iloc[:-1].iterrows()
+                if analysis.compare(r, largest).verdict == stats.HIGHER
+            ]
+            text = (
+                f"{_label(norm)}: {analysis.spread(largest)} at batch {int(rows.index[-1])}, "
+                f"{analysis.spread(rows.iloc[0])} at {int(rows.index[0])}"
             )
-            uses = "uses the batch" if _batch_dependent(norm) else "does not use the batch"
-            parts.append(
-                f"{norm} ({uses}): {1 - small.test_acc:.3f} error at batch "
-                f"{int(small.batch_size)}, {1 - large.test_acc:.3f} at {int(large.batch_size)} "
-                f"({verdict})"
+            if worse:
+                text += f"; below its batch-{int(rows.index[-1])} accuracy at " + ", ".join(worse)
+            if better:
+                text += "; above it at " + ", ".join(better)
+            if not worse and not better:
+                text += "; no batch size resolved from its largest"
+            parts.append(text)
+        text = "; ".join(parts) + "." if parts else ""
+        if "tail_spread" in headline and len(headline):
+            text += (
+                " The evaluations in each run's last tenth differ by "
+                f"{headline.tail_spread.max():.3f} at most: the final accuracies have settled."
             )
-        return "; ".join(parts) + "." if parts else ""
+        return text
 
     def expectations(self, headline: pd.DataFrame) -> list[Expectation]:
         ends = _ends(headline)
         if not {"batchnorm", "groupnorm"} <= set(ends):
             return []
         (bn_s, bn_l), (gn_s, gn_l) = ends["batchnorm"], ends["groupnorm"]
-        gap_small = gn_s.test_acc - bn_s.test_acc  # > 0: BatchNorm behind
-        gap_large = gn_l.test_acc - bn_l.test_acc
-        several = min(bn_s.seeds, gn_s.seeds) > 1
-        return [
-            Expectation(
-                "BatchNorm falls behind GroupNorm as the batch shrinks to 2 (Wu & He, 2018, "
-                "Figure 1)",
-                (gap_small > gap_large + 0.01 and analysis.differs(gn_s, bn_s))
-                if several
-                else None,
-                f"GroupNorm minus BatchNorm accuracy: {gap_small:+.3f} at batch "
-                f"{int(bn_s.batch_size)}, {gap_large:+.3f} at {int(bn_l.batch_size)}",
-            )
+        small, large = int(bn_s.batch_size), int(bn_l.batch_size)
+        control = ends.get("none")
+        out = [
+            _rises(bn_s, bn_l, control, small, large),
+            _flat(gn_s, gn_l, control, small, large),
         ]
+        gap = analysis.compare(gn_s, bn_s)
+        measured = (
+            f"batch {small}: GroupNorm {analysis.spread(gn_s)}, BatchNorm "
+            f"{analysis.spread(bn_s)}; GroupNorm − BatchNorm {gap} (the paper: +10.6 "
+            "points at batch 2)"
+        )
+        enough = min(bn_s.seeds, gn_s.seeds) >= stats.MIN_SEEDS
+        held = {stats.HIGHER: True, stats.LOWER: False, stats.SAME: False}.get(gap.verdict)
+        out.append(
+            Expectation(
+                f"At batch {small} GroupNorm is more accurate than BatchNorm (Wu & He, 2018, "
+                "Figure 1)",
+                held if enough else None,
+                measured,
+                "" if enough else f"needs {stats.MIN_SEEDS} seeds",
+            )
+        )
+        return out
 
     def summary(self, store, headline) -> pd.DataFrame:
         rows = []
         for norm, (small, large) in _ends(headline).items():
-            remark = ""
-            if _batch_dependent(norm) and analysis.differs(small, large):
-                worse = small.test_acc < large.test_acc
-                where = int(small.batch_size if worse else large.batch_size)
-                remark = f"uses the batch: worse at batch {where}"
-            elif _batch_dependent(norm):
-                remark = "uses the batch, yet no difference between batch sizes measured here"
+            change = analysis.compare(small, large)
+            remark = {
+                stats.LOWER: f"worse at batch {int(small.batch_size)} than at "
+                f"{int(large.batch_size)} ({change})",
+                stats.HIGHER: f"better at batch {int(small.batch_size)} than at "
+                f"{int(large.batch_size)} ({change})",
+            }.get(change.verdict, "")
             rows.append(
                 {
                     "norm": norm,
@@ -118,8 +247,25 @@ class BatchSize(Experiment):
         return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["norm", "remark"])
 
 
-def _batch_dependent(norm: str) -> bool:
-    return registry.spec(norm).batch_dependent
+def _label(norm: str) -> str:
+    return "no normalization" if norm == "none" else norm
+
+
+def _resolutions(run) -> str:
+    """The maps the norms of the lab CNN see: 2x2 pooling after each stage."""
+    size = int(run.input_shape[-1])
+    sizes = []
+    for _ in run.channels:
+        sizes.append(f"{size}×{size}")
+        size //= 2
+    return ", ".join(sizes)
+
+
+def _tail_spread(metrics: pd.DataFrame, steps: int) -> float:
+    from normlab.experiments.schedule import tail_steps
+
+    accuracy = metrics[(metrics.metric == "test_acc") & (metrics.step >= tail_steps(steps))]
+    return float(accuracy.value.max() - accuracy.value.min()) if len(accuracy) else float("nan")
 
 
 def _ends(headline: pd.DataFrame) -> dict[str, tuple]:
@@ -128,6 +274,97 @@ def _ends(headline: pd.DataFrame) -> dict[str, tuple]:
         norm: (group.sort_values("batch_size").iloc[0], group.sort_values("batch_size").iloc[-1])
         for norm, group in headline.groupby("norm")
     }
+
+
+def _against_control(small, large, control) -> stats.Difference | None:
+    """(small − large) of a technique minus the same of no normalization: the change
+    the technique adds to what the protocol does by itself."""
+    if control is None:
+        return None
+    c_small, c_large = control
+    return stats.contrast(
+        [
+            (1.0, stats.group(small)),
+            (-1.0, stats.group(large)),
+            (-1.0, stats.group(c_small)),
+            (1.0, stats.group(c_large)),
+        ]
+    )
+
+
+def _rises(bn_s, bn_l, control, small: int, large: int) -> Expectation:
+    change = analysis.compare(bn_s, bn_l)
+    net = _against_control(bn_s, bn_l, control)
+    measured = (
+        f"BatchNorm {analysis.spread(bn_l)} at batch {large}, {analysis.spread(bn_s)} at "
+        f"{small}: change {change}"
+        + (f"; beyond no normalization's change: {net}" if net is not None else "")
+    )
+    enough = min(bn_s.seeds, bn_l.seeds) >= stats.MIN_SEEDS
+    verdict = (net or change).verdict
+    held = {stats.LOWER: True, stats.HIGHER: False, stats.SAME: False}.get(verdict)
+    return Expectation(
+        f"BatchNorm's accuracy falls as the batch shrinks to {small} (Wu & He, 2018: "
+        "error 23.6% at 32 to 34.7% at 2)",
+        held if enough else None,
+        measured,
+        (
+            "judged on the change beyond no normalization's, which shows what more, smaller "
+            "steps do by themselves"
+            if net is not None
+            else ""
+        )
+        if enough
+        else f"needs {stats.MIN_SEEDS} seeds",
+    )
+
+
+def _flat(gn_s, gn_l, control, small: int, large: int) -> Expectation:
+    change = analysis.compare(gn_s, gn_l)
+    net = _against_control(gn_s, gn_l, control)
+    measured = (
+        f"GroupNorm {analysis.spread(gn_l)} at batch {large}, {analysis.spread(gn_s)} at "
+        f"{small}: change {change}"
+        + (f"; beyond no normalization's change: {net}" if net is not None else "")
+    )
+    enough = min(gn_s.seeds, gn_l.seeds) >= stats.MIN_SEEDS
+    verdict = (net or change).verdict
+    held = {stats.SAME: True, stats.LOWER: False, stats.HIGHER: False}.get(verdict)
+    return Expectation(
+        "GroupNorm's accuracy does not depend on the batch size (Wu & He, 2018: 24.1% at "
+        "32 and at 2)",
+        held if enough else None,
+        measured,
+        f"'does not depend': within ±{stats.MARGIN:g}"
+        if enough
+        else f"needs {stats.MIN_SEEDS} seeds",
+    )
+
+
+def _error_figure(headline: pd.DataFrame):
+    """Test error against batch size per technique (mean, 95% band), and the paper's
+    Table 2 in a second panel."""
+    from normlab.experiments.plots import plt
+
+    if headline.empty:
+        return None
+    fig, (ours, paper) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    plots.error_lines(ours, headline, "batch_size")
+    ours.set_title("here", fontsize=10)
+    for norm, errors in PAPER_ERROR.items():
+        sizes = sorted(errors)
+        paper.plot(
+            sizes, [errors[s] / 100 for s in sizes], marker="o", label=norm, color=plots.color(norm)
+        )
+    paper.set_xscale("log", base=2)
+    paper.set_xticks(GRID, [str(b) for b in GRID])
+    paper.set_xlabel("images per GPU")
+    paper.set_ylabel("ImageNet validation error")
+    paper.set_title("Wu & He (2018), ResNet-50", fontsize=10)
+    paper.grid(alpha=0.3)
+    paper.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 EXPERIMENT = BatchSize()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from normlab.experiments import analysis, plots
+from normlab.experiments import analysis, describe, plots
 from normlab.experiments.experiment import LAB_CNN, Experiment
 
 
@@ -17,10 +17,6 @@ class BatchSizeDataParallel(Experiment):
         "The GroupNorm paper's real setting: 2 data-parallel processes with a small "
         "batch each, BatchNorm with per-process statistics vs SyncBatchNorm vs GroupNorm."
     )
-    question = (
-        "Test error against the batch size per process, 2 data-parallel processes: "
-        "BatchNorm normalizes over each process's batch, SyncBatchNorm over both."
-    )
     default_norms = ("batchnorm", "sync_bn", "groupnorm")
     base = LAB_CNN.replace(nproc=2, epochs=2, lr_scaling=True)
     grid = {"batch_size": (2, 4, 8, 16)}
@@ -28,8 +24,16 @@ class BatchSizeDataParallel(Experiment):
     in_suite = False
     order = 25
 
+    def lead(self, runs: pd.DataFrame) -> str:
+        return (
+            f"Test error against the batch size per process, {int(describe.first(runs).nproc)} "
+            "data-parallel processes: BatchNorm normalizes over each process's batch, "
+            f"SyncBatchNorm over all of them; {describe.model(runs)} trained with "
+            f"{describe.training(runs)} on {describe.data(runs)}, {describe.seeds(runs)} seeds."
+        )
+
     def headline(self, store) -> pd.DataFrame:
-        return analysis.final_table(store, "batch_size")
+        return analysis.final_table(store.summaries(), "batch_size")
 
     def figures(self, store, headline):
         caption = "Test error against the batch size per process (2 processes)."

@@ -9,7 +9,7 @@ import math
 
 import pandas as pd
 
-from normlab.experiments import plots
+from normlab.experiments import describe, plots
 from normlab.experiments.experiment import LAB_CNN, Experiment
 
 
@@ -17,15 +17,6 @@ class Cost(Experiment):
     name = "cost"
     title = "Cost"
     description = "Time per training step and activation memory per norm, same CNN and batch."
-    question = (
-        "What does each technique cost? Median time of a training step (forward, backward, "
-        "SGD step) of the same CNN at batch 64, runs one at a time, three repeats (the range "
-        "over repeats in brackets), and the activation memory one step keeps for backward. "
-        "These are eager-mode CPU timings of a small CNN: techniques torch fuses (BatchNorm, "
-        "LayerNorm, GroupNorm) run one kernel, the others (RMSNorm2d, DyT, EvoNorm, ...) "
-        "several composed ops, so the ranking is normlab's CPU implementation, not the "
-        "techniques' inherent cost (fused GPU kernels: docs/performance.md)."
-    )
     default_norms = (
         "none",
         "batchnorm",
@@ -50,6 +41,21 @@ class Cost(Experiment):
     seeds = 3
     exclusive = True
     order = 90
+
+    def lead(self, runs: pd.DataFrame) -> str:
+        run = describe.first(runs)
+        return (
+            "What does each technique cost? Median time of a training step (forward, "
+            f"backward, SGD step) of {describe.model(runs)} at batch {int(run.batch_size)} on "
+            f"{describe.image_size(runs) or 'its'} inputs, runs one at a time, "
+            f"{describe.seeds(runs)} repeats (the range over repeats in brackets), and the "
+            "activation memory one step keeps for backward. These are eager-mode CPU "
+            "timings of a small CNN: techniques torch fuses (BatchNorm, LayerNorm, "
+            "GroupNorm) run one kernel, the others (RMSNorm2d, DyT, EvoNorm, ...) several "
+            "composed ops, so the ranking is normlab's CPU implementation, not the "
+            "techniques' inherent cost (compiled, or with fused GPU kernels, the "
+            "ranking changes: docs/performance.md)."
+        )
 
     def headline(self, store) -> pd.DataFrame:
         table = store.summaries()

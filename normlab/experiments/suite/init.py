@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from normlab.experiments import analysis, plots
+from normlab.experiments import analysis, describe, plots, stats
 from normlab.experiments.config import RunConfig
 from normlab.experiments.experiment import FEATURE_TECHNIQUES, Expectation, Experiment
 
@@ -16,11 +16,6 @@ class Initialization(Experiment):
     description = (
         "Sensitivity to the scale of the initial weights (x0.1 to x10 of Kaiming), "
         "per norm (ReLU MLP)."
-    )
-    question = (
-        "How sensitive is training to the scale of the initial weights? Final test accuracy "
-        "of a 3-layer ReLU MLP whose weights start at 0.1 to 10 times Kaiming's; ○: did not "
-        "learn, ×: diverged."
     )
     default_norms = ("none", "batchnorm", "layernorm")
     base = RunConfig(
@@ -40,8 +35,17 @@ class Initialization(Experiment):
     section = "problem"
     order = 40
 
+    def lead(self, runs: pd.DataFrame) -> str:
+        scales = ", ".join(f"{v:g}" for v in describe.values(runs, "init_scale"))
+        return (
+            "How sensitive is training to the scale of the initial weights? Final test "
+            f"accuracy of {describe.model(runs)} whose Kaiming-normal weights are multiplied "
+            f"by {scales}, trained with {describe.training(runs)} on {describe.data(runs)}, "
+            f"{describe.seeds(runs)} seeds; ○: did not learn, ×: diverged."
+        )
+
     def headline(self, store) -> pd.DataFrame:
-        return analysis.final_table(store, "init_scale")
+        return analysis.final_table(store.summaries(), "init_scale")
 
     def figures(self, store, headline):
         caption = "Final test accuracy per norm and scale of the initial weights."
@@ -51,22 +55,24 @@ class Initialization(Experiment):
         return analysis.outcome_ranges(headline, "init_scale")
 
     def expectations(self, headline: pd.DataFrame) -> list[Expectation]:
-        trained = {
-            norm: int((group.outcome == "trained").sum())
+        every = {
+            norm: int((group.outcomes == f"{group.runs.iloc[0]} trained").sum())
             for norm, group in headline.groupby("norm")
         }
-        if not {"none", "batchnorm"} <= set(trained):
+        if not {"none", "batchnorm"} <= set(every):
             return []
         scales = headline.init_scale.nunique()
+        enough = headline[headline.norm.isin(["none", "batchnorm"])].runs.min() >= stats.MIN_SEEDS
         bn = headline[headline.norm == "batchnorm"].set_index("init_scale").test_acc
         return [
             Expectation(
                 "With BatchNorm, training tolerates the scale of the initial weights "
                 "(Ioffe & Szegedy, 2015: BatchNorm makes a layer invariant to its weights' scale)",
-                trained["batchnorm"] == scales and trained["none"] < scales,
-                f"trained at {trained['batchnorm']} of {scales} scales with batchnorm "
-                f"(accuracy {bn.min():.3f} to {bn.max():.3f}), {trained['none']} of {scales} "
-                "without",
+                every["batchnorm"] == scales and every["none"] < scales if enough else None,
+                f"every seed trained at {every['batchnorm']} of {scales} scales with batchnorm "
+                f"(mean accuracy {bn.min():.3f} to {bn.max():.3f}), at {every['none']} of "
+                f"{scales} without",
+                "" if enough else f"needs {stats.MIN_SEEDS} seeds",
             )
         ]
 

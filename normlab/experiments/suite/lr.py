@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from normlab.experiments import analysis, plots
+from normlab.experiments import analysis, describe, plots, stats
 from normlab.experiments.experiment import LAB_CNN, Expectation, Experiment
 
 
@@ -15,11 +15,6 @@ class LearningRate(Experiment):
     name = "lr"
     title = "Learning rate"
     description = "Outcome and final accuracy over a learning-rate grid, per norm (CNN)."
-    question = (
-        "Which learning rates does each technique train at? Final test accuracy (mean over "
-        "seeds) after one epoch of SGD with momentum, batch 32; ○ marks runs that did not "
-        "learn (near chance), × runs that diverged."
-    )
     default_norms = ("none", "batchnorm", "layernorm_chw", "groupnorm")
     base = LAB_CNN.replace(epochs=1, batch_size=32)
     grid = {"lr": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)}
@@ -49,8 +44,16 @@ class LearningRate(Experiment):
     section = "problem"
     order = 30
 
+    def lead(self, runs: pd.DataFrame) -> str:
+        return (
+            "Which learning rates does each technique train at? Final test accuracy (mean "
+            f"over {describe.seeds(runs)} seeds) of {describe.model(runs)} trained with "
+            f"{describe.training(runs)} on {describe.data(runs)}; ○ marks runs that did not "
+            "learn (near chance), × runs that diverged."
+        )
+
     def headline(self, store) -> pd.DataFrame:
-        return analysis.final_table(store, "lr")
+        return analysis.final_table(store.summaries(), "lr")
 
     def figures(self, store, headline):
         return [(plots.heatmap(headline, "lr"), "Final test accuracy per norm and learning rate.")]
@@ -59,21 +62,24 @@ class LearningRate(Experiment):
         return analysis.outcome_ranges(headline, "lr")
 
     def expectations(self, headline: pd.DataFrame) -> list[Expectation]:
-        largest = _largest_trained(headline)
+        largest = largest_trained(headline)
         if not {"none", "batchnorm"} <= set(largest):
             return []
+        enough = headline[headline.norm.isin(["none", "batchnorm"])].runs.min() >= stats.MIN_SEEDS
         return [
             Expectation(
                 "BatchNorm trains at higher learning rates than no normalization "
                 "(Ioffe & Szegedy, 2015; Santurkar et al., 2018)",
-                largest["batchnorm"] > largest["none"],
-                f"largest learning rate within 10% of the norm's best accuracy: batchnorm "
-                f"{largest['batchnorm']:g}, none {largest['none']:g}",
+                largest["batchnorm"] > largest["none"] if enough else None,
+                f"largest learning rate at which every seed trained to within 10% of the "
+                f"norm's best mean accuracy: batchnorm {largest['batchnorm']:g}, none "
+                f"{largest['none']:g}",
+                "" if enough else f"needs {stats.MIN_SEEDS} seeds",
             )
         ]
 
     def summary(self, store, headline) -> pd.DataFrame:
-        largest = _largest_trained(headline)
+        largest = largest_trained(headline)
         table = pd.DataFrame({"norm": list(largest), "largest good lr": list(largest.values())})
         best = table["largest good lr"].max()
         table["remark"] = [
@@ -83,13 +89,15 @@ class LearningRate(Experiment):
         return table
 
 
-def _largest_trained(headline: pd.DataFrame) -> dict[str, float]:
-    """norm -> the largest learning rate at which it trained to within 10% of its own
-    best accuracy (a run just above chance counts as trained, not as a good lr)."""
+def largest_trained(headline: pd.DataFrame) -> dict[str, float]:
+    """norm -> the largest learning rate at which every seed trained and the mean
+    accuracy is within 10% of the norm's best (a run just above chance counts as
+    trained, not as a good lr)."""
     out = {}
     for norm, group in headline.groupby("norm"):
         best = group.test_acc.max()
-        ok = group[(group.outcome == "trained") & (group.test_acc >= 0.9 * best)]
+        every = group.outcomes == f"{group.runs.iloc[0]} trained"
+        ok = group[every & (group.test_acc >= 0.9 * best)]
         out[norm] = float(ok.lr.max()) if len(ok) else math.nan
     return out
 

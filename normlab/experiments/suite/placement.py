@@ -19,7 +19,7 @@ import typing
 
 import pandas as pd
 
-from normlab.experiments import analysis, plots
+from normlab.experiments import analysis, describe, plots, stats
 from normlab.experiments.config import NormPosition, RunConfig
 from normlab.experiments.experiment import Expectation, Experiment
 
@@ -27,8 +27,7 @@ PLACEMENTS = typing.get_args(NormPosition)  # the transformer's, in the builder'
 LARGE_LR, SMALL_LR = 0.01, 0.001
 DEEP, SHALLOW = 12, 4
 STEPS = 100
-COLUMNS = ["norm", "norm_position", "lr", "depth", "test_acc", "acc_min", "acc_max"]
-COLUMNS += ["seeds", "diverged", "outcome"]
+COLUMNS = ["norm", "norm_position", "lr", "depth", *analysis.FINAL_COLUMNS[1:]]
 
 
 class Placement(Experiment):
@@ -38,17 +37,6 @@ class Placement(Experiment):
         f"Six norm placements x LayerNorm, RMSNorm, DyT, Derf in a {DEEP}-block patch "
         f"transformer (MNIST, Adam lr {LARGE_LR:g}, no warm-up); pre and post also at lr "
         f"{SMALL_LR:g} and at depth {SHALLOW}."
-    )
-    question = (
-        "Post-norm transformers are hard to train deep without a learning-rate warm-up "
-        "(Xiong et al., 2020; Liu et al., 2020); the later placements — sandwich (Ding et al., "
-        "2021), Peri-LN (Kim et al., 2025), DeepNorm (Wang et al., 2022), LayerNorm Scaling "
-        "(Sun et al., 2025) — were proposed to keep deep stacks stable. Final test accuracy "
-        f"of a {DEEP}-block patch transformer (width 32, {STEPS} Adam steps at lr "
-        f"{LARGE_LR:g}, no warm-up, two seeds; × marks a diverged run, ○ one that did not "
-        "learn) per norm and placement, and pre- against post-norm at lr "
-        f"{SMALL_LR:g} and at depth {SHALLOW}, which tell whether post-norm's trouble needs "
-        "the large learning rate, the depth, or both."
     )
     default_norms = ("layernorm", "rmsnorm", "dyt", "derf")
     base = RunConfig(
@@ -66,12 +54,27 @@ class Placement(Experiment):
     grid = {"norm_position": PLACEMENTS, "lr": (LARGE_LR, SMALL_LR), "depth": (DEEP, SHALLOW)}
     quick = {"steps": 10, "width": 16, "batch_size": 16, "train_size": 256, "test_size": 200}
     full = {"steps": 600}
-    seeds = 2
-    # 80 runs, about 4 minutes on 2 cores: with `normlab compare`'s 6 minutes it would
+    seeds = 3
+    # 120 runs, about 6 minutes on 2 cores: with `normlab compare`'s 6 minutes it would
     # pass the suite's 10-minute budget. Run it with `normlab run placement`.
     in_suite = False
     section = "compare"
     order = 75
+
+    def lead(self, runs: pd.DataFrame) -> str:
+        run = describe.first(runs)
+        return (
+            "Post-norm transformers are hard to train deep without a learning-rate warm-up "
+            "(Xiong et al., 2020; Liu et al., 2020); the later placements — sandwich (Ding et "
+            "al., 2021), Peri-LN (Kim et al., 2025), DeepNorm (Wang et al., 2022), LayerNorm "
+            "Scaling (Sun et al., 2025) — were proposed to keep deep stacks stable. Final test "
+            f"accuracy of {describe.model(runs)} trained with {describe.training(runs)}, no "
+            f"warm-up, on {describe.data(runs)}, {describe.seeds(runs)} seeds (× marks a "
+            "diverged run, ○ one that did not learn), per norm and placement at depth "
+            f"{int(run.depth)} and lr {run.lr:g}; pre- against post-norm also at the other "
+            "depth and learning rate, which tell whether post-norm's trouble needs the large "
+            "learning rate, the depth, or both."
+        )
 
     def keep(self, config: RunConfig) -> bool:
         """Every placement, except at the controls (the small learning rate, the shallow
@@ -91,7 +94,7 @@ class Placement(Experiment):
         if runs.empty:
             return pd.DataFrame(columns=COLUMNS)
         parts = [
-            analysis.final_table(_Runs(group), "norm_position").assign(lr=lr, depth=depth)
+            analysis.final_table(group, "norm_position").assign(lr=lr, depth=depth)
             for (lr, depth), group in runs.groupby(["lr", "depth"])
         ]
         table = pd.concat(parts, ignore_index=True)[COLUMNS]
@@ -239,16 +242,6 @@ class Placement(Experiment):
         return pd.DataFrame(rows)
 
 
-class _Runs:
-    """Some of a store's runs, as :func:`analysis.final_table` reads them."""
-
-    def __init__(self, runs: pd.DataFrame) -> None:
-        self._runs = runs
-
-    def summaries(self) -> pd.DataFrame:
-        return self._runs
-
-
 def _split(headline: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the main setting: the learning rate and depth every placement ran at, the
     controls: the other settings). The main one is the setting with most placements."""
@@ -281,16 +274,16 @@ def _cell(row) -> str:
 
 def _worse(a, b) -> bool:
     """Whether row ``a`` did worse than row ``b``: a worse typical outcome, or the same
-    outcome and an accuracy range entirely below b's (:func:`analysis.differs`)."""
+    outcome and an accuracy resolved below b's (:func:`analysis.compare`)."""
     rank = analysis.OUTCOMES.index
     if rank(a.outcome) != rank(b.outcome):
         return rank(a.outcome) > rank(b.outcome)
-    return analysis.differs(a, b) and a.test_acc < b.test_acc
+    return analysis.compare(a, b).verdict == stats.LOWER
 
 
 def _testable(*rows) -> bool | None:
-    """None (not testable) unless every row has at least two seeds."""
-    return True if all(r.seeds > 1 for r in rows) else None
+    """None (not testable) unless every row has the seeds a verdict needs."""
+    return True if all(r.runs >= stats.MIN_SEEDS for r in rows) else None
 
 
 def _reading(main: pd.DataFrame, controls: pd.DataFrame) -> str:
@@ -334,8 +327,8 @@ def _reading(main: pd.DataFrame, controls: pd.DataFrame) -> str:
             "small learning rate did not save it."
         )
     return text + (
-        f" One learning rate for all placements, {STEPS} steps, two seeds, a {DEEP}-block "
-        "width-32 model on MNIST: this ranks the placements' stability in one hard setting, "
+        " One learning rate for all placements, one short run per seed, a small model on "
+        "MNIST: this ranks the placements' stability in one hard setting, "
         "not their accuracy when each is tuned, and it does not test Peri-LN's or LayerNorm "
         "Scaling's claims about large language models."
     )

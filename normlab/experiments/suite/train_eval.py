@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from normlab.experiments import analysis, describe, stats
 from normlab.experiments.config import RunConfig
 from normlab.experiments.experiment import LAB_CNN, Experiment
 
@@ -17,10 +18,6 @@ class TrainEval(Experiment):
         "The accuracy gap between train-mode (batch statistics) and eval-mode "
         "inference, and its dependence on batch size."
     )
-    question = (
-        "Test accuracy in eval mode (running statistics) and in train mode (statistics "
-        "of each test batch, same batch size as in training), per batch size."
-    )
     default_norms = ("batchnorm", "groupnorm")
     # the techniques whose train and eval modes differ, and GroupNorm as the control
     full_norms = (
@@ -29,6 +26,7 @@ class TrainEval(Experiment):
         "ghostbatchnorm",
         "evonorm_b0",
         "switchable",
+        "cross_iteration_bn",
         "groupnorm",
     )
     # The batch-size study's training (lr 0.05 x batch/32, warm-up); 992 test images, a
@@ -38,31 +36,56 @@ class TrainEval(Experiment):
     )
     grid = {"batch_size": (2, 4, 8, 32)}
     quick = {"epochs": 1, "train_size": 256, "test_size": 200}
+    seeds = 2
     order = 60
 
     def check(self, config: RunConfig) -> None:
         self.requires(config.train_mode_eval, "needs train_mode_eval=True")
 
+    def lead(self, runs: pd.DataFrame) -> str:
+        return (
+            "Test accuracy in eval mode (running statistics) and in train mode (statistics "
+            "of each test batch, of the training batch size), per batch size: "
+            f"{describe.model(runs)} trained with {describe.training(runs)} on "
+            f"{describe.data(runs)}, {describe.seeds(runs)} seeds. A constant learning rate "
+            "keeps the weights moving until the end, so running averages, which lag the "
+            "weights, are tested at their hardest."
+        )
+
     def headline(self, store) -> pd.DataFrame:
+        """Per norm and batch size, over seeds (mean and sd): eval-mode and train-mode
+        accuracy and their gap (train mode minus eval mode)."""
         table = store.summaries()
-        columns = ["final_test_acc", "final_test_acc_train_mode"]
         if table.empty:
-            return pd.DataFrame(columns=["norm", "batch_size", *columns, "gap"])
-        out = table.groupby(["norm", "batch_size"])[columns].mean()
-        out["gap"] = out.final_test_acc_train_mode - out.final_test_acc
-        return out.reset_index()
+            return pd.DataFrame(columns=["norm", "batch_size", "eval_acc", "train_acc", "gap"])
+        frame = pd.DataFrame(
+            {
+                "norm": table.norm,
+                "batch_size": table.batch_size,
+                "eval_acc": table.final_test_acc,
+                "train_acc": table.final_test_acc_train_mode,
+                "gap": table.final_test_acc_train_mode - table.final_test_acc,
+            }
+        )
+        return analysis.seed_table(frame, ["norm", "batch_size"], ["eval_acc", "train_acc", "gap"])
 
     def figures(self, store, headline):
         caption = "Test error in eval mode (solid) and train mode (dashed) against batch size."
         return [(_modes_figure(headline), caption)]
 
     def finding(self, headline: pd.DataFrame) -> str:
-        parts = [
-            f"{r.norm} at batch {r.batch_size}: eval {r.final_test_acc:.3f}, "
-            f"train mode {r.final_test_acc_train_mode:.3f} (gap {r.gap:+.3f})"
-            for r in headline.itertuples()
-        ]
-        return "; ".join(parts) + "." if parts else ""
+        parts = []
+        for norm, rows in headline.groupby("norm"):
+            apart = []
+            for _, r in rows.sort_values("batch_size").iterrows():
+                gap = stats.summarize(r.gap, r.gap_sd, int(r.seeds))
+                if gap.low > 0 or gap.high < 0:  # the interval excludes no gap
+                    apart.append(f"batch {int(r.batch_size)} {gap}")
+            parts.append(
+                f"{norm}: the modes differ at "
+                + (", ".join(apart) if apart else "no batch size (beyond the seeds' spread)")
+            )
+        return "Gap, train mode minus eval mode: " + "; ".join(parts) + "." if parts else ""
 
 
 def _modes_figure(headline: pd.DataFrame):
@@ -73,12 +96,10 @@ def _modes_figure(headline: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for norm, group in headline.groupby("norm"):
         group = group.sort_values("batch_size")
-        (line,) = ax.plot(
-            group.batch_size, 1 - group.final_test_acc, marker="o", label=f"{norm}, eval"
-        )
+        (line,) = ax.plot(group.batch_size, 1 - group.eval_acc, marker="o", label=f"{norm}, eval")
         ax.plot(
             group.batch_size,
-            1 - group.final_test_acc_train_mode,
+            1 - group.train_acc,
             marker="x",
             linestyle="--",
             color=line.get_color(),

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from normlab.experiments import analysis, plots
+from normlab.experiments import analysis, describe, plots, stats
 from normlab.experiments.config import RunConfig
-from normlab.experiments.experiment import Expectation, Experiment
+from normlab.experiments.experiment import Expectation, Experiment, Recipe
 
 
 class Transformer(Experiment):
@@ -17,14 +17,6 @@ class Transformer(Experiment):
     description = (
         "LayerNorm vs RMSNorm vs DyT, pre-norm vs post-norm blocks, on a small patch "
         "transformer (MNIST, 7x7 patches)."
-    )
-    question = (
-        "Transformers normalize each token over its features. Does RMSNorm (no mean) match "
-        "LayerNorm, and does Dynamic Tanh (an element-wise tanh, no statistics at all) match "
-        "them, as Zhu et al. (2025) report? Final test accuracy of a 2-block patch "
-        "transformer (dim 64, 300 Adam steps: a small, short run; Zhu et al. trained large "
-        "models to convergence) with the norm before each sublayer (pre) or after each "
-        "residual addition (post)."
     )
     default_norms = ("layernorm", "rmsnorm", "dyt")
     base = RunConfig(
@@ -46,8 +38,41 @@ class Transformer(Experiment):
     seeds = 2
     order = 70
 
+    def lead(self, runs: pd.DataFrame) -> str:
+        return (
+            "Transformers normalize each token over its features. Does RMSNorm (no mean) "
+            "match LayerNorm, and does Dynamic Tanh (an element-wise tanh, no statistics at "
+            "all) match them, as Zhu et al. (2025) report? Final test accuracy of "
+            f"{describe.model(runs)} trained with {describe.training(runs)} on "
+            f"{describe.data(runs)}, {describe.seeds(runs)} seeds, with the norm before "
+            "each sublayer (pre) or after each residual addition (post): a small, short "
+            "run, where Zhu et al. trained large models to convergence."
+        )
+
+    def recipe(self, runs: pd.DataFrame) -> list[Recipe]:
+        return [
+            Recipe(
+                "models",
+                "ViT, ConvNeXt, DiT, LLaMA 7B–70B and others, each with its published recipe",
+                describe.model(runs),
+                "a CPU budget: a tiny ViT-like model",
+            ),
+            Recipe(
+                "DyT",
+                "γ tanh(αx) + β replacing every norm, the final one included; α₀ = 0.5 "
+                "outside language models",
+                "the same replacement; α₀ = 0.5 (the layer's default)",
+            ),
+            Recipe(
+                "training",
+                "the original recipes, unchanged",
+                describe.training(runs),
+                "the same lr for every norm, as the paper keeps the baseline's",
+            ),
+        ]
+
     def headline(self, store) -> pd.DataFrame:
-        return analysis.final_table(store, "norm_position")
+        return analysis.final_table(store.summaries(), "norm_position")
 
     def figures(self, store, headline):
         caption = "Final test accuracy per norm, pre-norm and post-norm blocks."
@@ -62,19 +87,20 @@ class Transformer(Experiment):
         table = headline.set_index(["norm", "norm_position"])
         for position in ("pre", "post"):
             if ("layernorm", position) in table.index and ("rmsnorm", position) in table.index:
-                ln, rms = table.loc[("layernorm", position)], table.loc[("rmsnorm", position)]
-                same = not analysis.differs(ln, rms)
-                text += f" {position.capitalize()}-norm: RMSNorm " + (
-                    "matches LayerNorm within the seed spread."
-                    if same
-                    else "differs from LayerNorm beyond the seed spread."
+                gap = analysis.compare(
+                    table.loc[("rmsnorm", position)], table.loc[("layernorm", position)]
                 )
+                text += f" {position.capitalize()}-norm, RMSNorm − LayerNorm {gap}: " + {
+                    stats.SAME: f"the same within ±{stats.MARGIN:g}.",
+                    stats.HIGHER: "RMSNorm ahead.",
+                    stats.LOWER: "RMSNorm behind.",
+                }.get(gap.verdict, "not resolved by the seeds.")
         for norm in headline.norm.unique():
             if (norm, "pre") in table.index and (norm, "post") in table.index:
-                pre, post = table.loc[(norm, "pre")], table.loc[(norm, "post")]
-                if analysis.differs(pre, post):
-                    better = "pre" if pre.test_acc > post.test_acc else "post"
-                    text += f" {norm}: {better}-norm is better beyond the seed spread."
+                gap = analysis.compare(table.loc[(norm, "pre")], table.loc[(norm, "post")])
+                if gap.verdict in (stats.HIGHER, stats.LOWER):
+                    better = "pre" if gap.verdict == stats.HIGHER else "post"
+                    text += f" {norm}: {better}-norm is better (pre − post {gap})."
         return text
 
     def summary(self, store, headline) -> pd.DataFrame:
@@ -100,13 +126,19 @@ class Transformer(Experiment):
         if not {"layernorm", "dyt"} <= set(pre.index):
             return []
         ln, dyt = pre.loc["layernorm"], pre.loc["dyt"]
-        several = ln.seeds > 1 and dyt.seeds > 1
+        gap = analysis.compare(dyt, ln)
+        enough = min(ln.seeds, dyt.seeds) >= stats.MIN_SEEDS
+        held = {stats.SAME: True, stats.HIGHER: True, stats.LOWER: False}.get(gap.verdict)
         return [
             Expectation(
                 "Dynamic Tanh matches LayerNorm in a pre-norm transformer (Zhu et al., 2025; "
                 "tested here in a small, short run)",
-                (not analysis.differs(ln, dyt) or dyt.test_acc >= ln.test_acc) if several else None,
-                f"pre-norm: layernorm {analysis.spread(ln)}, dyt {analysis.spread(dyt)}",
+                held if enough else None,
+                f"pre-norm: layernorm {analysis.spread(ln)}, dyt {analysis.spread(dyt)}; "
+                f"DyT − LayerNorm {gap}",
+                f"'matches': within ±{stats.MARGIN:g} or ahead"
+                if enough
+                else f"needs {stats.MIN_SEEDS} seeds",
             )
         ]
 
