@@ -556,3 +556,81 @@ def test_the_worked_example_is_the_formula():
 )
 def test_every_anchor_states_its_published_finding(name):
     assert type(E.get(name)).expectations is not E.Experiment.expectations
+
+
+def test_the_init_claim_true_false_undecided():
+    init = E.get("init")
+    rows = [
+        (norm, scale, acc, 0.01, 3, outcome)
+        for norm, outcomes in (
+            ("batchnorm", [TRAINED] * 3),
+            ("none", [TRAINED, TRAINED, DIVERGED]),
+        )
+        for scale, outcome, acc in zip((0.1, 1.0, 10.0), outcomes, (0.9, 0.9, 0.9), strict=True)
+    ]
+    assert init.expectations(headline("init_scale", rows))[0].held is True
+    tolerant = headline("init_scale", [(n, s, a, sd, k, TRAINED) for n, s, a, sd, k, _ in rows])
+    assert init.expectations(tolerant)[0].held is False  # no normalization tolerated it too
+    assert init.expectations(tolerant.assign(runs=2))[0].held is None
+
+
+def depth_row(norm, init, outcomes, acc=0.9, ratio=1.0):
+    runs = sum(int(part.split()[0]) for part in outcomes.split(", "))
+    return {
+        "norm": norm,
+        "depth": 32,
+        "init": init,
+        "lr": 0.01,
+        "test_acc": acc,
+        "acc_sd": 0.01,
+        "ci_low": acc - 0.02,
+        "ci_high": acc + 0.02,
+        "seeds": runs,
+        "runs": runs,
+        "outcome": outcomes.split(", ")[0].split(" ", 1)[1],
+        "outcomes": outcomes,
+        "first_to_last_grad_ratio": ratio,
+    }
+
+
+def test_the_depth_claims_true_false_undecided():
+    depth = E.get("depth")
+    paper = pd.DataFrame(
+        [
+            depth_row("none", "default", "3 did not learn", 0.1, 1e-5),
+            depth_row("batchnorm", "default", "3 trained"),
+            depth_row("none", "kaiming", "3 trained"),
+        ]
+    )
+    assert [e.held for e in depth.expectations(paper)] == [True, True]
+    against = pd.DataFrame(
+        [
+            depth_row("none", "default", "2 trained, 1 did not learn"),
+            depth_row("batchnorm", "default", "3 trained"),
+            depth_row("none", "kaiming", "1 trained, 2 diverged"),
+        ]
+    )
+    assert [e.held for e in depth.expectations(against)] == [False, False]
+    few = pd.DataFrame(
+        [
+            depth_row("none", "default", "2 did not learn"),
+            depth_row("batchnorm", "default", "2 trained"),
+        ]
+    )
+    assert [e.held for e in depth.expectations(few)] == [None]
+
+
+def test_the_placement_claims_true_false_undecided():
+    placement = E.get("placement")
+
+    def table(post_outcome, post_acc, seeds=3):
+        rows = [
+            ("layernorm", "pre", 0.6, 0.01, seeds, TRAINED),
+            ("layernorm", "post", post_acc, 0.01, seeds, post_outcome),
+        ]
+        return headline("norm_position", rows).assign(lr=0.01, depth=12)
+
+    (pre_ln,) = placement.expectations(table(DID_NOT_LEARN, 0.1))
+    assert pre_ln.held is True
+    assert placement.expectations(table(TRAINED, 0.6))[0].held is False
+    assert placement.expectations(table(DID_NOT_LEARN, 0.1, seeds=2))[0].held is None

@@ -35,6 +35,16 @@ def number(value: float) -> str:
     return f"{int(value):,}" if value == int(value) and abs(value) >= 1000 else f"{value:g}"
 
 
+def count(n: float, unit: str) -> str:
+    """'1 epoch', '3 epochs', '1,500 steps'."""
+    return f"{number(n)} {unit}{'' if float(n) == 1 else 's'}"
+
+
+def capital(text: str) -> str:
+    """The first letter upper-cased, the rest untouched (str.capitalize lowers it)."""
+    return text[:1].upper() + text[1:]
+
+
 def span(runs: pd.DataFrame, field: str, unit: str = "") -> str:
     """'3,000' or '375–6,000' (the range of ``field`` over the runs), with ``unit``."""
     found = values(runs, field)
@@ -113,11 +123,17 @@ def training(runs: pd.DataFrame) -> str:
     steps = span(runs, "steps_planned", "steps")
     epochs = run.get("epochs")
     if epochs is not None and not (isinstance(epochs, float) and math.isnan(epochs)):
-        parts.append(f"{number(epochs)} epochs ({steps})")
+        parts.append(f"{count(epochs, 'epoch')} ({steps})")
     else:
         parts.append(steps)
     return ", ".join(parts)
 
 
 def seeds(runs: pd.DataFrame) -> int:
+    """How many seeds the runs have."""
     return int(runs.seed.nunique()) if "seed" in runs else 0
+
+
+def seed_count(runs: pd.DataFrame) -> str:
+    """'3 seeds', '1 seed'."""
+    return count(seeds(runs), "seed")

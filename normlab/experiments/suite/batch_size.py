@@ -53,7 +53,7 @@ class BatchSize(Experiment):
     )
     grid = {"batch_size": GRID}
     quick = {"epochs": 1, "train_size": 256, "test_size": 200, "warmup_steps": 5}
-    full = {"dataset": "fashion-mnist", "train_size": 10000, "epochs": 4}
+    full = {"dataset": "fashion-mnist", "train_size": 10000, "epochs": 3}
     full_norms = (
         "batchnorm",
         "groupnorm",
@@ -73,7 +73,7 @@ class BatchSize(Experiment):
             "GroupNorm's stayed at 24.1%. We run their protocol on "
             f"{describe.model(runs)}, normalized at ever lower resolution as the paper's "
             f"network is: {describe.training(runs)}, on {describe.data(runs)}, "
-            f"{describe.seeds(runs)} seeds. Smaller batches take more, smaller steps; the "
+            f"{describe.seed_count(runs)}. Smaller batches take more, smaller steps; the "
             "control without normalization shows what that alone does. A run's accuracy is "
             "the median of its evaluations in the last tenth of training (the paper: the "
             "median of its final 5 epochs). Intervals are 95% t-intervals over seeds."

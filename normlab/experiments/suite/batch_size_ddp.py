@@ -29,7 +29,7 @@ class BatchSizeDataParallel(Experiment):
             f"Test error against the batch size per process, {int(describe.first(runs).nproc)} "
             "data-parallel processes: BatchNorm normalizes over each process's batch, "
             f"SyncBatchNorm over all of them; {describe.model(runs)} trained with "
-            f"{describe.training(runs)} on {describe.data(runs)}, {describe.seeds(runs)} seeds."
+            f"{describe.training(runs)} on {describe.data(runs)}, {describe.seed_count(runs)}."
         )
 
     def headline(self, store) -> pd.DataFrame:

@@ -61,14 +61,14 @@ class Depth(Experiment):
         lrs = ", ".join(f"{v:g}" for v in describe.values(runs, "lr"))
         return (
             "Do gradients vanish or explode through depth, and does normalization keep deep "
-            f"networks trainable? {describe.model(runs).capitalize()}, trained "
+            f"networks trainable? {describe.capital(describe.model(runs))}, trained "
             f"{describe.number(describe.first(runs).steps_planned)} steps with "
             f"{describe.training(runs).split(', lr')[0]} on {describe.data(runs)}, from "
             "PyTorch's default initialization (weights of variance 1/(3·fan-in): a ReLU "
             "signal shrinks about √6-fold per layer) and from Kaiming's (variance "
             "2/fan-in, made for ReLU). Each technique runs at the learning rate, of "
             f"{lrs}, with the lowest final training loss where no seed diverged; "
-            f"{describe.seeds(runs)} seeds, each seed's outcome reported."
+            f"{describe.seed_count(runs)}, each seed's outcome reported."
         )
 
     def recipe(self, runs: pd.DataFrame) -> list[Recipe]:

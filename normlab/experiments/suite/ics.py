@@ -53,7 +53,7 @@ class InternalCovariateShift(Experiment):
             "layers learn, and that BatchNorm removes that drift. We train their network — "
             f"{describe.model(runs)}, {describe.training(runs)} — on {describe.data(runs)}, "
             f'from {stds} initial weights (the paper says only "small random Gaussian '
-            f'values"), over {describe.seeds(runs)} seeds. Below: test accuracy over steps '
+            f'values"), over {describe.seed_count(runs)}. Below: test accuracy over steps '
             "(their Figure 1a, evaluated densely early), and the last hidden layer's "
             "sigmoid input, its 15th/50th/85th percentiles over training (Figure 1b, c)."
         )

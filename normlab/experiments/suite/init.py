@@ -27,6 +27,8 @@ class Initialization(Experiment):
         eval_every=None,
         width=100,
         monitor=False,
+        # groups of 10 features (the default, 25 groups of 100, holds 4 values each)
+        norm_kwargs=(("groupnorm:num_groups", 10), ("evonorm_s0:groups", 10)),
     )
     grid = {"init_scale": (0.1, 0.3, 1.0, 3.0, 10.0)}
     quick = {"steps": 30, "train_size": 256, "test_size": 200}
@@ -41,7 +43,7 @@ class Initialization(Experiment):
             "How sensitive is training to the scale of the initial weights? Final test "
             f"accuracy of {describe.model(runs)} whose Kaiming-normal weights are multiplied "
             f"by {scales}, trained with {describe.training(runs)} on {describe.data(runs)}, "
-            f"{describe.seeds(runs)} seeds; ○: did not learn, ×: diverged."
+            f"{describe.seed_count(runs)}; ○: did not learn, ×: diverged."
         )
 
     def headline(self, store) -> pd.DataFrame:

@@ -47,7 +47,7 @@ class LearningRate(Experiment):
     def lead(self, runs: pd.DataFrame) -> str:
         return (
             "Which learning rates does each technique train at? Final test accuracy (mean "
-            f"over {describe.seeds(runs)} seeds) of {describe.model(runs)} trained with "
+            f"over {describe.seed_count(runs)}) of {describe.model(runs)} trained with "
             f"{describe.training(runs)} on {describe.data(runs)}; ○ marks runs that did not "
             "learn (near chance), × runs that diverged."
         )

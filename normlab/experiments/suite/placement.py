@@ -69,7 +69,7 @@ class Placement(Experiment):
             "al., 2021), Peri-LN (Kim et al., 2025), DeepNorm (Wang et al., 2022), LayerNorm "
             "Scaling (Sun et al., 2025) — were proposed to keep deep stacks stable. Final test "
             f"accuracy of {describe.model(runs)} trained with {describe.training(runs)}, no "
-            f"warm-up, on {describe.data(runs)}, {describe.seeds(runs)} seeds (× marks a "
+            f"warm-up, on {describe.data(runs)}, {describe.seed_count(runs)} (× marks a "
             "diverged run, ○ one that did not learn), per norm and placement at depth "
             f"{int(run.depth)} and lr {run.lr:g}; pre- against post-norm also at the other "
             "depth and learning rate, which tell whether post-norm's trouble needs the large "

@@ -77,10 +77,10 @@ class Smoothness(Experiment):
             "½ to 4 learning rates, and the largest gradient change per distance moved "
             f"(effective β-smoothness). We probe every {describe.number(run.probe_every)} "
             f"steps of {describe.model(runs)} ({describe.init(run)}), trained with "
-            f"{describe.training(runs)} on {describe.data(runs)}, {describe.seeds(runs)} "
-            "seeds. 'Noisy BatchNorm' adds their time-varying noise after each BatchNorm "
+            f"{describe.training(runs)} on {describe.data(runs)}, {describe.seed_count(runs)}. "
+            "'Noisy BatchNorm' adds their time-varying noise after each BatchNorm "
             "in training; at test time its expectation (a scale of "
-            f"{1 + 0.125 * max(describe.values(runs, 'noise'))}) is applied, so the network is "
+            f"{1 + 0.125 * max(describe.values(runs, 'noise')):g}) is applied, so the network is "
             "scored as the deterministic network its training approximates."
         )
 

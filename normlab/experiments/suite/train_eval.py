@@ -47,7 +47,7 @@ class TrainEval(Experiment):
             "Test accuracy in eval mode (running statistics) and in train mode (statistics "
             "of each test batch, of the training batch size), per batch size: "
             f"{describe.model(runs)} trained with {describe.training(runs)} on "
-            f"{describe.data(runs)}, {describe.seeds(runs)} seeds. A constant learning rate "
+            f"{describe.data(runs)}, {describe.seed_count(runs)}. A constant learning rate "
             "keeps the weights moving until the end, so running averages, which lag the "
             "weights, are tested at their hardest."
         )

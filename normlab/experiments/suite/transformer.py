@@ -44,7 +44,7 @@ class Transformer(Experiment):
             "match LayerNorm, and does Dynamic Tanh (an element-wise tanh, no statistics at "
             "all) match them, as Zhu et al. (2025) report? Final test accuracy of "
             f"{describe.model(runs)} trained with {describe.training(runs)} on "
-            f"{describe.data(runs)}, {describe.seeds(runs)} seeds, with the norm before "
+            f"{describe.data(runs)}, {describe.seed_count(runs)}, with the norm before "
             "each sublayer (pre) or after each residual addition (post): a small, short "
             "run, where Zhu et al. trained large models to convergence."
         )
