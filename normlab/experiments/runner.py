@@ -174,7 +174,7 @@ def _probe_rows(step, model, optimizer, x, y) -> list[tuple[int, str, float]]:
         rows.append((step, f"ics_l2/{layer['layer']}", layer["ics_l2"]))
         rows.append((step, f"ics_cosine/{layer['layer']}", layer["ics_cosine"]))
     smooth = loss_landscape(model, loss_fn, x, y, optimizer=optimizer)
-    for key in ("loss_variation", "gradient_predictiveness", "beta_smoothness"):
+    for key in ("loss_variation", "gradient_predictiveness", "beta_smoothness", "gradient_norm"):
         rows.append((step, key, smooth[key]))
     return rows
 

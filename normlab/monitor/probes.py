@@ -174,7 +174,8 @@ def loss_landscape(
     ``loss_variation`` = max - min of those losses (w included);
     ``gradient_predictiveness`` = max over eta of ||grad L(w) - grad L(w - eta g)||;
     ``beta_smoothness`` = max over eta of that change divided by the distance
-    moved, ||eta g||; and the per-step-size ``losses`` and ``gradient_changes``.
+    moved, ||eta g||; ``gradient_norm`` = ||g||; and the per-step-size ``losses``
+    and ``gradient_changes``.
     Everything (parameters, gradients, buffers, optimizer state, random state)
     is restored exactly afterwards.
     """
@@ -196,6 +197,7 @@ def loss_landscape(
             betas.append(change / max(eta * g_norm, 1e-30))
     return {
         "loss": loss0,
+        "gradient_norm": g_norm,
         "losses": losses[1:],
         "gradient_changes": changes,
         "loss_variation": max(losses) - min(losses),

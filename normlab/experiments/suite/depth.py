@@ -45,7 +45,7 @@ class Depth(Experiment):
     quick = {"steps": 20, "train_size": 256, "test_size": 200}
     full = {}
     full_grid = {
-        "depth": (4, 8, 16, 32),
+        "depth": (4, 16, 32),
         "init": ("default", "kaiming"),
         "lr": (0.001, 0.003, 0.01, 0.03, 0.1),
     }

@@ -182,14 +182,14 @@ class Smoothness(Experiment):
 
 
 def _probes(metrics: pd.DataFrame) -> pd.DataFrame:
-    """A run's probes as a (step x measure) table; ICS of the deepest layer probed."""
-    probed = metrics[metrics.metric.isin(SMOOTHNESS) | metrics.metric.str.startswith("ics_")]
+    """A run's probes as a (step x measure) table (the smoothness measures, the
+    gradient's norm, and ICS of the deepest layer probed)."""
+    along = (*SMOOTHNESS, "gradient_norm")
+    probed = metrics[metrics.metric.isin(along) | metrics.metric.str.startswith("ics_")]
     if probed.empty:
         return pd.DataFrame()
     l2 = [m for m in probed.metric.unique() if m.startswith("ics_l2/")]
-    table = probed[probed.metric.isin(SMOOTHNESS)].pivot(
-        index="step", columns="metric", values="value"
-    )
+    table = probed[probed.metric.isin(along)].pivot(index="step", columns="metric", values="value")
     if l2:
         deepest = max(l2, key=lambda m: int(m.split("/")[1].split(".")[0]))
         for key, name in (("ics_l2", deepest), ("ics_cosine", deepest.replace("l2", "cosine"))):
@@ -245,8 +245,15 @@ def _smoother(bn, plain) -> Expectation:
             note += (
                 ", though lower in its first fifth: late in training the plain network "
                 f"fits its training set (final training loss {plain.train_loss:.3g} against "
-                f"{bn.train_loss:.3g}), where the loss is flat along its small gradient, so "
-                "the same step compares the two at different distances from their minima"
+                f"{bn.train_loss:.3g}), where the loss is flat along its small gradient"
+                + (
+                    f" (median gradient norm {plain.gradient_norm:.3g} without, "
+                    f"{bn.gradient_norm:.3g} with BatchNorm)"
+                    if "gradient_norm" in plain
+                    else ""
+                )
+                + ", so the same step compares the two at different distances from their "
+                "minima"
             )
     return Expectation(claim, held, measured, note)
 
