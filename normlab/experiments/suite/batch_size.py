@@ -201,13 +201,10 @@ class BatchSize(Experiment):
         ends = _ends(headline)
         if not {"batchnorm", "groupnorm"} <= set(ends):
             return []
-        (bn_s, bn_l), (gn_s, gn_l) = ends["batchnorm"], ends["groupnorm"]
-        small, large = int(bn_s.batch_size), int(bn_l.batch_size)
+        bn_s, gn_s = ends["batchnorm"][0], ends["groupnorm"][0]
+        small = int(bn_s.batch_size)
         control = ends.get("none")
-        out = [
-            _rises(bn_s, bn_l, control, small, large),
-            _flat(gn_s, gn_l, control, small, large),
-        ]
+        out = [_rises(ends["batchnorm"], control, small), _flat(ends["groupnorm"], control)]
         gap = analysis.compare(gn_s, bn_s)
         measured = (
             f"batch {small}: GroupNorm {analysis.spread(gn_s)}, BatchNorm "
@@ -222,7 +219,7 @@ class BatchSize(Experiment):
                 "Figure 1)",
                 held if enough else None,
                 measured,
-                "" if enough else f"needs {stats.MIN_SEEDS} seeds",
+                (MISS if held is False else "") if enough else f"needs {stats.MIN_SEEDS} seeds",
             )
         )
         return out
@@ -292,52 +289,62 @@ def _against_control(small, large, control) -> stats.Difference | None:
     )
 
 
-def _rises(bn_s, bn_l, control, small: int, large: int) -> Expectation:
-    change = analysis.compare(bn_s, bn_l)
-    net = _against_control(bn_s, bn_l, control)
+# Why we think BatchNorm's small-batch loss may not show at this scale (a hypothesis, said
+# as one wherever a claim about it does not reproduce).
+MISS = (
+    "not reproduced here; we think the paper's drop needs ResNet-50's depth: 53 BatchNorm "
+    "layers, each normalizing with a noisy estimate from two images, where this network "
+    "has 4, so the noise compounds there and not here (the train/eval section measures "
+    "the other half of the story, running averages against batch statistics)"
+)
+
+
+def _change_claim(claim: str, label: str, rows, control, held_for: dict, note: str):
+    """A claim about how one technique's accuracy changes from the largest batch to the
+    smallest, judged on that change beyond no normalization's (the control) where it
+    ran; ``held_for`` maps the change's verdict to the claim's."""
+    small, large = rows
+    change = analysis.compare(small, large)
+    net = _against_control(small, large, control)
     measured = (
-        f"BatchNorm {analysis.spread(bn_l)} at batch {large}, {analysis.spread(bn_s)} at "
-        f"{small}: change {change}"
+        f"{label} {analysis.spread(large)} at batch {int(large.batch_size)}, "
+        f"{analysis.spread(small)} at {int(small.batch_size)}: change {change}"
         + (f"; beyond no normalization's change: {net}" if net is not None else "")
     )
-    enough = min(bn_s.seeds, bn_l.seeds) >= stats.MIN_SEEDS
-    verdict = (net or change).verdict
-    held = {stats.LOWER: True, stats.HIGHER: False, stats.SAME: False}.get(verdict)
-    return Expectation(
-        f"BatchNorm's accuracy falls as the batch shrinks to {small} (Wu & He, 2018: "
-        "error 23.6% at 32 to 34.7% at 2)",
-        held if enough else None,
-        measured,
-        (
-            "judged on the change beyond no normalization's, which shows what more, smaller "
-            "steps do by themselves"
-            if net is not None
-            else ""
+    if min(small.seeds, large.seeds) < stats.MIN_SEEDS:
+        return Expectation(claim, None, measured, f"needs {stats.MIN_SEEDS} seeds")
+    held = held_for.get((net or change).verdict)
+    if held is False and label == "BatchNorm":
+        note += f"; {MISS}"
+    if net is not None:
+        note += (
+            "; judged on the change beyond no normalization's, which shows what more, "
+            "smaller steps do by themselves"
         )
-        if enough
-        else f"needs {stats.MIN_SEEDS} seeds",
+    return Expectation(claim, held, measured, note.lstrip("; "))
+
+
+def _rises(rows, control, small: int) -> Expectation:
+    return _change_claim(
+        f"BatchNorm's accuracy falls as the batch shrinks to {small} (Wu & He, 2018: error "
+        "23.6% at 32 to 34.7% at 2)",
+        "BatchNorm",
+        rows,
+        control,
+        {stats.LOWER: True, stats.HIGHER: False, stats.SAME: False},
+        "",
     )
 
 
-def _flat(gn_s, gn_l, control, small: int, large: int) -> Expectation:
-    change = analysis.compare(gn_s, gn_l)
-    net = _against_control(gn_s, gn_l, control)
-    measured = (
-        f"GroupNorm {analysis.spread(gn_l)} at batch {large}, {analysis.spread(gn_s)} at "
-        f"{small}: change {change}"
-        + (f"; beyond no normalization's change: {net}" if net is not None else "")
-    )
-    enough = min(gn_s.seeds, gn_l.seeds) >= stats.MIN_SEEDS
-    verdict = (net or change).verdict
-    held = {stats.SAME: True, stats.LOWER: False, stats.HIGHER: False}.get(verdict)
-    return Expectation(
+def _flat(rows, control) -> Expectation:
+    return _change_claim(
         "GroupNorm's accuracy does not depend on the batch size (Wu & He, 2018: 24.1% at "
         "32 and at 2)",
-        held if enough else None,
-        measured,
-        f"'does not depend': within ±{stats.MARGIN:g}"
-        if enough
-        else f"needs {stats.MIN_SEEDS} seeds",
+        "GroupNorm",
+        rows,
+        control,
+        {stats.SAME: True, stats.LOWER: False, stats.HIGHER: False},
+        f"'does not depend': within ±{stats.MARGIN:g}",
     )
 
 
