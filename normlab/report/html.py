@@ -56,7 +56,9 @@ class _Figures:
 def _table(frame: pd.DataFrame, index: bool = False) -> str:
     def cell(v):
         if isinstance(v, float):
-            return "—" if math.isnan(v) else f"{v:.3g}"
+            if math.isnan(v):
+                return "—"
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
         return html.escape(str(v))
 
     if index:

@@ -62,7 +62,7 @@ class Placement(Experiment):
     order = 75
 
     def lead(self, runs: pd.DataFrame) -> str:
-        run = describe.first(runs)
+        depth, lr = max(describe.values(runs, "depth")), max(describe.values(runs, "lr"))
         return (
             "Post-norm transformers are hard to train deep without a learning-rate warm-up "
             "(Xiong et al., 2020; Liu et al., 2020); the later placements — sandwich (Ding et "
@@ -71,7 +71,7 @@ class Placement(Experiment):
             f"accuracy of {describe.model(runs)} trained with {describe.training(runs)}, no "
             f"warm-up, on {describe.data(runs)}, {describe.seed_count(runs)} (× marks a "
             "diverged run, ○ one that did not learn), per norm and placement at depth "
-            f"{int(run.depth)} and lr {run.lr:g}; pre- against post-norm also at the other "
+            f"{int(depth)} and lr {lr:g}; pre- against post-norm also at the other "
             "depth and learning rate, which tell whether post-norm's trouble needs the large "
             "learning rate, the depth, or both."
         )

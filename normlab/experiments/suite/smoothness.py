@@ -23,7 +23,7 @@ from normlab.experiments.experiment import Expectation, Experiment, Recipe
 
 MEASURES = {
     "loss_variation": "loss variation (lower: smoother)",
-    "gradient_predictiveness": "gradient change ‖∇L(w) − ∇L(w − ηg)‖ (lower: more predictive)",
+    "gradient_predictiveness": "gradient change (lower: more predictive)",
     "beta_smoothness": "effective β-smoothness (lower: smoother)",
     "ics_l2": "ICS ‖G − G′‖ (lower: less shift)",
     "ics_cosine": "ICS cos(G, G′) (higher: less shift)",
@@ -236,16 +236,14 @@ def _smoother(bn, plain) -> Expectation:
     held = True if len(lower) == len(SMOOTHNESS) else False if against else None
     note = ""
     if against:
-        early_lower = [m for m in against if early[m].verdict == stats.LOWER]
-        note = (
-            f"{' and '.join(MEASURES[m].split(' (')[0] for m in against)} "
-            "did not come out lower over the whole run"
-        )
+        note = f"{_names(against)} did not come out lower over the whole run"
+        early_lower = [m for m in SMOOTHNESS if early[m].verdict == stats.LOWER]
         if early_lower:
             note += (
-                ", though lower in its first fifth: late in training the plain network "
-                f"fits its training set (final training loss {plain.train_loss:.3g} against "
-                f"{bn.train_loss:.3g}), where the loss is flat along its small gradient"
+                f"; in its first fifth {_names(early_lower)} came out lower with BatchNorm. "
+                "Late in training the plain network fits its training set (final training "
+                f"loss {plain.train_loss:.3g} against {bn.train_loss:.3g}), where the loss is "
+                "flat along its small gradient"
                 + (
                     f" (median gradient norm {plain.gradient_norm:.3g} without, "
                     f"{bn.gradient_norm:.3g} with BatchNorm)"
@@ -256,6 +254,12 @@ def _smoother(bn, plain) -> Expectation:
                 "minima"
             )
     return Expectation(claim, held, measured, note)
+
+
+def _names(measures) -> str:
+    """'loss variation, gradient change and β-smoothness'."""
+    names = [MEASURES[m].split(" (")[0] for m in measures]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _relative(a, b, column: str) -> stats.Difference:
