@@ -26,8 +26,8 @@ $(DEV): $(BASE)
 compare: setup
 	$(BIN)/normlab compare
 
-# The four anchors at the published sizes and the placement study (about 50 minutes on
-# 2 cores); the batch-size study reads Fashion-MNIST from Debian's
+# Every experiment at the published sizes (3 seeds or more) and the placement study:
+# 78 minutes on 2 cores; the batch-size study reads Fashion-MNIST from Debian's
 # dataset-fashion-mnist (installed here, as root).
 full: setup
 	test -d /usr/share/datasets/fashion-mnist || \
