@@ -90,16 +90,19 @@ def compare(a, b, margin: float = stats.MARGIN) -> stats.Difference:
 
 def spread(row) -> str:
     """'0.912 [0.905, 0.918], 3 seeds' (mean and 95% t-interval) or '0.912, 1 seed';
-    with the seeds' outcomes where they were not all the same."""
-    estimate = stats.Interval(row["test_acc"], row["ci_low"], row["ci_high"], int(row["seeds"]))
+    where the seeds' outcomes differ, their range and outcomes instead of an interval
+    (which a bimodal sample would stretch past 0 and 1)."""
     seeds = int(row["seeds"])
-    text = f"{estimate}" if seeds < 2 else f"{estimate}, {seeds} seeds"
-    if seeds == 1:
-        text = f"{row['test_acc']:.3f}, 1 seed"
     outcomes = str(row.get("outcomes", ""))
-    if "," in outcomes:  # seeds with different outcomes: say each
-        text += f" ({outcomes})"
-    return text
+    if seeds == 1:
+        return f"{row['test_acc']:.3f}, 1 seed"
+    if "," in outcomes:  # seeds with different outcomes: no interval, their range
+        return (
+            f"{row['test_acc']:.3f} (seeds {row['acc_min']:.3f} to {row['acc_max']:.3f}: "
+            f"{outcomes})"
+        )
+    estimate = stats.Interval(row["test_acc"], row["ci_low"], row["ci_high"], seeds)
+    return f"{estimate}, {seeds} seeds"
 
 
 def metric_series(metrics: pd.DataFrame, name: str) -> pd.Series:

@@ -192,6 +192,14 @@ def canonical_norms(names) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+# Batch Renorm's paper schedule (5k/40k/25k steps) would never leave warm-up in the
+# lab's runs of hundreds of steps: relax r_max and d_max over the first 200 steps.
+BATCH_RENORM_SHORT = (
+    ("batchrenorm:warmup_steps", 50),
+    ("batchrenorm:r_max_steps", 200),
+    ("batchrenorm:d_max_steps", 200),
+)
+
 # The lab's CNN, which several experiments share: three conv-norm-ReLU stages.
 LAB_CNN = RunConfig(
     model="cnn",
@@ -202,13 +210,7 @@ LAB_CNN = RunConfig(
     lr=0.1,
     monitor=False,
     eval_every=None,
-    # Batch Renorm's paper schedule (5k/40k/25k steps) would never leave warm-up
-    # in runs this short: relax r_max and d_max over the first 200 steps.
-    norm_kwargs=(
-        ("batchrenorm:warmup_steps", 50),
-        ("batchrenorm:r_max_steps", 200),
-        ("batchrenorm:d_max_steps", 200),
-    ),
+    norm_kwargs=BATCH_RENORM_SHORT,
 )
 
 # The techniques whose statistics are defined on an MLP's (N, features) activations

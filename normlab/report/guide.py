@@ -58,9 +58,11 @@ def _large_batch(headlines: dict) -> Advice:
     lr = headlines.get("lr")
     if lr is not None and {"batchnorm", "none"} <= set(lr.norm):
         largest = largest_trained(lr)
+        shown = [n for n in ("batchnorm", "groupnorm", "none") if n in largest]
         evidence += (
-            f"; largest learning rate every seed trained at: BatchNorm {largest['batchnorm']:g}, "
-            f"no normalization {largest['none']:g} (see Learning rate)"
+            "; largest learning rate at which every seed trained: "
+            + ", ".join(f"{n} {largest[n]:g}" for n in shown)
+            + " (see Learning rate)"
         )
     return Advice(
         "A CNN at 16 or more images per device",
@@ -73,28 +75,27 @@ def _large_batch(headlines: dict) -> Advice:
 
 
 def _small_batch(headlines: dict) -> Advice:
-    technique = "GroupNorm; or SyncBatchNorm where the devices can synchronize every step"
     evidence = "not measured in these runs"
     table = headlines.get("batch-size")
     if table is not None and len(table):
         smallest = table.batch_size.min()
-        bn, gn = (
-            _row(table, "batchnorm", batch_size=smallest),
-            _row(table, "groupnorm", batch_size=smallest),
-        )
+        bn = _row(table, "batchnorm", batch_size=smallest)
+        gn = _row(table, "groupnorm", batch_size=smallest)
         if bn is not None and gn is not None:
             gap = compare(gn, bn)
             evidence = f"batch {int(smallest)}: " + _versus(gn, bn, "GroupNorm", "BatchNorm")
-            evidence += " (see Batch size)"
-            if gap.verdict == stats.LOWER:
-                technique = (
-                    "BatchNorm stayed ahead in these runs: measure on your model before "
-                    "switching; GroupNorm where per-device batches are tiny"
+            if gap.verdict in (stats.LOWER, stats.SAME):
+                evidence += (
+                    "; BatchNorm did not fall behind in these runs (a small network and "
+                    "data set, few epochs: the paper's effect did not reproduce here), so "
+                    "measure on your model"
                 )
+            evidence += " (see Batch size)"
     return Advice(
         "A CNN with small or uneven batches per device (detection, segmentation, video: "
         "1–4 images per device)",
-        technique,
+        "GroupNorm; SyncBatchNorm where the devices can synchronize every step; "
+        "FrozenBatchNorm when fine-tuning a pretrained backbone",
         "BatchNorm's statistics from a handful of images are noisy and differ between "
         "training and inference; GroupNorm's come from each image alone",
         evidence + ". Published: at 2 images per GPU, BatchNorm 34.7% error, GroupNorm "
@@ -125,29 +126,36 @@ def _transformers(headlines: dict) -> Advice:
         if ln is not None and rms is not None:
             evidence.append("pre-norm: " + _versus(rms, ln, "RMSNorm", "LayerNorm"))
         if ln is not None and dyt is not None:
-            evidence.append(_versus(dyt, ln, "DyT", "LayerNorm"))
+            evidence.append(_versus(dyt, ln, "DyT", "LayerNorm") + " (see In a transformer)")
     placement = headlines.get("placement")
     if placement is not None and len(placement):
-        deep = placement[
-            (placement.depth == placement.depth.max()) & (placement.lr == placement.lr.max())
-        ]
+        depth, lr = placement.depth.max(), placement.lr.max()
+        deep = placement[(placement.depth == depth) & (placement.lr == lr)]
         post = deep[deep.norm_position == "post"]
         failed = sorted(post[post.outcome != "trained"].norm)
         if failed:
             evidence.append(
-                f"post-norm did not train at depth {int(deep.depth.max())} without warm-up with "
-                f"{', '.join(failed)} (see Where the norm goes)"
+                f"post-norm did not train at depth {int(depth)}, Adam lr {lr:g}, no warm-up, "
+                f"with {', '.join(failed)}"
             )
-    ours = (
-        "; ".join(evidence) + " (see In a transformer)"
-        if evidence
-        else "not measured in these runs"
-    )
+            calm = placement[
+                (placement.depth == depth)
+                & (placement.lr < lr)
+                & (placement.norm_position == "post")
+                & (placement.outcome == "trained")
+            ]
+            if len(calm):
+                evidence[-1] += (
+                    f", but did at lr {calm.lr.max():g} with {', '.join(sorted(calm.norm))}"
+                )
+            evidence[-1] += " (see Where the norm goes)"
+    ours = "; ".join(evidence) if evidence else "not measured in these runs"
     return Advice(
         "Transformers and language models",
-        "LayerNorm or RMSNorm, before each sublayer (pre-norm)",
-        "per-token statistics need no batch; pre-norm keeps deep stacks trainable without "
-        "a warm-up; RMSNorm drops the mean and is cheaper",
+        "LayerNorm or RMSNorm, before each sublayer (pre-norm), with a learning-rate warm-up",
+        "per-token statistics need no batch; pre-norm tolerates large learning rates and a "
+        "short warm-up better than post-norm; RMSNorm drops the mean (cheaper in fused "
+        "kernels; in normlab's eager CPU code it is slower: see Cost)",
         ours + ". Published: Xiong et al. (2020) on pre- vs post-norm; Zhang & Sennrich "
         "(2019) on RMSNorm; Zhu et al. (2025) on DyT matching LayerNorm.",
     )
@@ -178,9 +186,9 @@ def _deployment(headlines: dict) -> Advice:
         "Inference deployment",
         "BatchNorm, folded into the preceding convolution (normlab.fold_batchnorm)",
         "in eval mode BatchNorm is a fixed affine map, which folds into the convolution's "
-        "weights and costs nothing; LayerNorm, GroupNorm and RMSNorm compute statistics on "
-        "every input",
-        evidence + ".",
+        "weights; LayerNorm, GroupNorm and RMSNorm compute statistics on every input (only "
+        "their affine can fold into the next linear map)",
+        evidence + "; the folded model's speed is not measured here.",
     )
 
 

@@ -177,9 +177,18 @@ LITERATURE = (
     "Tsipras, Ilyas & Madry (2018) tested that explanation: BatchNorm with random noise "
     "injected after it (so its outputs' distribution shifts at every step) trains about as "
     "well as BatchNorm, and measured as the change of a layer's gradient when the earlier "
-    "layers take their step, BatchNorm does not reduce covariate shift. What it does is make "
-    "the loss landscape smoother: the loss and its gradient change less along the gradient "
-    "direction, which allows larger steps. Our measurements of both claims follow."
+    "layers take their step, BatchNorm does not reduce covariate shift. What it does, they "
+    "argued, is make the loss landscape smoother: the loss and its gradient change less "
+    "along the gradient direction, which allows larger steps. Other accounts stand beside "
+    "theirs. A normalized layer's output does not change when its incoming weights are "
+    "scaled, so the effect of a step of size η on weights w is about η/‖w‖²: the weights' "
+    "norm and weight decay, not the learning rate alone, set the effective step (van "
+    "Laarhoven, 2017; Hoffer et al., 2018; Zhang et al., 2019). In residual networks "
+    "BatchNorm shrinks each residual branch against the skip connection, so a deep network "
+    "starts close to the identity (De & Smith, 2020), and an initialization that does the "
+    "same trains deep residual networks without normalization (Fixup: Zhang, Dauphin & Ma, "
+    "2019). And the noise of batch statistics regularizes. Our measurements of Santurkar et "
+    "al.'s claims follow."
 )
 
 
@@ -304,7 +313,10 @@ def _seed_note(stores: dict[str, ResultsStore], undecided: list[tuple[str, Expec
         f'and "the same" only where it lies within ±{stats.MARGIN:g} accuracy (unless '
         "a verdict states another margin). The test sets' own sampling error is the "
         "binomial standard error of each accuracy: √(p(1−p)/n) for n test examples, "
-        "e.g. ±0.008 at p = 0.93 and n = 1,000 (the test_se column of the CSV files).</p>"
+        "e.g. ±0.008 at p = 0.93 and n = 1,000 (the test_se column of the CSV files). "
+        "All seeds of a comparison are scored on the same test images, so the intervals "
+        "leave that sampling out: a difference below about twice the binomial error is "
+        "small against it, however well the seeds resolve it.</p>"
     )
     if few:
         listed = ", ".join(f"{name} ({n})" for name, n in few.items())

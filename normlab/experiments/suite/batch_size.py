@@ -27,14 +27,16 @@ PAPER_ERROR = {  # Wu & He (2018), Table 2: ImageNet validation error (%), image
     "groupnorm": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
 }
 
-# Why we think BatchNorm's small-batch loss does not show at this scale (a hypothesis,
-# said as one wherever a claim about it does not reproduce).
+# Why BatchNorm's small-batch loss may not show here: hypotheses, said as such wherever
+# a claim about it does not reproduce.
 MISS = (
-    "not reproduced here; we think the paper's drop needs ResNet-50's depth: 53 BatchNorm "
-    "layers, each normalizing with a noisy estimate from two images, where this network "
-    "has 4, so the noise compounds there and not here (the train/eval section measures "
-    "the other half of the story, running averages against batch statistics)"
+    "why, we can only suggest: ResNet-50 has 53 BatchNorm layers, each normalizing with a "
+    "noisy two-image estimate, where this network has 4 (the noise may compound there and "
+    "not here); Fashion-MNIST's small, similar images give batch statistics close to the "
+    "population's even from two; and in runs this short the noise of small batches can "
+    "act as a regularizer"
 )
+PAPER_GROWTH = 0.111  # GroupNorm − BatchNorm error: −0.5 points at 32 images/GPU, +10.6 at 2
 
 
 class BatchSize(Experiment):
@@ -79,13 +81,15 @@ class BatchSize(Experiment):
             "Does a technique's accuracy depend on the batch size? Wu & He trained ResNet-50 "
             "on ImageNet at 32 to 2 images per GPU with the same epochs and the learning rate "
             "scaled with the batch; BatchNorm's error rose from 23.6% to 34.7% while "
-            "GroupNorm's stayed at 24.1%. We run their protocol on "
+            "GroupNorm's stayed at 24.1%. We run their protocol in miniature on "
             f"{describe.model(runs)}, normalized at ever lower resolution as the paper's "
             f"network is: {describe.training(runs)}, on {describe.data(runs)}, "
             f"{describe.seed_count(runs)}. Smaller batches take more, smaller steps; the "
             "control without normalization shows what that alone does. A run's accuracy is "
             "the median of its evaluations in the last tenth of training (the paper: the "
-            "median of its final 5 epochs). Intervals are 95% t-intervals over seeds."
+            "median of its final 5 epochs); it has settled, since the last tenth runs at a "
+            "thousandth of the learning rate, but in so few epochs it has not converged. "
+            "Intervals are 95% t-intervals over seeds."
         )
 
     def recipe(self, runs: pd.DataFrame) -> list[Recipe]:
@@ -128,8 +132,14 @@ class BatchSize(Experiment):
                 "epochs",
                 "100 at every batch size",
                 f"{describe.number(run.epochs)} at every batch size",
-                "a CPU budget; the last tenth of each run is at 1/1000 of the lr, where "
-                "accuracy has settled (the table's last-tenth spread)",
+                "a CPU budget: under-trained (accuracy settles in the last tenth, at 1/1000 "
+                "of the lr, but has not converged), which favours what learns fastest",
+            ),
+            Recipe(
+                "learning rate per technique",
+                "one recipe for all (tuned for BatchNorm)",
+                "the same lr for every technique",
+                "a technique with another best lr is compared off its best",
             ),
             Recipe(
                 "seeds",
@@ -168,7 +178,8 @@ class BatchSize(Experiment):
     def figures(self, store, headline):
         caption = (
             "Test error against batch size (line: mean over seeds; band: 95% interval), "
-            "beside the paper's ImageNet errors (Wu & He, 2018, Table 2)."
+            "beside the paper's ImageNet errors (Wu & He, 2018, Table 2): compare the "
+            "shapes, not the levels (another data set, another network)."
         )
         return [(_error_figure(headline), caption)]
 
@@ -230,9 +241,14 @@ class BatchSize(Experiment):
                 "Figure 1)",
                 held if enough else None,
                 measured,
-                (MISS if held is False else "") if enough else f"needs {stats.MIN_SEEDS} seeds",
+                (f"not reproduced; {MISS}" if held is False else "")
+                if enough
+                else f"needs {stats.MIN_SEEDS} seeds",
             )
         )
+        for norm, (claim, miss) in REMEDIES.items():
+            if norm in ends:
+                out.append(_as_good_as_batchnorm(claim, miss, ends[norm][0], bn_s))
         return out
 
     def summary(self, store, headline) -> pd.DataFrame:
@@ -307,7 +323,7 @@ def _falls_behind(bn, gn) -> Expectation:
     measured = (
         f"GroupNorm − BatchNorm: {analysis.compare(gn_l, bn_l)} at batch {large}, "
         f"{analysis.compare(gn_s, bn_s)} at {small}; the gap grew by {gap} (the paper: "
-        "+0.5 to +10.6 points)"
+        "−0.5 points at 32 images per GPU, +10.6 at 2, a growth of 11.1)"
     )
     claim = (
         f"BatchNorm falls behind GroupNorm as the batch shrinks to {small} (Wu & He, 2018, "
@@ -316,11 +332,13 @@ def _falls_behind(bn, gn) -> Expectation:
     if min(r.seeds for r in (bn_s, bn_l, gn_s, gn_l)) < stats.MIN_SEEDS:
         return Expectation(claim, None, measured, f"needs {stats.MIN_SEEDS} seeds")
     held = {stats.HIGHER: True, stats.SAME: False, stats.LOWER: False}.get(gap.verdict)
-    note = MISS if held is False else ""
-    if held is None and gap.high < 0.05:
+    if held is None and gap.high < PAPER_GROWTH / 4:  # excludes a growth of the paper's size
+        held = False
+    note = ""
+    if held is False:
         note = (
-            f"the seeds leave the growth at most {100 * gap.high:.1f} points, where the "
-            f"paper's was 10.6; {MISS.removeprefix('not reproduced here; ')}"
+            f"the interval leaves a growth of {100 * max(gap.high, 0):.1f} points at most, "
+            f"against the paper's {100 * PAPER_GROWTH:.1f}; {MISS}"
         )
     return Expectation(claim, held, measured, note)
 
@@ -334,8 +352,8 @@ def _flat(gn, control) -> Expectation:
     )
     if control is not None:
         measured += (
-            f"; no normalization changed by {analysis.compare(*control)}, what more, "
-            "smaller steps do by themselves"
+            f"; no normalization changed by {analysis.compare(*control)}, which is what "
+            "more, smaller steps do by themselves"
         )
     claim = (
         "GroupNorm's accuracy does not depend on the batch size (Wu & He, 2018: 24.1% at "
@@ -345,6 +363,39 @@ def _flat(gn, control) -> Expectation:
         return Expectation(claim, None, measured, f"needs {stats.MIN_SEEDS} seeds")
     held = {stats.SAME: True, stats.LOWER: False, stats.HIGHER: False}.get(change.verdict)
     return Expectation(claim, held, measured, f"'does not depend': within ±{stats.MARGIN:g}")
+
+
+# BatchNorm's small-batch remedies and their papers' claims (name -> claim, and what may
+# explain a miss here).
+REMEDIES = {
+    "batchrenorm": (
+        "Batch Renorm is at least as accurate as BatchNorm at small batches (Ioffe, 2017; "
+        "Wu & He, 2018: 26.3% error against BatchNorm's 27.3% at 4 images per GPU)",
+        "",
+    ),
+    "cross_iteration_bn": (
+        "Cross-Iteration BatchNorm is at least as accurate as BatchNorm at small batches "
+        "(Yao et al., 2021)",
+        "here it pools from the first step; the authors' configurations wait for the first "
+        "learning-rate decay (burn-in), when the weights move slowly enough for the "
+        "Taylor compensation",
+    ),
+}
+
+
+def _as_good_as_batchnorm(claim: str, miss: str, row, bn) -> Expectation:
+    gap = analysis.compare(row, bn)
+    measured = (
+        f"batch {int(row.batch_size)}: {row.norm} {analysis.spread(row)}, batchnorm "
+        f"{analysis.spread(bn)}; difference {gap}"
+    )
+    if min(row.seeds, bn.seeds) < stats.MIN_SEEDS:
+        return Expectation(claim, None, measured, f"needs {stats.MIN_SEEDS} seeds")
+    held = {stats.SAME: True, stats.HIGHER: True, stats.LOWER: False}.get(gap.verdict)
+    note = f"'at least as accurate': within ±{stats.MARGIN:g} or above"
+    if held is False and miss:
+        note += f"; {miss}"
+    return Expectation(claim, held, measured, note)
 
 
 def _error_figure(headline: pd.DataFrame):

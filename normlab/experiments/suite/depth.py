@@ -47,7 +47,7 @@ class Depth(Experiment):
     full_grid = {
         "depth": (4, 16, 32),
         "init": ("default", "kaiming"),
-        "lr": (0.001, 0.003, 0.01, 0.03, 0.1),
+        "lr": (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1),
     }
     full_norms = ("none", "batchnorm", "layernorm", "groupnorm", "rmsnorm", "dyt")
     seeds = 3
@@ -124,20 +124,16 @@ class Depth(Experiment):
         depth = int(headline.depth.max())
         parts = []
         for init, rows in headline[headline.depth == depth].groupby("init"):
-            cells = "; ".join(
-                f"{r.norm} at lr {r.lr:g}: {r.outcomes}, accuracy {analysis.spread(r)}, "
-                f"gradient ratio {r.first_to_last_grad_ratio:.3g}"
-                for _, r in rows.iterrows()
-            )
+            cells = "; ".join(_cell(r) for _, r in rows.iterrows())
             parts.append(f"At depth {depth}, {_init(init)}: {cells}.")
         return " ".join(parts)
 
     def expectations(self, headline: pd.DataFrame) -> list[Expectation]:
         depth = headline.depth.max() if len(headline) else None
-        deepest = headline[headline.depth == depth].set_index(["norm", "init"])
+        deepest = {(r.norm, r.init): r for _, r in headline[headline.depth == depth].iterrows()}
         out = []
-        if {("none", "default"), ("batchnorm", "default")} <= set(deepest.index):
-            plain, bn = deepest.loc[("none", "default")], deepest.loc[("batchnorm", "default")]
+        if {("none", "default"), ("batchnorm", "default")} <= set(deepest):
+            plain, bn = deepest[("none", "default")], deepest[("batchnorm", "default")]
             every = plain.runs >= stats.MIN_SEEDS and bn.runs >= stats.MIN_SEEDS
             held = _none_trained(plain) and _all_trained(bn)
             out.append(
@@ -146,22 +142,19 @@ class Depth(Experiment):
                     "network does not train (its gradients vanish: Glorot & Bengio, 2010), "
                     "and with BatchNorm it does (Ioffe & Szegedy, 2015)",
                     held if every else None,
-                    f"no normalization at its best lr {plain.lr:g}: {plain.outcomes}, gradient "
-                    f"ratio {plain.first_to_last_grad_ratio:.3g}; BatchNorm at lr {bn.lr:g}: "
-                    f"{bn.outcomes}, ratio {bn.first_to_last_grad_ratio:.3g}",
+                    f"{_cell(plain)}; {_cell(bn)}",
                     "" if every else f"needs {stats.MIN_SEEDS} seeds",
                 )
             )
-        if ("none", "kaiming") in deepest.index:
-            plain = deepest.loc[("none", "kaiming")]
+        if ("none", "kaiming") in deepest:
+            plain = deepest[("none", "kaiming")]
             every = plain.runs >= stats.MIN_SEEDS
             out.append(
                 Expectation(
                     f"From Kaiming's initialization a {int(depth)}-layer plain ReLU network "
                     "trains without normalization (He et al., 2015)",
                     _all_trained(plain) if every else None,
-                    f"no normalization at lr {plain.lr:g}: {plain.outcomes}, accuracy "
-                    f"{analysis.spread(plain)}",
+                    _cell(plain),
                     "" if every else f"needs {stats.MIN_SEEDS} seeds",
                 )
             )
@@ -185,6 +178,19 @@ def _best_lr(table: pd.DataFrame) -> pd.DataFrame:
         ["_unsafe", "train_loss", "lr"], na_position="last"
     )
     return ordered.drop_duplicates(["norm", "depth", "init"]).drop(columns="_unsafe")
+
+
+def _cell(row) -> str:
+    """One technique at one depth and init: its chosen lr, every seed's outcome, its
+    accuracy and its gradient ratio."""
+    where = f"at its lowest-loss lr {row.lr:g}"
+    ratio = row.first_to_last_grad_ratio
+    flow = (
+        "the first layer's gradient vanished (exactly 0)"
+        if ratio == 0
+        else f"gradient ratio {ratio:.3g}"
+    )
+    return f"{row.norm} {where}: {row.outcomes}, accuracy {analysis.spread(row)}, {flow}"
 
 
 def _none_trained(row) -> bool:

@@ -7,7 +7,12 @@ import pandas as pd
 
 from normlab.experiments import analysis, describe, plots, stats
 from normlab.experiments.config import RunConfig
-from normlab.experiments.experiment import FEATURE_TECHNIQUES, Expectation, Experiment
+from normlab.experiments.experiment import (
+    BATCH_RENORM_SHORT,
+    FEATURE_TECHNIQUES,
+    Expectation,
+    Experiment,
+)
 
 
 class Initialization(Experiment):
@@ -28,7 +33,11 @@ class Initialization(Experiment):
         width=100,
         monitor=False,
         # groups of 10 features (the default, 25 groups of 100, holds 4 values each)
-        norm_kwargs=(("groupnorm:num_groups", 10), ("evonorm_s0:groups", 10)),
+        norm_kwargs=(
+            *BATCH_RENORM_SHORT,
+            ("groupnorm:num_groups", 10),
+            ("evonorm_s0:groups", 10),
+        ),
     )
     grid = {"init_scale": (0.1, 0.3, 1.0, 3.0, 10.0)}
     quick = {"steps": 30, "train_size": 256, "test_size": 200}
@@ -74,7 +83,16 @@ class Initialization(Experiment):
                 f"every seed trained at {every['batchnorm']} of {scales} scales with batchnorm "
                 f"(mean accuracy {bn.min():.3f} to {bn.max():.3f}), at {every['none']} of "
                 f"{scales} without",
-                "" if enough else f"needs {stats.MIN_SEEDS} seeds",
+                (
+                    "one learning rate for every scale: larger weights multiply the plain "
+                    "network's logits, so a smaller lr might train it (not swept). "
+                    "BatchNorm's accuracy still moves with the scale because its layers are "
+                    "scale-invariant: a step's effect on a weight w is about η/‖w‖², so "
+                    "large weights learn slowly (van Laarhoven, 2017; Hoffer et al., 2018); "
+                    "LayerNorm, RMSNorm, GroupNorm and ScaleNorm share the invariance"
+                )
+                if enough
+                else f"needs {stats.MIN_SEEDS} seeds",
             )
         ]
 

@@ -27,7 +27,7 @@ PLACEMENTS = typing.get_args(NormPosition)  # the transformer's, in the builder'
 LARGE_LR, SMALL_LR = 0.01, 0.001
 DEEP, SHALLOW = 12, 4
 STEPS = 100
-COLUMNS = ["norm", "norm_position", "lr", "depth", *analysis.FINAL_COLUMNS[1:]]
+COLUMNS = ["norm", "norm_position", "lr", "depth", "steps", *analysis.FINAL_COLUMNS[1:]]
 
 
 class Placement(Experiment):
@@ -53,7 +53,6 @@ class Placement(Experiment):
     )
     grid = {"norm_position": PLACEMENTS, "lr": (LARGE_LR, SMALL_LR), "depth": (DEEP, SHALLOW)}
     quick = {"steps": 10, "width": 16, "batch_size": 16, "train_size": 256, "test_size": 200}
-    full = {"steps": 600}
     seeds = 3
     # 120 runs, about 6 minutes on 2 cores: with `normlab compare`'s 6 minutes it would
     # pass the suite's 10-minute budget. Run it with `normlab run placement`.
@@ -94,7 +93,9 @@ class Placement(Experiment):
         if runs.empty:
             return pd.DataFrame(columns=COLUMNS)
         parts = [
-            analysis.final_table(group, "norm_position").assign(lr=lr, depth=depth)
+            analysis.final_table(group, "norm_position").assign(
+                lr=lr, depth=depth, steps=int(group.steps_planned.max())
+            )
             for (lr, depth), group in runs.groupby(["lr", "depth"])
         ]
         table = pd.concat(parts, ignore_index=True)[COLUMNS]
@@ -161,19 +162,13 @@ class Placement(Experiment):
         if main.empty:
             return []
         lr, depth = main.lr.iloc[0], main.depth.iloc[0]
+        steps = f"after {int(main.steps.iloc[0])} steps" if "steps" in main else ""
         cell = _cells(main, "layernorm")
         out = []
         pre, post = cell.get("pre"), cell.get("post")
+        calm = controls[(controls.lr < lr) & (controls.depth == depth)]
         if pre is not None and post is not None:
-            out.append(
-                Expectation(
-                    "Pre-LN trains without warm-up at a learning rate where Post-LN does not "
-                    f"(Xiong et al., 2020; LayerNorm, tested in a {int(depth)}-block patch "
-                    "transformer)",
-                    _testable(pre, post) and pre.outcome == "trained" and _worse(post, pre),
-                    f"lr {lr:g}: pre {_cell(pre)}, post {_cell(post)}",
-                )
-            )
+            out.append(_warmup(pre, post, _cells(calm, "layernorm"), lr, depth))
         shallow = controls[(controls.lr == lr) & (controls.depth < depth)]
         shallow_post = _cells(shallow, "layernorm").get("post")
         if post is not None and shallow_post is not None:
@@ -185,40 +180,28 @@ class Placement(Experiment):
                     and shallow_post.outcome == "trained"
                     and _worse(post, shallow_post),
                     f"post at depth {int(shallow.depth.iloc[0])} {_cell(shallow_post)}, "
-                    f"at depth {int(depth)} {_cell(post)}",
+                    f"at depth {int(depth)} {_cell(post)}, lr {lr:g}, {steps}",
+                )
+            )
+        if post is not None and "deepnorm" in cell:
+            row = cell["deepnorm"]
+            out.append(
+                Expectation(
+                    "DeepNorm trains the deep post-norm stack that plain Post-LN fails to "
+                    "(Wang et al., 2022)",
+                    _testable(row, post) and row.outcome == "trained" and _worse(post, row),
+                    f"deepnorm {_cell(row)}, post {_cell(post)}, lr {lr:g}, {steps}",
                 )
             )
         claims = {
-            "deepnorm": (
-                "DeepNorm trains the deep post-norm stack that plain Post-LN fails to "
-                "(Wang et al., 2022)",
-                lambda row: post is not None and row.outcome == "trained" and _worse(post, row),
-                post,
-            ),
-            "peri": (
-                "Peri-LN does at least as well as Pre-LN (Kim et al., 2025: better, in "
-                "400M–3.2B language models)",
-                lambda row: not _worse(row, pre),
-                pre,
-            ),
-            "lns": (
-                "LayerNorm Scaling does at least as well as Pre-LN (Sun et al., 2025: better, "
-                "in 130M–7B language models)",
-                lambda row: not _worse(row, pre),
-                pre,
-            ),
+            "peri": "Peri-LN does at least as well as Pre-LN (Kim et al., 2025: better, in "
+            "400M–3.2B language models)",
+            "lns": "LayerNorm Scaling does at least as well as Pre-LN (Sun et al., 2025: "
+            "better, in 130M–7B language models)",
         }
-        for position, (claim, holds, baseline) in claims.items():
-            row = cell.get(position)
-            if row is None or baseline is None:
-                continue
-            out.append(
-                Expectation(
-                    claim,
-                    _testable(row, baseline) and holds(row),
-                    f"{position} {_cell(row)}, {baseline.norm_position} {_cell(baseline)}",
-                )
-            )
+        for position, claim in claims.items():
+            if position in cell and pre is not None:
+                out.append(_at_least_as_good(claim, main, position, steps))
         return out
 
     def summary(self, store, headline) -> pd.DataFrame:
@@ -233,9 +216,6 @@ class Placement(Experiment):
             rows.append(
                 {
                     "norm": norm,
-                    "highest-mean placement (deep transformer)": (
-                        f"{best.norm_position} {best.test_acc:.3f}"
-                    ),
                     "remark": f"did not train in {where}: {', '.join(failed)}" if failed else "",
                 }
             )
@@ -279,6 +259,68 @@ def _worse(a, b) -> bool:
     if rank(a.outcome) != rank(b.outcome):
         return rank(a.outcome) > rank(b.outcome)
     return analysis.compare(a, b).verdict == stats.LOWER
+
+
+def _warmup(pre, post, calm: dict, lr: float, depth: int) -> Expectation:
+    """Xiong et al.: Post-LN needs a warm-up where Pre-LN does not. Our runs have no
+    warm-up arm: what they show is where post-norm fails without one, at this lr and
+    at a smaller one."""
+    claim = (
+        "Post-LN needs a learning-rate warm-up where Pre-LN does not (Xiong et al., 2020; "
+        f"LayerNorm, a {int(depth)}-block patch transformer, no warm-up)"
+    )
+    measured = f"lr {lr:g}: pre {_cell(pre)}, post {_cell(post)}"
+    calm_pre, calm_post = calm.get("pre"), calm.get("post")
+    if calm_pre is not None and calm_post is not None:
+        measured += (
+            f"; lr {calm_post.lr:g}: pre {_cell(calm_pre)}, post {_cell(calm_post)} "
+            f"(post − pre {analysis.compare(calm_post, calm_pre)})"
+        )
+    testable = _testable(pre, post)
+    if not testable:
+        return Expectation(claim, None, measured, f"needs {stats.MIN_SEEDS} seeds")
+    fails = pre.outcome == "trained" and _worse(post, pre)
+    if not fails:
+        return Expectation(claim, False, measured, "post-norm trained without warm-up")
+    if calm_post is not None and calm_pre is not None and not _worse(calm_post, calm_pre):
+        return Expectation(
+            claim,
+            None,
+            measured,
+            f"post-norm failed only at lr {lr:g}, ten times Adam's usual; at "
+            f"{calm_post.lr:g} it trained as well as pre-norm without warm-up, and no run "
+            "here had a warm-up, so whether a warm-up rescues it is not tested",
+        )
+    return Expectation(claim, True, measured, "no run here had a warm-up")
+
+
+def _at_least_as_good(claim: str, main: pd.DataFrame, position: str, steps: str):
+    """LayerNorm's verdict: the placement's accuracy minus pre-norm's within the margin
+    or above it (an unresolved deficit is no evidence of parity); the other norms'
+    differences are given beside it."""
+    rows = {n: _cells(main, n) for n in sorted(main.norm.unique())}
+    ln = rows["layernorm"]
+    gap = analysis.compare(ln[position], ln["pre"])
+    others = "; ".join(
+        f"{norm} {analysis.compare(cells[position], cells['pre'])}"
+        for norm, cells in rows.items()
+        if norm != "layernorm" and position in cells and "pre" in cells
+    )
+    measured = (
+        f"{position} {_cell(ln[position])}, pre {_cell(ln['pre'])}: {position} − pre {gap}"
+        + (f"; with the other norms, {position} − pre: {others}" if others else "")
+        + f" ({steps})"
+    )
+    if not _testable(ln[position], ln["pre"]):
+        return Expectation(claim, None, measured, f"needs {stats.MIN_SEEDS} seeds")
+    held = {stats.SAME: True, stats.HIGHER: True, stats.LOWER: False}.get(gap.verdict)
+    if ln[position].outcome != "trained":
+        held = False
+    note = (
+        f"'at least as well': the difference within ±{stats.MARGIN:g} or above it; a short "
+        "run ranks early training, not the final loss the papers report"
+    )
+    return Expectation(claim, held, measured, note)
 
 
 def _testable(*rows) -> bool | None:

@@ -67,49 +67,87 @@ class TrainEval(Experiment):
                 "gap": table.final_test_acc_train_mode - table.final_test_acc,
             }
         )
-        return analysis.seed_table(frame, ["norm", "batch_size"], ["eval_acc", "train_acc", "gap"])
+        table = analysis.seed_table(frame, ["norm", "batch_size"], ["eval_acc", "train_acc", "gap"])
+        ahead = frame.assign(ahead=frame.gap > 0).groupby(["norm", "batch_size"]).ahead.sum()
+        table["train_ahead"] = ahead.to_numpy()  # seeds whose train mode beat eval mode
+        return table
 
     def figures(self, store, headline):
-        caption = "Test error in eval mode (solid) and train mode (dashed) against batch size."
+        caption = (
+            "Test error in eval mode (running statistics, solid, 95% band over seeds) and "
+            "train mode (batch statistics, dashed) against batch size, one panel per technique."
+        )
         return [(_modes_figure(headline), caption)]
 
     def finding(self, headline: pd.DataFrame) -> str:
         parts = []
         for norm, rows in headline.groupby("norm"):
-            apart = []
+            apart, one_way = [], []
             for _, r in rows.sort_values("batch_size").iterrows():
                 gap = stats.summarize(r.gap, r.gap_sd, int(r.seeds))
                 if gap.low > 0 or gap.high < 0:  # the interval excludes no gap
                     apart.append(f"batch {int(r.batch_size)} {gap}")
-            parts.append(
-                f"{norm}: the modes differ at "
-                + (", ".join(apart) if apart else "no batch size (beyond the seeds' spread)")
+                elif r.seeds >= stats.MIN_SEEDS and r.train_ahead in (0, r.seeds) and r.gap:
+                    side = "above" if r.train_ahead else "below"
+                    one_way.append(
+                        f"batch {int(r.batch_size)} (train mode {side} eval mode in every "
+                        f"seed, mean {r.gap:+.3f})"
+                    )
+            text = f"{norm}: the modes differ at " + (
+                ", ".join(apart) if apart else "no batch size (beyond the seeds' spread)"
             )
+            if one_way:
+                text += "; one way in every seed, unresolved: " + ", ".join(one_way)
+            parts.append(text)
         return "Gap, train mode minus eval mode: " + "; ".join(parts) + "." if parts else ""
 
 
 def _modes_figure(headline: pd.DataFrame):
-    from normlab.experiments.plots import plt
+    """Test error in eval mode (solid, 95% band) and train mode (dashed) per batch size,
+    one panel per technique beside GroupNorm's (the control)."""
+    from normlab.experiments.plots import color, plt
 
     if headline.empty:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for norm, group in headline.groupby("norm"):
-        group = group.sort_values("batch_size")
-        (line,) = ax.plot(group.batch_size, 1 - group.eval_acc, marker="o", label=f"{norm}, eval")
-        ax.plot(
-            group.batch_size,
-            1 - group.train_acc,
-            marker="x",
-            linestyle="--",
-            color=line.get_color(),
-            label=f"{norm}, train mode",
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("test error")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    norms = list(headline.norm.unique())
+    cols = min(4, len(norms))
+    rows_ = -(-len(norms) // cols)
+    fig, axes = plt.subplots(
+        rows_, cols, figsize=(3.4 * cols, 2.9 * rows_), squeeze=False, sharex=True, sharey=True
+    )
+    for ax, norm in zip(axes.flat, norms, strict=False):
+        group = headline[headline.norm == norm].sort_values("batch_size")
+        for column, style, label in (("eval_acc", "-", "eval"), ("train_acc", "--", "train mode")):
+            band = [
+                stats.summarize(m, sd, int(n))
+                for m, sd, n in zip(group[column], group[f"{column}_sd"], group.seeds, strict=True)
+            ]
+            ax.plot(
+                group.batch_size,
+                1 - group[column],
+                style,
+                marker="o",
+                color=color(norm),
+                label=label,
+            )
+            if all(b.n >= 2 for b in band):
+                ax.fill_between(
+                    group.batch_size,
+                    [1 - b.high for b in band],
+                    [1 - b.low for b in band],
+                    color=color(norm),
+                    alpha=0.12,
+                )
+        ax.set_title(norm, fontsize=9)
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(norms) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("batch size")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test error")
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
