@@ -27,7 +27,7 @@ compare: setup
 	$(BIN)/normlab compare
 
 # Every experiment at the published sizes (3 seeds or more) and the placement study:
-# 78 minutes on 2 cores; the batch-size study reads Fashion-MNIST from Debian's
+# about 84 minutes on 2 cores; the batch-size study reads Fashion-MNIST from Debian's
 # dataset-fashion-mnist (installed here, as root).
 full: setup
 	test -d /usr/share/datasets/fashion-mnist || \
