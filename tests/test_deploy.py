@@ -151,7 +151,7 @@ def _check_fold(model: nn.Module, x: torch.Tensor) -> nn.Module:
         expected = model(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert normlab.fold_batchnorm(model) is model
+        assert normlab.fold_batchnorm(model, example=x) is model
     assert not any(
         isinstance(
             m, (nn.modules.batchnorm._BatchNorm, normlab.FrozenBatchNorm2d, normlab.BatchRenorm)
@@ -221,7 +221,131 @@ def test_fold_warns_unfolded_and_refuses_training():
     with pytest.warns(UserWarning) as record:
         normlab.fold_batchnorm(model)
     (message,) = [str(w.message) for w in record]
-    assert "0.bn" in message and "1 (" in message
+    assert "0.bn" not in message  # a custom forward's pair folds (the traced graph shows it)
+    assert "1 (BatchNorm2d: not directly after a Conv/Linear)" in message
     assert "3 (BatchNorm2d: keeps no running statistics)" in message
-    assert "5 (BatchNorm2d: it or the layer before it is used in several places)" in message
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 4
+    assert "5 (BatchNorm2d: it or the layer before it is called more than once)" in message
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 3
+
+
+# ---------------------------------------------------------------- fold: never silently wrong
+
+
+def _fold_and_compare(model: nn.Module, x: torch.Tensor, **kwargs) -> tuple[float, list[str]]:
+    """(largest output change, warning messages) of folding ``model`` on input ``x``."""
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        normlab.fold_batchnorm(model, **kwargs)
+    with torch.no_grad():
+        after = model(x)
+    return (after - before).abs().max().item(), [str(w.message) for w in record]
+
+
+def test_fold_never_folds_a_linear_whose_features_are_not_at_dim_1():
+    """Linear then BatchNorm1d on (N, C, L): the Linear's features are last, the norm's
+    at dim 1; with L == C the shapes agree and a fold would change the output."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 5), _randomize(nn.BatchNorm1d(5)))
+    change, messages = _fold_and_compare(model, torch.randn(4, 5, 5))
+    assert change < 1e-5 and isinstance(model[1], nn.BatchNorm1d)
+    assert any("1 (BatchNorm1d" in m and "example" in m for m in messages)
+    # with an example input the shape is known: (N, C, L) stays, (N, C) folds
+    change, messages = _fold_and_compare(model, torch.randn(4, 5, 5), example=torch.randn(2, 5, 5))
+    assert change < 1e-5 and isinstance(model[1], nn.BatchNorm1d)
+    flat = nn.Sequential(nn.Linear(6, 5), _randomize(nn.BatchNorm1d(5)))
+    change, messages = _fold_and_compare(flat, torch.randn(4, 6), example=torch.randn(2, 6))
+    assert change < 1e-5 and isinstance(flat[1], nn.Identity) and not messages
+
+
+def test_fold_leaves_a_weight_another_layer_shares():
+    torch.manual_seed(0)
+    encoder = nn.Linear(6, 6)
+    decoder = nn.Linear(6, 6)
+    decoder.weight = encoder.weight  # tied weights
+    model = nn.Sequential(encoder, _randomize(nn.BatchNorm1d(6)), nn.ReLU(), decoder)
+    change, messages = _fold_and_compare(model, torch.randn(4, 6), example=torch.randn(2, 6))
+    assert change < 1e-5 and isinstance(model[1], nn.BatchNorm1d)
+    assert any("shares its weight" in m or "shared" in m for m in messages)
+
+
+@pytest.mark.parametrize("how", ["weight_norm", "spectral_norm", "forward_hook", "norm_hook"])
+def test_fold_leaves_a_layer_whose_weight_or_output_a_hook_transforms(how):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    bn = _randomize(nn.BatchNorm2d(4))
+    if how == "weight_norm":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch deprecates the old-style one
+            conv = torch.nn.utils.weight_norm(conv)
+    elif how == "spectral_norm":
+        conv = torch.nn.utils.spectral_norm(conv)
+    elif how == "forward_hook":
+        conv.register_forward_hook(lambda m, a, out: out * 2)
+    else:
+        bn.register_forward_hook(lambda m, a, out: out + 1)
+    model = nn.Sequential(conv, bn, nn.ReLU())
+    x = torch.randn(2, 3, 6, 6)
+    model.eval()
+    change, messages = _fold_and_compare(model, x)
+    assert change < 1e-5 and isinstance(model[1], nn.BatchNorm2d), how
+    assert any("hook" in m for m in messages), messages
+
+
+def test_fold_finds_pairs_in_a_custom_forward():
+    """The attribute style (self.conv1 / self.bn1) folds where the traced graph shows the
+    conv's output feeding only the norm; a conv whose output is used twice does not."""
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 4, 3, padding=1), _randomize(nn.BatchNorm2d(4))
+            self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), _randomize(nn.BatchNorm2d(4))
+
+        def forward(self, x):
+            h = torch.relu(self.bn1(self.conv1(x)))
+            y = self.conv2(h)
+            return self.bn2(y) + y  # conv2's output is used twice: not foldable
+
+    model = Block()
+    change, messages = _fold_and_compare(model, torch.randn(2, 3, 6, 6))
+    assert change < 1e-5
+    assert isinstance(model.bn1, nn.Identity) and isinstance(model.bn2, nn.BatchNorm2d)
+    assert any("bn2" in m for m in messages)
+
+
+def test_fold_names_what_could_not_be_traced():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 1), _randomize(nn.BatchNorm2d(4))
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: symbolic tracing fails
+                x = -x
+            return self.bn(self.conv(x))
+
+    model = Branchy()
+    change, messages = _fold_and_compare(model, torch.randn(2, 3, 4, 4))
+    assert change < 1e-5 and isinstance(model.bn, nn.BatchNorm2d)
+    assert any("trace" in m and "bn" in m for m in messages)
+
+
+def test_recalibrate_a_batchnorm_called_with_a_keyword_input():
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.bn(input=x)
+
+    model = Keyword()
+    batches = [torch.randn(8, 3) * 2 + 1 for _ in range(3)]
+    normlab.recalibrate_batchnorm(model, batches)
+    every = torch.cat(batches)
+    torch.testing.assert_close(model.bn.running_mean, every.mean(0))
+    torch.testing.assert_close(model.bn.running_var, every.var(0))

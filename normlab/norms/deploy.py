@@ -132,12 +132,12 @@ def recalibrate_batchnorm(
 
     moments = {id(m): _Moments() for m in layers.values()}
 
-    def hook(module: nn.Module, args: tuple) -> None:
-        moments[id(module)].add(args[0])
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        moments[id(module)].add(args[0] if args else kwargs["input"])
 
     modes = [(m, m.training) for m in model.modules()]
     saved = [(b, b.detach().clone()) for b in model.buffers()]
-    handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in layers.values()]
     seen = 0
     try:
         model.train()
@@ -224,31 +224,135 @@ def _fold(layer: nn.Module, scale: Tensor, shift: Tensor) -> None:
     layer.bias.copy_(new_bias)
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
+class _Tracer(torch.fx.Tracer):
+    """Keeps the foldable norms and the layers they fold into as single calls."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, (*_FOLDABLE_NORMS, *_FOLD_INTO)) or super().is_leaf_module(
+            module, qualified_name
+        )
+
+
+def _traced_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(layer name, norm name) where the traced graph shows a Conv/Linear whose output
+    feeds nothing but a foldable norm, each called once; and norm name -> why a norm
+    the graph calls is not such a pair. Raises whatever tracing raises."""
+    graph = _Tracer().trace(model)
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs, reasons = [], {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], _FOLDABLE_NORMS):
+            continue
+        source = node.args[0] if node.args else node.kwargs.get("input")
+        layer = modules.get(source.target) if getattr(source, "op", "") == "call_module" else None
+        if layer is None or type(layer) not in _FOLD_INTO:
+            reasons[node.target] = "not directly after a Conv/Linear"
+        elif len(source.users) > 1:
+            reasons[node.target] = f"{source.target}'s output is used elsewhere too"
+        elif calls[node.target] > 1 or calls[source.target] > 1:
+            reasons[node.target] = "it or the layer before it is called more than once"
+        else:
+            pairs.append((source.target, node.target))
+    return pairs, reasons
+
+
+def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(layer name, norm name) of neighbours in plain nn.Sequentials, through nesting."""
+    names = {id(m): name for name, m in model.named_modules()}
+    pairs = []
+    for container in list(model.modules()):
+        if not _plain_sequential(container):
+            continue
+        for before, after in itertools.pairwise(list(container._modules)):
+            holder, key = _edge(container, after, last=False)
+            layer_holder, layer_key = _edge(container, before, last=True)
+            layer, norm = layer_holder._modules[layer_key], holder._modules[key]
+            if isinstance(norm, _FOLDABLE_NORMS) and type(layer) in _FOLD_INTO:
+                pairs.append((names[id(layer)], names[id(norm)]))
+    return pairs
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a hook can change what the module computes or outputs (old-style
+    weight_norm and spectral_norm recompute the weight in a forward pre-hook)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or getattr(module, "_forward_hooks_with_kwargs", None)
+        or torch.nn.utils.parametrize.is_parametrized(module)
+    )
+
+
+def _output_ranks(model: nn.Module, layers: list[nn.Module], example: Any) -> dict[int, int]:
+    """id(layer) -> the rank of its output on ``example`` (one forward, no grad)."""
+    ranks: dict[int, int] = {}
+
+    def record(module, args, output) -> None:
+        ranks[id(module)] = output.dim()
+
+    handles = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        with torch.no_grad():
+            _first_element(model, example) if isinstance(example, tuple | list) else model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ranks
+
+
+def _why_not(model, layer, norm, shared: set[int], ranks: dict[int, int] | None) -> str | None:
+    """Why folding ``norm`` into ``layer`` could change the model's output, or None."""
+    if any(id(p) in shared for p in layer.parameters(recurse=False)):
+        return "the layer before it shares its weight with another layer"
+    if _hooked(layer) or _hooked(norm):
+        return "a hook or parametrization transforms it or the layer before it"
+    channels = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+    if channels != norm.num_features:
+        return f"{norm.num_features} features after {channels} output channels"
+    if isinstance(layer, nn.Linear):
+        if ranks is None:
+            return (
+                "a Linear puts its features last and a BatchNorm at dim 1, which agree only "
+                "on (N, features) inputs: pass example= an input to fold it"
+            )
+        if ranks.get(id(layer)) != 2:
+            return f"the Linear's output has {ranks.get(id(layer), '?')} dims, its features last"
+    affine = _affine_of(norm)
+    return affine if isinstance(affine, str) else None
+
+
+def fold_batchnorm(model: nn.Module, example: Any = None) -> nn.Module:
     """Fold every inference-time affine norm that directly follows a Conv1d/2d/3d or
     Linear into that layer's weight and bias, replacing the norm with
     ``nn.Identity``. In place; returns the model.
 
     Folded: BatchNorms (torch.nn's and normlab's, any ``_BatchNorm``, and
-    Cross-Iteration BatchNorm) in eval mode with running statistics, :class:`FrozenBatchNorm2d`, and
-    :class:`BatchRenorm` in eval; each computes ``x * s + t`` per channel with
-    ``s = weight / sqrt(running_var + eps)``, ``t = bias - running_mean * s``,
-    so the layer's weight becomes ``W * s`` (per output channel) and its bias
-    ``b * s + t`` (``t`` for a layer without bias, which gets one). Computed in
-    float64 and cast to the layer's dtype; the eval output equals the
-    original's up to float rounding.
+    Cross-Iteration BatchNorm) in eval mode with running statistics,
+    :class:`FrozenBatchNorm2d`, and :class:`BatchRenorm` in eval; each computes
+    ``x * s + t`` per channel with ``s = weight / sqrt(running_var + eps)``,
+    ``t = bias - running_mean * s``, so the layer's weight becomes ``W * s`` (per
+    output channel) and its bias ``b * s + t`` (``t`` for a layer without bias,
+    which gets one). Computed in float64 and cast to the layer's dtype; the eval
+    output equals the original's up to float rounding.
 
-    "Directly follows" means neighbours in a plain ``nn.Sequential`` (one whose
-    forward is nn.Sequential's), searched recursively, across nested
-    Sequentials (``Sequential(Sequential(conv), bn)`` folds). The layer must be
-    exactly one of those classes (not a subclass, such as WSConv2d or a
-    parametrized layer, whose weight is transformed in its forward) with as many
-    output channels as the norm has features, and neither may be used in a
-    second place of the model. A Linear is taken to produce (N, features) or
-    (N, features, L) with the features at dim 1, which is what a BatchNorm1d
-    after it normalizes. Norms anywhere else (a ResNet block's ``bn1`` after
-    ``conv1`` called in a custom forward) are not found (that needs a traced
-    graph) and are named, with the reason, in one UserWarning.
+    The pairs come from the model's dataflow: a ``torch.fx`` trace (as torch's own
+    fusers find them) shows where a layer's output feeds nothing but a norm, in any
+    forward (``self.bn1(self.conv1(x))`` too); a model that cannot be traced is
+    searched for neighbours in plain ``nn.Sequential`` s only, and says so. A pair is
+    folded only where the fold cannot change the output, and left, named with the
+    reason in one UserWarning, where it could: the layer's output also used
+    elsewhere, either module called twice or registered twice, the layer's weight
+    or bias shared with another layer, a hook or parametrization on either (old-style
+    ``weight_norm``/``spectral_norm`` included), a layer that is not exactly
+    Conv1d/2d/3d or Linear, features that do not match. A Linear's features are its
+    output's last axis and a BatchNorm's are dim 1: they are the same only for
+    (N, features) outputs, so Linear → BatchNorm pairs fold only when ``example``
+    (an input, or a tuple whose first element is one) shows the Linear's output
+    has two dimensions.
 
     A model in training mode raises ValueError: folding is for inference.
     """
@@ -257,44 +361,45 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             "fold_batchnorm: the model is in training mode; folding is for inference, "
             "call model.eval() first"
         )
-    uses: dict[int, int] = {}
+    try:
+        pairs, reasons = _traced_pairs(model)
+        untraced = ""
+    except Exception as e:  # any tracing failure: data-dependent control flow, ...
+        pairs, reasons = _sequential_pairs(model), {}
+        untraced = (
+            f"the model could not be traced ({type(e).__name__}: {str(e).splitlines()[0]}), "
+            "so only nn.Sequential neighbours were searched"
+        )
+    modules = dict(model.named_modules())
+    registered: dict[int, int] = {}
     for module in model.modules(remove_duplicate=False):
-        uses[id(module)] = uses.get(id(module), 0) + 1
+        registered[id(module)] = registered.get(id(module), 0) + 1
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            owners[id(parameter)] = owners.get(id(parameter), 0) + 1
+    shared = {pid for pid, count in owners.items() if count > 1}
+    linears = [modules[a] for a, _ in pairs if isinstance(modules[a], nn.Linear)]
+    ranks = _output_ranks(model, linears, example) if example is not None and linears else None
     folded: set[int] = set()
-    reasons: dict[int, str] = {}
     with torch.no_grad():
-        for container in list(model.modules()):
-            if not _plain_sequential(container):
+        for layer_name, norm_name in pairs:
+            layer, norm = modules[layer_name], modules[norm_name]
+            if registered[id(layer)] > 1 or registered[id(norm)] > 1:
+                reasons[norm_name] = "it or the layer before it is used in several places"
                 continue
-            keys = list(container._modules)
-            for before, after in itertools.pairwise(keys):
-                holder, key = _edge(container, after, last=False)
-                layer_holder, layer_key = _edge(container, before, last=True)
-                layer, norm = layer_holder._modules[layer_key], holder._modules[key]
-                if not isinstance(norm, _FOLDABLE_NORMS) or id(norm) in folded:
-                    continue
-                if type(layer) not in _FOLD_INTO:
-                    continue
-                if uses[id(layer)] > 1 or uses[id(norm)] > 1:
-                    reasons[id(norm)] = "it or the layer before it is used in several places"
-                    continue
-                channels = getattr(layer, "out_channels", getattr(layer, "out_features", None))
-                if channels != norm.num_features:
-                    reasons[id(norm)] = (
-                        f"{norm.num_features} features after {channels} output channels"
-                    )
-                    continue
-                affine = _affine_of(norm)
-                if isinstance(affine, str):
-                    reasons[id(norm)] = affine
-                    continue
-                _fold(layer, *affine)
-                folded.add(id(norm))
-                holder._modules[key] = nn.Identity()
+            why = _why_not(model, layer, norm, shared, ranks)
+            if why is not None:
+                reasons[norm_name] = why
+                continue
+            _fold(layer, *_affine_of(norm))
+            folded.add(id(norm))
+            parent, _, attribute = norm_name.rpartition(".")
+            setattr(model.get_submodule(parent), attribute, nn.Identity())
     left = [
         f"{name} ({type(m).__name__}: "
-        f"{reasons.get(id(m), 'not directly after a Conv/Linear in an nn.Sequential')})"
-        for name, m in model.named_modules()
+        f"{reasons.get(name, untraced or 'not directly after a Conv/Linear')})"
+        for name, m in modules.items()
         if isinstance(m, _FOLDABLE_NORMS) and id(m) not in folded
     ]
     if left:
