@@ -378,3 +378,51 @@ def test_a_last_axis_norm_becomes_a_channels_first_technique_over_that_axis(targ
         h = model[0](x).detach()
         expected = copy.deepcopy(inner)(h.movedim(-1, 1)).movedim(1, -1)
         torch.testing.assert_close(model(x), expected)
+
+
+# --- issue 25: no silent change of what a model computes ------------------------------------
+
+
+def _randomized(layer: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn_like(layer.weight) * 0.3 + 0.2)
+    return layer
+
+
+@pytest.mark.parametrize("unit_offset", [False, True])
+def test_convert_across_gemmas_unit_offset_keeps_the_scale(unit_offset):
+    """LMRMSNorm(unit_offset=True) scales by 1 + w, every other RMSNorm by w: the weight
+    carried across becomes w − 1 or w + 1 so the output stays."""
+    torch.manual_seed(0)
+    old = _randomized(normlab.LMRMSNorm(8, unit_offset=unit_offset))
+    x = torch.randn(4, 8)
+    expected = old(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = normlab.convert(copy.deepcopy(old), "rmsnorm_lm", unit_offset=not unit_offset)
+        plain = normlab.convert(copy.deepcopy(old), "rmsnorm")
+        layer = normlab.convert(copy.deepcopy(old), "layernorm")
+    torch.testing.assert_close(other(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-5)
+    scale = old.weight + 1 if unit_offset else old.weight
+    torch.testing.assert_close(layer.weight, scale)  # LayerNorm scales by its weight
+
+
+@pytest.mark.parametrize("target", ["frn", "evonorm_s0", "evonorm_b0"])
+def test_convert_to_a_norm_with_its_own_activation_names_the_one_after_it(target):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    with pytest.warns(UserWarning, match=r"its own activation.*2 \(ReLU\)"):
+        normlab.convert(copy.deepcopy(model), target)
+    replaced = normlab.convert(copy.deepcopy(model), target, replace_activation=True)
+    assert isinstance(replaced[2], nn.Identity)
+    assert registry.spec_of(replaced[1]).fused_activation
+
+
+def test_convert_warns_only_about_settings_the_user_chose():
+    model = nn.Sequential(nn.BatchNorm2d(6), nn.LayerNorm(6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # momentum 0.1 and eps 1e-5 are only the defaults
+        normlab.convert(copy.deepcopy(model), "dyt")
+    chosen = nn.Sequential(nn.BatchNorm2d(6, momentum=0.3))
+    with pytest.warns(UserWarning, match="momentum=0.3"):
+        normlab.convert(chosen, "groupnorm")

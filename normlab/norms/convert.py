@@ -4,6 +4,7 @@ unfreeze BatchNorm, convert to SyncBatchNorm."""
 from __future__ import annotations
 
 import inspect
+import itertools
 import warnings
 from collections.abc import Callable
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from normlab._names import did_you_mean
-from normlab.norms import registry
+from normlab.norms import _graph, registry
 from normlab.norms._layout import FeaturesLast
 from normlab.norms.batch import BatchNormNd, FrozenBatchNorm2d, SyncBatchNorm
 from normlab.norms.cross_iteration import CrossIterationBatchNorm, link_cross_iteration
@@ -48,19 +49,28 @@ def _is_channels_last(module: nn.Module) -> bool:
     return isinstance(module, _CHANNELS_LAST) or getattr(module, "channels_last", False) is True
 
 
+def _scale_offset(module: nn.Module) -> float:
+    """What a layer adds to its weight to get its scale: 1 for Gemma's unit offset
+    (LMRMSNorm(unit_offset=True) scales by 1 + weight), else 0."""
+    return 1.0 if getattr(module, "unit_offset", False) is True else 0.0
+
+
 def _transfer(old: nn.Module, new: nn.Module) -> nn.Module:
     """Copy affine parameters (with their requires_grad), running statistics and the
-    batch count where shapes agree; match the old module's device, dtype and mode."""
+    batch count where shapes agree; match the old module's device, dtype and mode.
+    The weight carries the old layer's scale: across Gemma's unit offset it becomes
+    w + 1 or w − 1."""
     tensors = [*old.parameters(), *old.buffers()]
     reference = next((t for t in tensors if t.is_floating_point()), None)
     if reference is not None:
         new.to(device=reference.device, dtype=reference.dtype)
+    offset = _scale_offset(old) - _scale_offset(new)
     with torch.no_grad():
         for name in _COPIED:
             src, dst = getattr(old, name, None), getattr(new, name, None)
             if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor):
                 if src.shape == dst.shape:
-                    dst.copy_(src)
+                    dst.copy_(src + offset if name == "weight" and offset else src)
                     if isinstance(dst, nn.Parameter):
                         dst.requires_grad_(src.requires_grad)
     return new.train(old.training)
@@ -202,14 +212,18 @@ def _lost(old: nn.Module, new: nn.Module, settings: dict, accepted: set[str]) ->
     """What ``new`` cannot carry of ``old``: statistics it keeps no place for, settings
     its constructor does not take."""
     lost = []
+    count = getattr(old, "num_batches_tracked", None)
     if (
         getattr(old, "running_mean", None) is not None
         and getattr(new, "running_mean", None) is None
+        and (count is None or count.is_meta or int(count) > 0)  # gathered, not the defaults
     ):
         lost.append("running statistics")
+    defaults = inspect.signature(type(old).__init__).parameters
     for name, value in settings.items():
         default_like = (name == "affine" and value is True) or name == "track_running_stats"
-        if name not in accepted and not default_like:
+        chosen = name not in defaults or defaults[name].default != value  # not the default
+        if name not in accepted and not default_like and chosen:
             lost.append(f"{name}={value}")
     return lost
 
@@ -300,7 +314,108 @@ def _describe(source: Source) -> str:
     return f"({text})" if isinstance(source, tuple) else text
 
 
-def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> nn.Module:
+# Activation modules a norm with its own activation (FRN's TLU, EvoNorm) would double.
+_ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+)
+
+
+def _followers(model: nn.Module, norms: set[int]) -> tuple[list[str], list[str], str]:
+    """(names of activation modules whose input is one of ``norms``' outputs and
+    nothing else, names of other activation calls after them that cannot be
+    replaced, why the search was partial: '' when the model traced)."""
+    modules = dict(model.named_modules())
+    try:
+        graph = _graph.trace(model, (*registry.norm_classes(), FeaturesLast, *_ACTIVATIONS))
+    except Exception as e:  # any tracing failure: look at nn.Sequential neighbours only
+        found = []
+        for container in model.modules():
+            if isinstance(container, nn.Sequential):
+                keys = list(container._modules)
+                for before, after in itertools.pairwise(keys):
+                    if id(container._modules[before]) in norms and isinstance(
+                        container._modules[after], _ACTIVATIONS
+                    ):
+                        found.append(
+                            next(n for n, m in modules.items() if m is container._modules[after])
+                        )
+        return found, [], _graph.untraceable(e)
+    found, other = [], []
+    for node in graph.nodes:
+        source = _graph.input_node(node) if node.op in ("call_module", "call_function") else None
+        if getattr(source, "op", "") != "call_module" or id(modules[source.target]) not in norms:
+            continue
+        if node.op == "call_module" and isinstance(modules[node.target], _ACTIVATIONS):
+            found.append(node.target)
+        elif node.op == "call_function" and getattr(node.target, "__name__", "") in (
+            "relu",
+            "gelu",
+            "silu",
+            "leaky_relu",
+            "relu6",
+            "elu",
+            "mish",
+            "sigmoid",
+            "tanh",
+        ):
+            other.append(f"{node.target.__name__} after {source.target}")
+    return found, other, ""
+
+
+def _double_activation(model: nn.Module, spec, norms: set[int], replace: bool) -> None:
+    """Name (or, with ``replace``, replace by nn.Identity) the activations that follow
+    a converted norm which applies its own."""
+    found, other, partial = _followers(model, norms)
+    counts: dict[int, int] = {}
+    for module in model.modules(remove_duplicate=False):
+        counts[id(module)] = counts.get(id(module), 0) + 1
+    replaced, kept = [], []
+    for name in found:
+        parent, _, attribute = name.rpartition(".")
+        module = model.get_submodule(name)
+        if replace and counts[id(module)] == 1:
+            setattr(model.get_submodule(parent), attribute, nn.Identity())
+            replaced.append(name)
+        else:
+            kept.append(f"{name} ({type(module).__name__})")
+    kept += other
+    if kept or (partial and not replaced):
+        advice = (
+            "pass replace_activation=True to replace those modules with nn.Identity"
+            if not replace
+            else "these are used elsewhere or are function calls, left in place"
+        )
+        warnings.warn(
+            f"convert to {spec.name!r}: it brings its own activation; the model now also "
+            f"applies {', '.join(kept) or 'possibly an activation after it'} after it, two "
+            f"activations in a row; {advice}" + (f" ({partial})" if partial else ""),
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def convert(
+    model: nn.Module,
+    target: str,
+    source: Source = None,
+    *,
+    replace_activation: bool = False,
+    **kwargs,
+) -> nn.Module:
     """Replace the normalization layers of ``model`` with technique ``target``.
 
     In place, recursing through containers; returns the model (or the new
@@ -329,7 +444,14 @@ def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> n
     layer's requires_grad, dtype, device and train/eval mode.
 
     Warns (one UserWarning) naming what the new layers cannot carry (running
-    statistics, a momentum, ...), and when no layer matches ``source``. An
+    statistics, a momentum the user set, ...), and when no layer matches
+    ``source``. A ``target`` that brings its own activation (FRN, EvoNorm) warns
+    naming each activation the model applies right after a converted layer (found
+    in its traced dataflow), which would now be a second one;
+    ``replace_activation=True`` replaces those activation modules with
+    ``nn.Identity``. A weight carried across Gemma's unit offset
+    (``LMRMSNorm(unit_offset=True)`` scales by 1 + weight) becomes weight ± 1, so
+    the scale is kept. An
     unknown target or source name raises KeyError with the choices. A
     channels-last layer (LayerNorm) replaced by a channels-first technique
     (BatchNorm) comes wrapped in :class:`~normlab.norms._layout.FeaturesLast`, so
@@ -357,7 +479,14 @@ def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> n
         extended[name] = extended.get(name, 0) + 1
         return False
 
+    made: set[int] = set()
+
     def make(old: nn.Module) -> nn.Module:
+        new = _make(old)
+        made.add(id(new))
+        return new
+
+    def _make(old: nn.Module) -> nn.Module:
         nonlocal converted
         converted += 1
         twin = _normlab_twin(old, spec)
@@ -388,6 +517,8 @@ def convert(model: nn.Module, target: str, source: Source = None, **kwargs) -> n
 
     result = _replace(model, selected, make)
     _keep_transformer_layers_exact(result)
+    if spec.fused_activation and made and result is model:
+        _double_activation(result, spec, made, replace_activation)
     if issubclass(spec.cls, CrossIterationBatchNorm):  # each new layer needs its producer
         link_cross_iteration(result)
     if extended:

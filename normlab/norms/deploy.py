@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from normlab.norms import _graph
 from normlab.norms.batch import BatchRenorm, FrozenBatchNorm2d, GhostBatchNorm
 from normlab.norms.cross_iteration import CrossIterationBatchNorm
 
@@ -224,20 +225,11 @@ def _fold(layer: nn.Module, scale: Tensor, shift: Tensor) -> None:
     layer.bias.copy_(new_bias)
 
 
-class _Tracer(torch.fx.Tracer):
-    """Keeps the foldable norms and the layers they fold into as single calls."""
-
-    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, (*_FOLDABLE_NORMS, *_FOLD_INTO)) or super().is_leaf_module(
-            module, qualified_name
-        )
-
-
 def _traced_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """(layer name, norm name) where the traced graph shows a Conv/Linear whose output
     feeds nothing but a foldable norm, each called once; and norm name -> why a norm
     the graph calls is not such a pair. Raises whatever tracing raises."""
-    graph = _Tracer().trace(model)
+    graph = _graph.trace(model, (*_FOLDABLE_NORMS, *_FOLD_INTO))
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -247,7 +239,7 @@ def _traced_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, st
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], _FOLDABLE_NORMS):
             continue
-        source = node.args[0] if node.args else node.kwargs.get("input")
+        source = _graph.input_node(node)
         layer = modules.get(source.target) if getattr(source, "op", "") == "call_module" else None
         if layer is None or type(layer) not in _FOLD_INTO:
             reasons[node.target] = "not directly after a Conv/Linear"
@@ -366,10 +358,7 @@ def fold_batchnorm(model: nn.Module, example: Any = None) -> nn.Module:
         untraced = ""
     except Exception as e:  # any tracing failure: data-dependent control flow, ...
         pairs, reasons = _sequential_pairs(model), {}
-        untraced = (
-            f"the model could not be traced ({type(e).__name__}: {str(e).splitlines()[0]}), "
-            "so only nn.Sequential neighbours were searched"
-        )
+        untraced = f"{_graph.untraceable(e)}, so only nn.Sequential neighbours were searched"
     modules = dict(model.named_modules())
     registered: dict[int, int] = {}
     for module in model.modules(remove_duplicate=False):
