@@ -766,3 +766,56 @@ def test_activation_checkpointing_recomputation_is_not_a_second_call(reentrant):
     assert mon.sites == {"act": "input of Tanh"}
     pre = model.lin(x).detach()
     assert _values(mon.to_frame(), "act", "mean")[0] == pytest.approx(pre.mean().item(), abs=1e-6)
+
+
+def test_a_step_whose_activations_went_nan_is_reported_as_nan():
+    """latest() gives each quantity's record of the latest step, NaN included (it gave
+    the last finite one, so loggers showed a healthy mean at the step that broke);
+    histograms leave NaN out of the bins (it landed in the last, '> 8')."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    monitor = Monitor(model, grad_every=1).attach()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        x = torch.randn(16, 4)
+        if step == 2:
+            x[0, 0] = float("nan")
+        optimizer.zero_grad()
+        model(x).sum().backward()
+        optimizer.step()
+        if step == 2:
+            edges = torch.linspace(-8.0, 8.0, 65)
+            counts = monitor.histograms(edges)["1"]
+            assert int(counts.sum()) == 16 * 8 - 8 and counts[-1] == 0  # one sample's 8
+    latest = monitor.latest()
+    assert np.isnan(latest["1/mean"]) and np.isnan(latest["1/max"])
+    frame = monitor.to_frame()
+    assert frame[(frame.module == "1") & (frame.quantity == "mean")].step.max() == 2
+    monitor.detach()
+
+
+def test_a_watched_model_copies_pickles_and_averages_and_the_copy_is_unwatched(tmp_path):
+    """EMA/SWA copies and whole-model checkpoints while a Monitor is attached: the copy
+    works and records nothing; the original stays watched."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer=optimizer, grad_every=1).attach()
+    model(torch.randn(8, 4)).sum().backward()
+    optimizer.step()
+    twin = copy.deepcopy(model)
+    averaged = torch.optim.swa_utils.AveragedModel(model)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    restored = pickle.loads(pickle.dumps(model))
+    before = monitor.step
+    for copy_ in (twin, averaged, loaded, restored):
+        x = torch.randn(8, 4)
+        copy_(x).sum().backward()
+    assert monitor.step == before  # the copies are not watched
+    model(torch.randn(8, 4)).sum().backward()
+    assert monitor.step == before + 1  # the original still is
+    torch.testing.assert_close(twin[0].weight, model[0].weight)
+    monitor.detach()

@@ -82,10 +82,11 @@ def check_edges(edges: Tensor | Sequence[float]) -> Tensor:
 def _histogram(site: str, counts: Tensor, edges: np.ndarray, values: dict) -> Histogram:
     counts = counts.cpu().numpy().astype(np.int64)
     num = int(counts.sum())
-    low = min(values.get(f"{site}/min", edges[0]), float(edges[0]))
-    high = max(values.get(f"{site}/max", edges[-1]), float(edges[-1]))
+    low, high = values.get(f"{site}/min", edges[0]), values.get(f"{site}/max", edges[-1])
+    low = min(low, float(edges[0])) if np.isfinite(low) else float(edges[0])
+    high = max(high, float(edges[-1])) if np.isfinite(high) else float(edges[-1])
     mean, std = values.get(f"{site}/mean"), values.get(f"{site}/std")
-    if mean is None or std is None:
+    if mean is None or std is None or not np.isfinite(mean * std):  # non-finite: the bins
         mid = (np.concatenate([[low], edges]) + np.concatenate([edges, [high]])) / 2
         total, squares = float(counts @ mid), float(counts @ mid**2)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -123,9 +124,10 @@ class _Chunk:
     steps: np.ndarray  # (k,) int64
     values: np.ndarray  # (k, len(quantities)) float32
     sketch: np.ndarray | None  # (k, SKETCH_LEVELS) float32 quantiles, for activations
+    absent: np.ndarray | None = None  # (k, len(quantities)) bool: no record there (a NaN)
 
     def nbytes(self) -> int:
-        extra = 0 if self.sketch is None else self.sketch.nbytes
+        extra = sum(a.nbytes for a in (self.sketch, self.absent) if a is not None)
         return self.steps.nbytes + self.values.nbytes + extra
 
 
@@ -141,6 +143,29 @@ def _norm(grad: Tensor) -> Tensor:
         grad = grad.detach()
     half = grad.dtype in (torch.float16, torch.bfloat16)
     return torch.linalg.vector_norm(grad, dtype=torch.float32 if half else None)
+
+
+class _Hook(functools.partial):
+    """A Monitor's hook on a model or a parameter (a partial without arguments: its
+    call costs no Python frame). A copy of it is inert: a model deep-copied (an EMA
+    or SWA copy), pickled or saved whole while watched carries hooks that record
+    nothing, and the original stays watched."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo) -> Callable:
+        return _inert
+
+    def __reduce__(self):
+        return _inert_hook, ()
+
+
+def _inert(*args, **kwargs) -> None:
+    """What a copied Monitor hook does: nothing."""
+
+
+def _inert_hook() -> Callable:
+    return _inert
 
 
 def _watch_gradient(tensor: Tensor, norms: list[tuple[int, Tensor]], slot: int) -> None:
@@ -309,12 +334,12 @@ class Monitor:
             return self
         self._attached = True
         if self.steps == "forward":
-            self._handles.append(self.model.register_forward_pre_hook(self._on_step))
+            self._handles.append(self.model.register_forward_pre_hook(_Hook(self._on_step)))
         for name, module, watch_input in self._selected:
             what = f"{'input' if watch_input else 'output'} of {type(module).__name__}"
             saturation = next((t for c, t in SATURATION.items() if isinstance(module, c)), None)
             dead = isinstance(module, DEAD)
-            hook = self._make_hook(name, what, saturation, dead, watch_input)
+            hook = _Hook(self._make_hook(name, what, saturation, dead, watch_input))
             if watch_input:
                 self._handles.append(module.register_forward_pre_hook(hook))
             else:
@@ -322,7 +347,8 @@ class Monitor:
         if self._params:
             if self.optimizer is None:
                 for i, (_, p) in enumerate(self._params):
-                    self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(i)))
+                    hook = _Hook(self._grad_hook(i))
+                    self._handles.append(p.register_post_accumulate_grad_hook(hook))
             else:  # its copy of the weights now, not in the first step that needs it
                 self._snapshot = [p.clone() for p in self._param_data]
                 self._hook_updates = self.steps == "forward"
@@ -641,12 +667,15 @@ class Monitor:
             columns = list(range(saturated))  # mean ... max, then what the site's kind has
             columns += [saturated] * (job.saturation is not None) + [counted_dead] * job.dead
             grad = np.full((k, 1), np.nan)  # NaN where no gradient came
+            absent = np.zeros((k, len(columns) + 1), bool)
+            absent[:, -1] = True
             for slot in slots:
                 grad[slot] = next(host)
+                absent[slot, -1] = False
             values = np.hstack([matrix[start : start + k, columns], grad]).astype(np.float32)
             quantity = (*(names[c] for c in columns), "grad_norm")
             steps = np.asarray(job.steps, np.int64)
-            chunk = _Chunk(job.name, quantity, steps, values, sketch[start : start + k])
+            chunk = _Chunk(job.name, quantity, steps, values, sketch[start : start + k], absent)
             self._chunks.append(chunk)
             start += k
 
@@ -678,13 +707,17 @@ class Monitor:
                 ratio[rows] = delta / norms[rows, count:]
         grad = norms[:, :count]
         steps = np.asarray([step for step, _, _ in params], np.int64)
+        absent = np.isnan(grad)[:, :, None]  # no gradient recorded (made NaN)
         if self.optimizer is None:
             quantity, values = ("grad_norm",), grad[:, :, None]
         else:
             quantity, values = ("grad_norm", "update_ratio"), np.stack([grad, ratio], axis=2)
+            # no update measured, or a weight of norm 0, whose ratio is undefined
+            undefined = np.isnan(ratio) | (norms[:, count:] == 0)
+            absent = np.stack([absent[:, :, 0], undefined], axis=2)
         values = values.astype(np.float32)
         for i, (name, _) in enumerate(self._params):
-            self._chunks.append(_Chunk(name, quantity, steps, values[:, i], None))
+            self._chunks.append(_Chunk(name, quantity, steps, values[:, i], None, absent[:, i]))
 
     @property
     def sites(self) -> dict[str, str]:
@@ -692,10 +725,12 @@ class Monitor:
         return {name: site.what for name, site in self._sites.items()}
 
     def latest(self, quantities: Iterable[str] | None = None) -> dict[str, float]:
-        """The most recent value of each recorded quantity, as ``{"module/quantity":
-        value}`` (NaN values left out), for loggers; ``quantities`` keeps only
-        those (e.g. ``("std", "grad_norm")``). Flushes, so call it every few
-        dozen steps, not every step."""
+        """The most recent record of each quantity, as ``{"module/quantity": value}``,
+        for loggers; ``quantities`` keeps only those (e.g. ``("std", "grad_norm")``).
+        A non-finite value is the record of its step (activations that went NaN show
+        as NaN then, not as the last healthy value); a step that recorded no value
+        (no gradient on a step without gradient records) is skipped. Flushes, so
+        call it every few dozen steps, not every step."""
         self.flush()
         wanted = None if quantities is None else set(quantities)
         out: dict[str, float] = {}
@@ -705,9 +740,13 @@ class Monitor:
                 if key in out or (wanted is not None and quantity not in wanted):
                     continue
                 column = chunk.values[:, j]
-                finite = np.flatnonzero(np.isfinite(column))
-                if finite.size:
-                    out[key] = float(column[finite[-1]])
+                there = (
+                    np.arange(len(column))
+                    if chunk.absent is None
+                    else (np.flatnonzero(~chunk.absent[:, j]))
+                )
+                if there.size:
+                    out[key] = float(column[there[-1]])
         return dict(sorted(out.items()))
 
     def histograms(self, edges: Tensor) -> dict[str, Tensor]:
@@ -715,12 +754,14 @@ class Monitor:
         ``edges`` (K + 1 increasing values): K + 2 counts, the first and last
         for values below and above the range. Computed on the record's device;
         empty when the latest records have been flushed already (call it right
-        after the step: the integrations do)."""
+        after the step: the integrations do). Non-finite values are in no bin: the
+        record's statistics (NaN) say they happened."""
         out = {}
         for name, site in self._sites.items():
             if not site.steps or site.steps[-1] != self.step or site.rows is None:
                 continue
             sample = site.targets[len(site.steps) - 1][: site.lengths[-1]]
+            sample = sample[torch.isfinite(sample)]
             bucket = torch.bucketize(sample, edges.to(sample.device, sample.dtype))
             out[name] = torch.bincount(bucket, minlength=edges.numel() + 1)
         return out
