@@ -744,3 +744,75 @@ def test_transformers_callback_unscales_under_a_grad_scaler(tmp_path):
     assert sorted(params.step.unique()) == [1, 3, 5]  # the last micro-batch of each step
     for step, module, value in zip(params.step, params.module, params.value, strict=True):
         assert value == pytest.approx(grads[step // 2][module], rel=1e-5)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_lightning_callback_saves_what_it_recorded_when_training_stops(tmp_path, error):
+    """An exception or Ctrl-C mid-fit: the records so far are saved, not lost."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from normlab.integrations.lightning import MonitorCallback
+
+    model = _lightning_module(pl)
+    step = model.training_step
+
+    def failing(batch, batch_idx):
+        if batch_idx == 3:
+            raise error("stop")
+        return step(batch, batch_idx)
+
+    model.training_step = failing
+    callback = MonitorCallback(save_to=tmp_path / "records.parquet")
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    with contextlib.suppress(error, SystemExit):
+        trainer.fit(model, _loader())
+    frame = pd.read_parquet(tmp_path / "records.parquet")
+    assert sorted(frame.step.unique()) == [0, 1, 2]  # the steps before the one that failed
+    assert callback.path == tmp_path / "records.parquet"
+
+
+def test_transformers_callback_saves_what_it_recorded_when_training_stops(tmp_path):
+    """The Trainer has no event for an exception: the run that stops with one saves at
+    exit (here a subprocess whose model raises at its fourth step)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    script = f"""
+import torch, transformers
+from torch import nn
+from normlab.integrations.transformers import MonitorCallback
+
+class Data(torch.utils.data.Dataset):
+    def __len__(self): return 64
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {{"x": torch.randn(4, generator=g), "labels": torch.tensor(i % 2)}}
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 2))
+        self.calls = 0
+    def forward(self, x, labels=None):
+        self.calls += 1
+        if self.calls == 4:
+            raise RuntimeError("stop")
+        logits = self.net(x)
+        return {{"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}}
+
+args = transformers.TrainingArguments(output_dir={str(tmp_path)!r}, max_steps=8,
+    per_device_train_batch_size=8, report_to=[], use_cpu=True, save_strategy="no",
+    disable_tqdm=True)
+trainer = transformers.Trainer(model=Net(), args=args, train_dataset=Data(),
+    callbacks=[MonitorCallback()])
+trainer.train()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode != 0 and "stop" in done.stderr
+    frame = pd.read_parquet(tmp_path / "monitor.parquet")
+    assert sorted(frame.step.unique()) == [0, 1, 2]

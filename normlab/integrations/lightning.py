@@ -69,7 +69,8 @@ class MonitorCallback(pl.Callback):
     (``on_train_batch_end`` of a batch that stepped); only
     ``trainer.optimizers[0]`` is watched.
 
-    At fit end the monitor is detached and its frame saved as Parquet to
+    At fit end, and when an exception or an interrupt ends the fit, the monitor is
+    detached and its frame saved as Parquet to
     ``save_to`` (a ``.parquet`` file, or a directory for ``monitor.parquet``;
     default: the Trainer's ``log_dir``); the path is :attr:`path`.
     """
@@ -202,15 +203,23 @@ class MonitorCallback(pl.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         # trainer.log_dir broadcasts: every process asks for it, then only one writes.
         target = Path(self.save_to if self.save_to is not None else trainer.log_dir or ".")
+        self._finish(target)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        """An exception or an interrupt (Ctrl-C) ended the fit: save what was recorded,
+        where the fit would have (without asking the other processes: they may be gone)."""
+        logger = trainer.logger
+        log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+        target = self.save_to if self.save_to is not None else log_dir
+        self._finish(Path(target if target is not None else trainer.default_root_dir))
+
+    def _finish(self, target: Path) -> None:
+        """Detach the monitor and save its records to ``target`` (a file, or a directory
+        for monitor.parquet); nothing on processes that record nothing."""
+        self._live = None
         if self.monitor is None:
             return
-        self._live = None
         self.monitor.detach()
         if target.suffix != ".parquet":
             target = target / "monitor.parquet"
         self.path = self.monitor.save(target)
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        self._live = None
-        if self.monitor is not None:
-            self.monitor.detach()

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -74,7 +75,9 @@ class MonitorCallback(_transformers.TrainerCallback):
     Parameter gradients and update ratios are taken around the optimizer step,
     after unscaling.
 
-    At train end the monitor is detached and its frame saved as Parquet to
+    At train end, and at exit when training stopped on an exception or an
+    interrupt (the Trainer has no callback for that), the monitor is detached and
+    its frame saved as Parquet to
     ``save_to`` (a ``.parquet`` file, or a directory for ``monitor.parquet``;
     default: ``args.output_dir``); the path is :attr:`path`.
     """
@@ -129,6 +132,10 @@ class MonitorCallback(_transformers.TrainerCallback):
         self.monitor, self.path, self._pending = None, None, None
         if not state.is_world_process_zero:
             return
+        # The Trainer calls no callback when training stops on an exception: save at
+        # exit (a script that fails or is interrupted); on_train_end unregisters it.
+        self._target = Path(self.save_to if self.save_to is not None else args.output_dir)
+        atexit.register(self._save_unfinished)
         if model is None:
             raise ValueError("MonitorCallback: the Trainer passed no model to on_train_begin")
         # steps="forward" (the default): the Trainer calls the model's forward once per
@@ -234,14 +241,23 @@ class MonitorCallback(_transformers.TrainerCallback):
 
     # ------------------------------------------------------------ the end
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.monitor is None:
-            return
+    def _save(self, target: Path) -> None:
         self.monitor.detach()
-        target = Path(self.save_to if self.save_to is not None else args.output_dir)
         if target.suffix != ".parquet":
             target = target / "monitor.parquet"
         self.path = self.monitor.save(target)
+
+    def _save_unfinished(self) -> None:
+        """At exit, after training stopped without reaching on_train_end: save what the
+        monitor recorded (an interrupted notebook keeps it in ``callback.monitor``)."""
+        if self.monitor is not None and self.path is None:
+            self._save(self._target)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        atexit.unregister(self._save_unfinished)
+        if self.monitor is None:
+            return
+        self._save(Path(self.save_to if self.save_to is not None else args.output_dir))
         if self._writer is not None:
             self._writer.close()
             self._writer = None

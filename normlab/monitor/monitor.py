@@ -610,7 +610,10 @@ class Monitor:
         params, self._param_records = self._param_records, []
         self._buffered = 0
         if jobs or params:
-            self._summary = self._threads().submit(self._summarize, jobs, params)
+            try:
+                self._summary = self._threads().submit(self._summarize, jobs, params)
+            except RuntimeError:  # the interpreter is exiting (saving at exit): here
+                self._summarize(jobs, params)
 
     def _threads(self) -> ThreadPoolExecutor:
         """The summarizing thread (one: its jobs run in order)."""
