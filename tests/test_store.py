@@ -36,7 +36,24 @@ DAMAGE = {
     "truncated metrics.parquet": ("metrics.parquet", _truncate),
     "garbage monitor.parquet": ("monitor.parquet", lambda p: p.write_bytes(b"not parquet")),
     "truncated sketches.parquet": ("sketches.parquet", _truncate),
+    # issue 25: records that read back but are not what the run id says or holds
+    "config.json edited": ("config.json", lambda p: _edit_json(p, steps=7)),
+    "config.json of an unknown norm": ("config.json", lambda p: _edit_json(p, norm="nosuch")),
+    "summary.json value not a number": (
+        "summary.json",
+        lambda p: _edit_json(p, final_test_acc="abc"),
+    ),
+    "metrics.parquet of other columns": (
+        "metrics.parquet",
+        lambda p: __import__("pandas").DataFrame({"a": [1]}).to_parquet(p),
+    ),
 }
+
+
+def _edit_json(path: Path, **changes) -> None:
+    import json
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -197,3 +214,32 @@ def test_killing_a_sweep_leaves_no_worker_behind(tmp_path):
         for pid in workers:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_current_json_that_is_not_a_list_of_run_ids_hides_nothing(tmp_path):
+    store = run_sweep(_sweep(), tmp_path, LocalExecutor(1))
+    (tmp_path / "current.json").write_text('"abc"')
+    with pytest.warns(DamagedRunWarning, match="current.json"):
+        assert len(store.ids()) == 2  # every run counts, none hidden
+
+
+def test_set_current_failing_is_a_store_error_naming_the_file(tmp_path, monkeypatch):
+    store = ResultsStore(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".current-x.json"))
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    with pytest.raises(ResultsStoreError, match=r"cannot record the current sweep.*denied"):
+        store.set_current(["0" * 16])
+
+
+def test_a_damaged_run_is_named_once_per_read(tmp_path):
+    sweep = _sweep()
+    store = run_sweep(sweep, tmp_path, LocalExecutor(1))
+    victim = sweep.configs()[0]
+    (store.runs / victim.run_id / "summary.json").write_text("")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        store.summaries()
+    assert len([w for w in record if issubclass(w.category, DamagedRunWarning)]) == 1

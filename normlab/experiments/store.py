@@ -19,6 +19,7 @@ while it writes (:meth:`ResultsStore.lock`), so two sweeps cannot share a root.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -34,6 +35,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from normlab.experiments.config import RunConfig
+from normlab.norms import registry
 
 RUN_ID = re.compile(r"[0-9a-f]{16}")
 _REQUIRED = ("config.json", "summary.json", "metrics.parquet")
@@ -79,9 +81,39 @@ def _json_object(path: Path) -> dict:
     return value
 
 
+# Columns a run's tables must have; summary fields that must be numbers (bools where
+# named so).
+_COLUMNS = {"metrics.parquet": {"step", "metric", "value"}}
+_NUMBERS = ("final_test_acc", "steps_done")
+_BOOLS = ("diverged",)
+
+
+def _check_content(directory: Path, config: dict, summary: dict) -> None:
+    """Raise ValueError naming what does not hold: the config hashes to the run id
+    (an edited or copied run directory does not), its norm is a technique, the
+    summary's numbers are numbers."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    if hashlib.sha256(text.encode()).hexdigest()[:16] != directory.name:
+        raise ValueError(
+            f"{directory / 'config.json'} does not hash to its run id {directory.name} "
+            "(edited, or copied from another run)"
+        )
+    try:
+        registry.canonical(str(config["norm"]))
+    except KeyError as e:
+        raise ValueError(f"{directory / 'config.json'}: {e.args[0]}") from None
+    for key in _NUMBERS:
+        value = summary[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{directory / 'summary.json'}: {key} is {value!r}, not a number")
+    for key in _BOOLS:
+        if not isinstance(summary[key], bool):
+            raise ValueError(f"{directory / 'summary.json'}: {key} is {summary[key]!r}, not a bool")
+
+
 def _read_record(directory: Path) -> tuple[dict, dict]:
-    """A run's config and summary, once every file of it has read back in full;
-    raises ValueError naming the first file that does not."""
+    """A run's config and summary, once every file of it has read back in full and
+    holds what it should; raises ValueError naming the first file that does not."""
     for name in _REQUIRED + _OPTIONAL:
         path = directory / name
         if not path.is_file():
@@ -92,10 +124,16 @@ def _read_record(directory: Path) -> tuple[dict, dict]:
             if name.endswith(".json"):
                 _json_object(path)
             else:
-                pq.read_table(path)
+                columns = set(pq.read_table(path).column_names)
+                missing = _COLUMNS.get(name, set()) - columns
+                if missing:
+                    raise ValueError(f"no column {', '.join(sorted(missing))}")
         except (OSError, ValueError) as e:
             raise ValueError(f"{path} does not read back ({e})") from e
-    return _json_object(directory / "config.json"), _json_object(directory / "summary.json")
+    config = _json_object(directory / "config.json")
+    summary = _json_object(directory / "summary.json")
+    _check_content(directory, config, summary)
+    return config, summary
 
 
 def _unusable(root: Path, error: OSError) -> str:
@@ -232,8 +270,14 @@ class ResultsStore:
         earlier, different sweep in the same directory are kept but not mixed in;
         and the sweep's ``size`` ("quick", "default" or "full", :meth:`size`)."""
         tmp = self.root / f".current-{secrets.token_hex(4)}.json"
-        tmp.write_text(json.dumps({"runs": sorted(set(run_ids)), "size": size}))
-        os.replace(tmp, self.root / "current.json")
+        try:
+            tmp.write_text(json.dumps({"runs": sorted(set(run_ids)), "size": size}))
+            os.replace(tmp, self.root / "current.json")
+        except OSError as e:
+            raise ResultsStoreError(
+                f"cannot record the current sweep in {self.root / 'current.json'}: "
+                f"{e.strerror or e}"
+            ) from None
 
     def _current_record(self) -> dict | None:
         path = self.root / "current.json"
