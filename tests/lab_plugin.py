@@ -55,3 +55,24 @@ class _FailsWhileTraining(nn.Module):
 
 def build_fails_while_training(norm, input_shape, num_classes):
     return _FailsWhileTraining(math.prod(input_shape), num_classes)
+
+
+def build_wrong_width(norm, input_shape, num_classes):
+    """Logits of num_classes + 3: would train silently on the wrong loss."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes + 3))
+
+
+def build_flat(norm, input_shape, num_classes):
+    """One score per example, (N,): not logits."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 1), nn.Flatten(0))
+
+
+def load_everything(seed, train_size, test_size):
+    """Ignores the sizes asked for."""
+    return load(seed, None, None)
+
+
+def load_float_labels(seed, train_size, test_size):
+    """Labels that are not class indices."""
+    x, y, xt, yt = load(seed, train_size, test_size)
+    return x, y + 0.5, xt, yt + 0.5

@@ -369,3 +369,45 @@ def test_aliases_that_build_the_same_layer_count_once():
         "layernorm2d",
         "batchnorm",
     )
+
+
+# --- issue 25: a plugin never trains silently on something else --------------------------
+
+
+@pytest.mark.parametrize(
+    ("builder", "shape"),
+    [("lab_plugin:build_wrong_width", r"\(2, 5\)"), ("lab_plugin:build_flat", r"\(2,\)")],
+)
+def test_a_builder_whose_output_is_not_logits_is_refused_before_training(builder, shape):
+    from normlab.experiments.runner import preflight
+
+    config = E.RunConfig(model=builder, dataset="lab_plugin:load", norm="none", steps=2)
+    with pytest.raises(ConfigError, match=rf"{builder}.*{shape}.*\(2, 2\)"):
+        preflight([config])
+
+
+def test_editing_a_plugin_changes_the_run_id(tmp_path, monkeypatch):
+    """The run id hashes the plugin's code, not only its name: an edited builder is a new
+    run, not 'already done'."""
+    (tmp_path / "my_plugin.py").write_text(
+        "from torch import nn\n"
+        "def build(norm, input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(6, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = E.RunConfig(model="my_plugin:build", dataset="lab_plugin:load").run_id
+    (tmp_path / "my_plugin.py").write_text(
+        "from torch import nn\n"
+        "def build(norm, input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, num_classes))\n"
+    )
+    assert E.RunConfig(model="my_plugin:build", dataset="lab_plugin:load").run_id != first
+
+
+def test_a_loader_is_held_to_the_sizes_asked_and_to_class_labels():
+    from normlab.experiments import plugins
+
+    data = plugins.load_dataset("lab_plugin:load_everything", 0, 32, 16)
+    assert (len(data.train_x), len(data.test_x)) == (32, 16)
+    with pytest.raises(ValueError, match=r"load_float_labels.*class indices.*\d\.5"):
+        plugins.load_dataset("lab_plugin:load_float_labels", 0, None, None)

@@ -819,3 +819,9 @@ def test_a_watched_model_copies_pickles_and_averages_and_the_copy_is_unwatched(t
     assert monitor.step == before + 1  # the original still is
     torch.testing.assert_close(twin[0].weight, model[0].weight)
     monitor.detach()
+
+
+def test_a_selector_that_matches_nothing_is_named():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match=r"match no module.*'2\.relu'"):
+        Monitor(model, modules=["1", "2.relu"])

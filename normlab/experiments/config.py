@@ -99,6 +99,21 @@ class RunConfig(BaseModel):
     nproc: PositiveInt = 1  # data-parallel processes (gloo, DDP); batch_size is per process
     watch: tuple[str, ...] = ()  # Monitor modules= patterns; () = the defaults
     norm_kwargs: tuple[tuple[str, Any], ...] = ()
+    # a hash of the source files of the model builder and data loader plugins, set from
+    # them: an edited plugin makes new runs, not "already done"
+    plugin_code: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugin_code(cls, values: Any) -> Any:
+        if isinstance(values, dict) and not values.get("plugin_code"):
+            named = [values.get(k) for k in ("model", "dataset")]
+            specs = [v for v in named if isinstance(v, str) and ":" in v]
+            if specs:
+                from normlab.experiments.plugins import source_hash
+
+                values = {**values, "plugin_code": source_hash(specs)}
+        return values
 
     @field_validator("dataset", "model")
     @classmethod

@@ -16,10 +16,13 @@ Modules are imported by name, from ``sys.path`` and the current directory.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,17 +52,34 @@ def resolve(spec: str, kind: str) -> Callable:
     return target
 
 
+def source_hash(specs: list[str]) -> str:
+    """A hash of the source files of the modules ``specs`` name ('' where one cannot
+    be read: a module without a file, or one that does not import)."""
+    digest = hashlib.sha256()
+    for spec in sorted(set(specs)):
+        name = spec.partition(":")[0]
+        try:
+            path = inspect.getsourcefile(importlib.import_module(name))
+            digest.update(Path(path).read_bytes() if path else b"")
+        except Exception:  # resolve() says what is wrong with the name, when it checks
+            return ""
+    return digest.hexdigest()[:12]
+
+
 def load_dataset(spec: str, seed: int, train_size: int | None, test_size: int | None) -> Dataset:
-    """Call the user's loader and check what it returns."""
+    """Call the user's loader and check what it returns; keep the first ``train_size``
+    and ``test_size`` examples (a loader that ignores them still gets them)."""
     loaded = resolve(spec, "dataset")(seed=seed, train_size=train_size, test_size=test_size)
     if isinstance(loaded, Dataset):
-        return loaded
+        loaded = (loaded.train_x, loaded.train_y, loaded.test_x, loaded.test_y)
     if not (isinstance(loaded, tuple | list) and len(loaded) == 4):
         raise TypeError(
             f"data loader {spec!r} returned {type(loaded).__name__}; expected a "
             "normlab.data.Dataset or (train_x, train_y, test_x, test_y)"
         )
     train_x, train_y, test_x, test_y = (torch.as_tensor(np.asarray(a)) for a in loaded)
+    train_x, train_y = train_x[:train_size], train_y[:train_size]
+    test_x, test_y = test_x[:test_size], test_y[:test_size]
     if len(train_x) != len(train_y) or len(test_x) != len(test_y):
         raise ValueError(
             f"data loader {spec!r}: {len(train_x)} train inputs but {len(train_y)} labels, "
@@ -67,6 +87,13 @@ def load_dataset(spec: str, seed: int, train_size: int | None, test_size: int | 
         )
     if len(train_x) == 0 or len(test_x) == 0:
         raise ValueError(f"data loader {spec!r} returned an empty split")
+    for labels in (train_y, test_y):
+        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+            example = labels[labels != labels.round()][0].item()
+            raise ValueError(
+                f"data loader {spec!r}: labels must be integer class indices, got values "
+                f"such as {example:g}"
+            )
     train_y, test_y = train_y.long(), test_y.long()
     classes = int(max(train_y.max(), test_y.max())) + 1
     return Dataset(spec, train_x.float(), train_y, test_x.float(), test_y, classes)

@@ -196,9 +196,16 @@ def preflight(configs: list[RunConfig]) -> None:
             dataset = _dataset(config.dataset, config.seed, config.train_size, config.test_size)
             model = build_model(config, dataset).eval()
             with torch.no_grad():
-                model(dataset.train_x[:2])
+                out = model(dataset.train_x[:2])
         except Exception as e:  # whatever the data, the builder or the model raise
             raise ConfigError(f"{what}: cannot run ({type(e).__name__}: {e})") from None
+        expected = (2, dataset.num_classes)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(
+                f"{what}: the model {config.model} returned {got} for 2 examples; expected "
+                f"logits of shape {expected} (examples, classes)"
+            )
         examples = config.batch_size * config.nproc
         if examples > len(dataset.train_x):
             raise ConfigError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -306,16 +307,29 @@ class Monitor:
         return name.removeprefix("module.")  # DistributedDataParallel's wrapper
 
     def _select(self, selectors: Iterable[Selector] | None) -> list[tuple[str, nn.Module, bool]]:
-        """(name, module, watch_input) for every watched module."""
+        """(name, module, watch_input) for every watched module; a selector that
+        matches no module is named in a UserWarning (a typo would watch nothing)."""
         chosen = []
+        selectors = None if selectors is None else list(selectors)
+        used: set[int] = set()
         for name, module in self.model.named_modules():
             name = self._clean(name)
             if selectors is None:
                 hit = isinstance(module, ACTIVATIONS) or registry.spec_of(module) is not None
             else:
-                hit = any(self._matches(s, name, module) for s in selectors)
+                hits = [i for i, s in enumerate(selectors) if self._matches(s, name, module)]
+                used.update(hits)
+                hit = bool(hits)
             if hit and module is not self.model:
                 chosen.append((name, module, isinstance(module, ACTIVATIONS)))
+        unused = [s for i, s in enumerate(selectors or ()) if i not in used]
+        if unused:
+            warnings.warn(
+                "Monitor: modules= selectors that match no module of the model, so watch "
+                f"nothing: {', '.join(map(repr, unused))}",
+                UserWarning,
+                stacklevel=3,
+            )
         return chosen
 
     @staticmethod
