@@ -129,8 +129,8 @@ def test_channels_last_names_normalize_the_last_axis(name):
 def test_group_count_defaults_to_the_largest_divisor_up_to_32():
     assert normlab.create("group", 64).num_groups == 32
     assert normlab.create("group", 48).num_groups == 24
-    assert normlab.create("group", 20).num_groups == 20
-    assert normlab.create("group", 7).num_groups == 7
+    assert normlab.create("group", 20).num_groups == 10  # 2 channels per group at least
+    assert normlab.create("group", 7).num_groups == 1
     assert normlab.create("group", 37).num_groups == 1
     assert normlab.create("evonorm_s0", 48).groups == 24
     assert normlab.create("group", 64, num_groups=4).num_groups == 4
@@ -481,7 +481,7 @@ def test_convert_transformer_layernorm_keeps_the_last_axis():
 
 def test_convert_a_bare_layer_returns_the_replacement():
     new = normlab.convert(nn.BatchNorm2d(4), "group")
-    assert isinstance(new, normlab.GroupNorm) and new.num_groups == 4
+    assert isinstance(new, normlab.GroupNorm) and new.num_groups == 2
 
 
 def test_convert_with_a_source_class_and_an_unknown_target():
@@ -517,3 +517,19 @@ def test_reset_parameters_restores_the_initial_state(name):
     m.reset_parameters()
     for key, value in fresh.items():
         torch.testing.assert_close(m.state_dict()[key], value, msg=key)
+
+
+@pytest.mark.parametrize(("channels", "groups"), [(16, 8), (32, 16), (48, 24), (64, 32), (256, 32), (6, 3), (3, 1)])
+def test_groupnorms_default_groups_hold_at_least_two_channels(channels, groups):
+    """32 groups lowered to a divisor of C leaving at least 2 channels per group: never
+    one channel per group (InstanceNorm) without a word."""
+    for name, attribute in (("groupnorm", "num_groups"), ("evonorm_s0", "groups")):
+        layer = normlab.create(name, channels)
+        assert getattr(layer, attribute) == groups, (name, channels)
+    converted = normlab.convert(nn.Sequential(nn.BatchNorm2d(channels)), "groupnorm")
+    assert converted[0].num_groups == groups
+
+
+def test_a_groupnorm_of_one_channel_per_group_is_named():
+    with pytest.warns(UserWarning, match="1 channel per group.*InstanceNorm"):
+        normlab.create("groupnorm", 1)

@@ -20,6 +20,7 @@ hand per technique.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -165,12 +166,28 @@ class NormSpec:
         return tuple(name for name, _ in self.build(32).named_parameters())
 
 
+def default_groups(num_features: int) -> int:
+    """A grouped norm's default group count: 32 (Wu & He's default), lowered to the
+    largest divisor of C that leaves at least 2 channels per group, so that a group
+    is never one channel (which is InstanceNorm): 16 channels make 8 groups, 48 make
+    24, 64 and more 32."""
+    return largest_divisor(num_features, max(1, min(32, num_features // 2)))
+
+
 def _group_kwargs(key: str) -> Callable[[int, dict], dict]:
-    """Resolve a group-count keyword: the default 32, lowered to a divisor of C."""
+    """Resolve a group-count keyword: :func:`default_groups` unless given; one channel
+    per group is named in a UserWarning."""
 
     def resolve(num_features: int, kwargs: dict) -> dict:
         requested = kwargs.pop(key, None)
-        groups = largest_divisor(num_features, 32) if requested is None else requested
+        groups = default_groups(num_features) if requested is None else requested
+        if isinstance(groups, int) and groups == num_features:
+            warnings.warn(
+                f"{key}={groups} for {num_features} channels: 1 channel per group, which "
+                "normalizes each channel alone (InstanceNorm)",
+                UserWarning,
+                stacklevel=4,
+            )
         return {key: groups, **kwargs}
 
     return resolve
