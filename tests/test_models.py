@@ -249,3 +249,32 @@ def test_build_model_gives_the_builder_one_factory():
         types.SimpleNamespace(input_shape=(1, 28, 28), num_classes=10, name="tiny"),
     )
     assert isinstance(tf.norm, models.FeaturesLast) and tf.norm.norm.momentum == 0.5
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("scheme", ["small-gaussian", "kaiming", "xavier"])
+def test_every_attention_projection_is_initialized_alike(scheme, qk_norm):
+    """nn.MultiheadAttention keeps q, k, v in in_proj_weight, a bare Parameter: the
+    scheme and init_scale reach it as they reach every Linear (issue 25, item 6)."""
+    from normlab import models
+
+    torch.manual_seed(0)
+    model = models.transformer(
+        1,
+        10,
+        dim=64,
+        depth=1,
+        norm="layernorm",
+        init=scheme,
+        init_std=0.02,
+        init_scale=100.0,
+        qk_norm=qk_norm,
+    )
+    attention = model.blocks[0].attention
+    packed = attention.qkv.weight if qk_norm else attention.in_proj_weight
+    mlp = model.blocks[0].mlp[0].weight
+    expected = {"small-gaussian": 0.02, "kaiming": (2 / 64) ** 0.5, "xavier": None}[scheme]
+    if expected is not None:
+        assert packed.std().item() == pytest.approx(100 * expected, rel=0.1)
+    assert packed.std().item() > 10 * 0.174  # scaled, not torch's default (std ~0.17)
+    assert mlp.std().item() > 10 * 0.1

@@ -519,7 +519,9 @@ def test_reset_parameters_restores_the_initial_state(name):
         torch.testing.assert_close(m.state_dict()[key], value, msg=key)
 
 
-@pytest.mark.parametrize(("channels", "groups"), [(16, 8), (32, 16), (48, 24), (64, 32), (256, 32), (6, 3), (3, 1)])
+@pytest.mark.parametrize(
+    ("channels", "groups"), [(16, 8), (32, 16), (48, 24), (64, 32), (256, 32), (6, 3), (3, 1)]
+)
 def test_groupnorms_default_groups_hold_at_least_two_channels(channels, groups):
     """32 groups lowered to a divisor of C leaving at least 2 channels per group: never
     one channel per group (InstanceNorm) without a word."""

@@ -109,23 +109,36 @@ def _block(linear: nn.Module, norm: nn.Module, activation: nn.Module, position: 
     return [linear, norm, activation] if position == "pre" else [linear, activation, norm]
 
 
+def _projections(module: nn.Module) -> list[tuple[Tensor, Tensor | None]]:
+    """(weight, bias) of each linear map a module owns itself: a Linear's or Conv's,
+    and nn.MultiheadAttention's packed q, k, v projection (``in_proj_weight``, or the
+    three separate ones), a bare Parameter that no Linear holds."""
+    if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
+        return [(module.weight, module.bias)]
+    if isinstance(module, nn.MultiheadAttention):
+        if module.in_proj_weight is not None:
+            return [(module.in_proj_weight, module.in_proj_bias)]
+        return [(getattr(module, f"{x}_proj_weight"), None) for x in "qkv"]
+    return []
+
+
 def initialize(model: nn.Module, scheme: str = "default", std: float = 0.1, scale: float = 1.0):
-    """Initialize every Linear/Conv weight of ``model`` by ``scheme`` then multiply
-    by ``scale``; biases to zero (except with ``"default"``, torch's own init)."""
+    """Initialize every linear map's weight of ``model`` (Linear, Conv, and an
+    nn.MultiheadAttention's q, k, v projection) by ``scheme``, then multiply it by
+    ``scale``; biases to zero (except with ``"default"``, torch's own init)."""
     _choice("init", scheme, INITS)
     with torch.no_grad():
         for module in model.modules():
-            if not isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
-                continue
-            if scheme == "small-gaussian":
-                nn.init.normal_(module.weight, 0.0, std)
-            elif scheme == "kaiming":
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            elif scheme == "xavier":
-                nn.init.xavier_normal_(module.weight)
-            module.weight.mul_(scale)
-            if module.bias is not None and scheme != "default":
-                module.bias.zero_()
+            for weight, bias in _projections(module):
+                if scheme == "small-gaussian":
+                    nn.init.normal_(weight, 0.0, std)
+                elif scheme == "kaiming":
+                    nn.init.kaiming_normal_(weight, nonlinearity="relu")
+                elif scheme == "xavier":
+                    nn.init.xavier_normal_(weight)
+                weight.mul_(scale)
+                if bias is not None and scheme != "default":
+                    bias.zero_()
     return model
 
 
