@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -213,7 +215,10 @@ def test_functional_errors_name_the_function(fn, pattern):
 @pytest.mark.parametrize(
     ("ctor", "pattern"),
     [
-        (lambda: normlab.BatchNorm2d(0), r"BatchNorm2d: num_features must be positive, got 0"),
+        (
+            lambda: normlab.BatchNorm2d(0),
+            r"BatchNorm2d: num_features must be a positive integer, got 0",
+        ),
         (lambda: normlab.LayerNorm(()), r"LayerNorm: normalized_shape must be"),
         (lambda: normlab.RMSNorm(-3), r"RMSNorm: normalized_shape must be"),
         (
@@ -279,3 +284,50 @@ def test_an_input_of_another_dtype_than_the_parameters_is_named(layer, shape):
         module(torch.randn(shape, dtype=torch.float64), *extra)
     out = module(torch.randn(shape, dtype=torch.bfloat16), *extra)
     assert out.dtype == torch.bfloat16
+
+
+# --- issue 25, items 12, 13, 16: sizes and flags are what they say -----------------------
+
+_SIZED = [
+    name
+    for name in normlab.norms.__all__
+    if isinstance(getattr(normlab.norms, name), type)
+    and issubclass(getattr(normlab.norms, name), torch.nn.Module)
+    and name not in ("GroupNorm", "WSConv2d")  # GroupNorm's first argument is its groups
+]
+
+
+@pytest.mark.parametrize("name", _SIZED)
+@pytest.mark.parametrize("size", [2.5, "16", 0, -1, True])
+def test_every_constructor_refuses_a_size_that_is_not_a_positive_integer(name, size):
+    cls = getattr(normlab.norms, name)
+    with pytest.raises(ValueError, match=rf"{name}.*positive integer.*got {re.escape(repr(size))}"):
+        cls(size)
+
+
+def test_lm_rms_norm_takes_eps_none_as_torch_does():
+    layer = normlab.LMRMSNorm(8, eps=None)
+    x = torch.randn(3, 8)
+    expected = torch.nn.functional.rms_norm(x, (8,), layer.weight, eps=None)
+    torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("shape", [(1,), (2, 4), (9,)])
+def test_functional_ops_name_the_weight_shape_they_want(shape):
+    from normlab import functional as NF
+
+    x = torch.randn(3, 8)
+    with pytest.raises(ValueError, match=r"weight.*\(8,\)"):
+        NF.lm_rms_norm(x, torch.ones(shape))
+    with pytest.raises(ValueError, match=r"weight.*\(8,\)"):
+        NF.dynamic_erf(x, torch.ones(()), torch.zeros(()), torch.ones(shape), torch.zeros(8))
+
+
+def test_booleans_are_not_numbers():
+    from normlab.experiments.config import ConfigError, RunConfig
+
+    for field in ("lr", "noise", "init_std", "init_scale", "weight_decay"):
+        with pytest.raises(ConfigError, match=field):
+            RunConfig(**{field: True})
+    with pytest.raises(ValueError, match="partial"):
+        normlab.LMRMSNorm(8, partial=True)

@@ -308,14 +308,14 @@ def check_lm_rms_norm_args(who: str, cast: str, partial: float | None) -> None:
     """``cast`` is one of LM_RMS_CASTS and ``partial`` None or in (0, 1]."""
     if cast not in LM_RMS_CASTS:
         raise ValueError(f"{who}: cast must be one of {LM_RMS_CASTS}, got {cast!r}")
-    if partial is not None and not 0.0 < partial <= 1.0:
-        raise ValueError(f"{who}: partial must be None or in (0, 1], got {partial}")
+    if partial is not None and (isinstance(partial, bool) or not 0.0 < partial <= 1.0):
+        raise ValueError(f"{who}: partial must be None or in (0, 1], got {partial!r}")
 
 
 def lm_rms_norm(
     input: Tensor,
     weight: Tensor | None = None,
-    eps: float = 1e-6,
+    eps: float | None = 1e-6,
     unit_offset: bool = False,
     cast: str = "llama",
     partial: float | None = None,
@@ -327,13 +327,17 @@ def lm_rms_norm(
     last axis (``channels_last``) or the channel axis of (N, C, *); scale
     ``1 + weight`` with ``unit_offset``; ``cast`` "llama" or "gemma" decides
     where the float32 result goes back to the input's dtype; ``partial`` p
-    estimates the RMS from the first ceil(p * n) features only."""
+    estimates the RMS from the first ceil(p * n) features only; ``eps`` None is the
+    input dtype's machine epsilon, as in torch's RMSNorm."""
     who = "lm_rms_norm"
     check_lm_rms_norm_args(who, cast, partial)
     checks.check_floating(who, input)
     checks.check_min_dims(
         who, input, 1 if channels_last else 2, "(*, C)" if channels_last else _LAYOUT
     )
+    checks.check_feature_vector(who, input, channels_last, weight=weight)
+    if eps is None:  # torch's RMSNorm convention: the input dtype's machine epsilon
+        eps = torch.finfo(input.dtype).eps
     call = (input, weight, eps, unit_offset, cast, partial, channels_last)
     return _pick("lm_rms_norm", backend, call=call)(*call)
 
@@ -570,6 +574,7 @@ def dynamic_erf(
     checks.check_min_dims(
         who, input, 1 if channels_last else 2, "(*, C)" if channels_last else _LAYOUT
     )
+    checks.check_feature_vector(who, input, channels_last, weight=weight, bias=bias)
     call = (input, alpha, shift, weight, bias, channels_last)
     return _pick("dynamic_erf", backend, call=call)(*call)
 

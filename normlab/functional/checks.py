@@ -93,6 +93,34 @@ def check_features(who: str, x: torch.Tensor, num_features: int, channels_last: 
     check_channels(who, x, num_features, x.dim() - 1 if channels_last else 1)
 
 
+def _positive_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def check_size(who: str, name: str, value) -> None:
+    """A layer's size argument: a positive integer (not a bool, a float or a string);
+    ``normalized_shape`` also a non-empty sequence of them."""
+    if name == "normalized_shape" and isinstance(value, tuple | list | torch.Size):
+        if value and all(_positive_integer(v) for v in value):
+            return
+    elif _positive_integer(value):
+        return
+    also = " or a sequence of them" if name == "normalized_shape" else ""
+    raise NormInputError(f"{who}: {name} must be a positive integer{also}, got {value!r}")
+
+
+def check_feature_vector(who: str, x: torch.Tensor, channels_last: bool, **vectors) -> None:
+    """Each given per-feature tensor holds one value per feature of ``x`` (its last axis,
+    or dim 1 of (N, C, *))."""
+    features = x.shape[-1 if channels_last else 1]
+    for name, vector in vectors.items():
+        if vector is not None and tuple(vector.shape) != (features,):
+            raise NormInputError(
+                f"{who}: {name} must have shape ({features},) for an input of shape "
+                f"{shape_str(x.shape)}, got {shape_str(vector.shape)}"
+            )
+
+
 def check_channel_vectors(who: str, x: torch.Tensor, **vectors: torch.Tensor | None) -> None:
     """Each given per-channel tensor (running statistics, affine) holds C values."""
     channels = x.shape[1]

@@ -1,6 +1,9 @@
 """The normalization techniques as nn.Modules, one file per family, and the
 registry that builds them by name."""
 
+from torch import nn
+
+from normlab.norms._base import checks_its_size
 from normlab.norms._twin import fuser_methods
 from normlab.norms.adaptive import AdaLNZero, AdaptiveLayerNorm, AdaptiveRMSNorm, Modulation
 from normlab.norms.batch import (
@@ -101,3 +104,8 @@ __all__ = [
     "unfreeze_batchnorm",
     "weight_norm",
 ]
+
+for _name in __all__:  # every layer's size argument checked as create() checks it
+    _cls = globals()[_name]
+    if isinstance(_cls, type) and issubclass(_cls, nn.Module):
+        checks_its_size(_cls)

@@ -8,6 +8,7 @@ buffers ``running_mean``, ``running_var`` and ``num_batches_tracked`` (when
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 
@@ -15,6 +16,29 @@ import torch
 from torch import Tensor, nn
 
 from normlab.functional import checks
+
+# The names a layer's size argument goes by (its constructor's first parameter).
+SIZE_PARAMETERS = ("num_features", "num_channels", "normalized_shape", "head_dim", "dim", "size")
+
+
+def checks_its_size(cls: type[nn.Module]) -> type[nn.Module]:
+    """Make ``cls``'s constructor refuse, naming the class, a size argument (its first
+    parameter, if one of :data:`SIZE_PARAMETERS`) that is not a positive integer,
+    as :func:`normlab.create` does; in place, returns ``cls``."""
+    init = cls.__init__
+    parameters = list(inspect.signature(init).parameters)[1:]
+    if not parameters or parameters[0] not in SIZE_PARAMETERS:
+        return cls
+    name = parameters[0]
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs) -> None:
+        value = args[0] if args else kwargs.get(name)
+        checks.check_size(type(self).__name__, name, value)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
 
 
 def add_affine(

@@ -282,7 +282,7 @@ class LMRMSNorm(nn.Module):
     def __init__(
         self,
         num_features: int,
-        eps: float = 1e-6,
+        eps: float | None = 1e-6,
         unit_offset: bool = False,
         cast: str = "llama",
         partial: float | None = None,
@@ -322,7 +322,7 @@ class LMRMSNorm(nn.Module):
             "lm_rms_norm",
             input,
             self.weight,
-            self.eps,
+            torch.finfo(input.dtype).eps if self.eps is None else self.eps,  # torch's rule
             self.unit_offset,
             self.cast,
             self.partial,
