@@ -36,8 +36,16 @@ Executor = enum.Enum("Executor", {"local": "local", "ray": "ray"}, type=str)
 ExperimentName = enum.Enum("ExperimentName", {n: n for n in catalog.EXPERIMENTS}, type=str)
 
 
+_warned: set[str] = set()  # the messages this command has shown
+
+
 def _warn(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line each, once per message (warnings.showwarning's signature)."""
+    """Warnings as one line each, once per message (warnings.showwarning's signature;
+    the "once" filter alone forgets what it showed whenever a library imported
+    meanwhile adds a filter, as scipy does)."""
+    if str(message) in _warned:
+        return
+    _warned.add(str(message))
     errors.print(f"normlab: warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -63,6 +71,7 @@ def main(
     """normlab: activation normalization for PyTorch — the techniques, and why they help."""
     warnings.showwarning = _warn
     warnings.filterwarnings("once")
+    _warned.clear()
 
 
 # ---------------------------------------------------------------- techniques
@@ -121,11 +130,32 @@ def technique_markdown(costs: dict[str, float] | None = None) -> str:
 
 def read_costs(path: Path) -> dict[str, float]:
     """technique -> cost relative to BatchNorm2d, from a benchmarks/cpu_norms.py JSON file."""
+
+    def fail(why: str) -> typer.BadParameter:
+        return typer.BadParameter(
+            f"cannot read costs from {path}: {why} (expected the JSON benchmarks/cpu_norms.py "
+            'writes: {"rows": [{"technique": ..., "cost_vs_batchnorm": ...}, ...]})'
+        )
+
     try:
-        rows = json.loads(path.read_text())["rows"]
-        return {r["technique"]: r["cost_vs_batchnorm"] for r in rows}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise typer.BadParameter(f"cannot read costs from {path}: {e}") from e
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise fail(e.strerror or str(e)) from None
+    except ValueError as e:
+        raise fail(f"not JSON ({e})") from None
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise fail('no "rows" list')
+    costs = {}
+    for i, row in enumerate(rows):
+        for key in ("technique", "cost_vs_batchnorm"):
+            if not isinstance(row, dict) or key not in row:
+                raise fail(f'row {i} lacks "{key}"')
+        cost = row["cost_vs_batchnorm"]
+        if isinstance(cost, bool) or not isinstance(cost, int | float):
+            raise fail(f"row {i}: cost_vs_batchnorm {cost!r} is not a number")
+        costs[str(row["technique"])] = float(cost)
+    return costs
 
 
 # What `normlab list` shows without --wide: fits 80 columns (the paper wraps).
@@ -437,11 +467,14 @@ def run_experiment(
     pool = _executor(executor, jobs, address)
     _sweep_all(plans, out, pool, quick)
     exp = plans[0][0]
+    from normlab.experiments import describe
     from normlab.experiments.store import ResultsStore
 
     store = ResultsStore(out / exp.name)
     headline = exp.headline(store)
-    _print_frame(headline, f"{exp.name}: {exp.description}")
+    runs = store.summaries()
+    trained = f" Trained: {describe.model(runs)}." if not runs.empty else ""
+    _print_frame(headline, f"{exp.name}: {exp.description}{trained}")
     headline.to_csv(store.root / "headline.csv", index=False)
     console.print(f"headline written to {store.root / 'headline.csv'}", markup=False)
 
@@ -699,7 +732,7 @@ def viz_activations(
             f"no site {', '.join(map(repr, unknown))} in run {run_dir.name}; "
             f"its sites: {', '.join(recorded)}"
         )
-    what = pictures.describe_sites(frame)
+    what = sketches.attrs.get("sites") or pictures.describe_sites(frame)  # older runs: a guess
     panels = [(f"{s}: {what[s]}" if s in what else s, sketches, s) for s in chosen or recorded]
     about = ", ".join(
         f"{k}={config[k]}" for k in ("norm", "model", "activation", "seed") if k in config

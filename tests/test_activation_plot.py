@@ -5,6 +5,8 @@ internal covariate shift experiment's figures."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from typer.testing import CliRunner
 import normlab
 from normlab import experiments as E
 from normlab.cli import app
+from normlab.experiments import runner as lab_runner
 from normlab.monitor.pictures import COLORBAR_LABEL, sketch_histogram
 
 LEVELS = np.linspace(0.0, 1.0, 33)
@@ -174,6 +177,30 @@ def test_viz_activations_draws_a_stored_run(experiment, tmp_path):
         result.exit_code == 2
         and "differ in monitor: pick one with --norm or --run" in result.output
     )
+
+
+def test_viz_activations_titles_say_what_each_site_is(experiment, tmp_path, monkeypatch):
+    """As the live Monitor does: 'input of ReLU', 'output of BatchNorm1d', for every site."""
+    from normlab.monitor import pictures
+
+    drawn = {}
+    draw = pictures.colorful_dimension
+
+    def spy(panels, *args, **kwargs):
+        drawn["titles"] = [title for title, _, _ in panels]
+        return draw(panels, *args, **kwargs)
+
+    monkeypatch.setattr(pictures, "colorful_dimension", spy)
+    _, monitored, _ = experiment
+    result = viz(monitored, "--out", tmp_path / "a.png")
+    assert result.exit_code == 0, result.output
+    config = E.RunConfig(**json.loads((monitored / "config.json").read_text()))
+    dataset = lab_runner._dataset(config.dataset, config.seed, 8, 8)
+    model = lab_runner.build_model(config, dataset)
+    with normlab.Monitor(model) as live:  # the sites a run watches, by default
+        model(dataset.train_x[:4])
+    assert drawn["titles"] == [f"{site}: {what}" for site, what in live.sites.items()]
+    assert drawn["titles"] and all(": " in t for t in drawn["titles"])
 
 
 @pytest.mark.parametrize(

@@ -35,3 +35,22 @@ def test_check_rejects_an_unknown_dtype():
     result = runner.invoke(app, ["check", "--dtype", "int8"])
     assert result.exit_code == 2
     assert "'int8' is not one of 'float32', 'float64', 'bfloat16'" in result.output
+
+
+def test_list_costs_names_what_the_json_lacks(tmp_path):
+    """A costs file that is not benchmarks/cpu_norms.py's JSON says what it wants."""
+    cases = {
+        "norows.json": ('{"techniques": []}', 'no "rows" list'),
+        "rowkeys.json": ('{"rows": [{"name": "bn"}]}', 'row 0 lacks "technique"'),
+        "notdict.json": ("[1, 2]", 'no "rows" list'),
+        "cost.json": ('{"rows": [{"technique": "bn", "cost_vs_batchnorm": "x"}]}', "not a number"),
+        "bad.json": ("{", "not JSON"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        result = CliRunner(env={"COLUMNS": "300"}).invoke(
+            app, ["list", "--costs", str(tmp_path / name)]
+        )
+        flat = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2 and message in flat and name in flat, flat
+        assert "benchmarks/cpu_norms.py" in flat, flat

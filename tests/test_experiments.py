@@ -165,6 +165,31 @@ def test_cli_run_quick_experiment(tmp_path):
     assert "6 already done" in again.output
 
 
+@pytest.mark.parametrize(
+    "experiment, model, said, not_said",
+    [
+        ("lr", "transformer", "patch transformer", "CNN"),
+        ("init", "transformer", "patch transformer", "MLP"),
+        ("init", None, "an MLP of", "transformer"),
+    ],
+)
+def test_cli_run_headline_title_names_the_model_that_ran(
+    tmp_path, experiment, model, said, not_said
+):
+    """The headline's title names the model the runs trained, not the experiment's default."""
+    args = ["run", experiment, "--quick", "--jobs", "1", "--norms", "none", "--seeds", "1"]
+    args += ["--model", model] if model else []
+    args += ["--set", "lr=0.1"] if experiment == "lr" else []
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    title = next(
+        line
+        for line in result.output.splitlines()
+        if f"{experiment}: " in line and "Trained" in line
+    )
+    assert said in title and not_said not in title, title
+
+
 def _flat(output: str) -> str:
     """The text of a Rich error box without its frame and line breaks."""
     return " ".join(output.replace("│", " ").split())

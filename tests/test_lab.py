@@ -411,3 +411,14 @@ def test_a_loader_is_held_to_the_sizes_asked_and_to_class_labels():
     assert (len(data.train_x), len(data.test_x)) == (32, 16)
     with pytest.raises(ValueError, match=r"load_float_labels.*class indices.*\d\.5"):
         plugins.load_dataset("lab_plugin:load_float_labels", 0, None, None)
+
+
+def test_a_damaged_run_is_warned_once_per_command(tmp_path):
+    """The plan and the sweep both read the store; the user reads the warning once."""
+    args = ("run", "init", "--quick", "--norms", "none", "--seeds", "1", "--jobs", "1")
+    assert invoke(*args, "--out", tmp_path).exit_code == 0
+    victim = sorted((tmp_path / "init" / "runs").iterdir())[0]
+    (victim / "summary.json").write_text('{"final_test_acc": "abc"}')
+    result = invoke(*args, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert flat(result.output).count(f"run {victim.name} counts as unfinished") == 1, result.output

@@ -844,7 +844,8 @@ class Monitor:
     def sketches(self):
         """Each activation record's quantile sketch as a DataFrame: step, module,
         level (0..1, evenly spaced) and value — the recorded distributions
-        themselves, for drawing them or measuring distances between them."""
+        themselves, for drawing them or measuring distances between them.
+        ``frame.attrs["sites"]`` is :attr:`sites` (stored with the frame as Parquet)."""
         import pandas as pd
 
         self.flush()
@@ -864,7 +865,9 @@ class Monitor:
                 )
             )
         columns = ["step", "module", "level", "value"]
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+        frame.attrs["sites"] = self.sites  # kept by Parquet: what each site is, for titles
+        return frame
 
     def distribution_shift(self):
         """Internal covariate shift as Ioffe & Szegedy (2015) described it: for each

@@ -270,12 +270,16 @@ class LMRMSNorm(nn.Module):
       Gemma's one. The output has the input's dtype (transformers' Llama returns
       the promotion of weight and input dtypes: the same values when they match,
       as in a model run in one dtype; a float32 weight on a bfloat16 input
-      returns here the float32 product rounded to bfloat16).
+      returns here the float32 product rounded to bfloat16). Equal to
+      transformers' bit for bit in float32, float16 and bfloat16; not in float64,
+      where transformers computes in float32 (3.8e-7 off the float64 formula on
+      unit-scale inputs) and this layer in float64 (exact to float64 rounding).
     - ``partial`` p in (0, 1]: pRMSNorm (Zhang & Sennrich, 2019, "Root Mean
       Square Layer Normalization", §pRMSNorm): the RMS is estimated from the
       first k = ceil(p·n) of the n features only, and applied to all n.
 
-    ``eps`` defaults to 1e-6, as both models' configurations.
+    ``eps`` defaults to 1e-6, as both models' configurations; None is the input
+    dtype's machine epsilon, as in torch.nn.RMSNorm.
     ``elementwise_affine=False``: no weight (s = 1).
     """
 

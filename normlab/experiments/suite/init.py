@@ -19,8 +19,7 @@ class Initialization(Experiment):
     name = "init"
     title = "Initialization"
     description = (
-        "Sensitivity to the scale of the initial weights (x0.1 to x10 of Kaiming), "
-        "per norm (ReLU MLP)."
+        "Sensitivity to the scale of the initial weights (x0.1 to x10 of Kaiming), per norm."
     )
     default_norms = ("none", "batchnorm", "layernorm")
     base = RunConfig(

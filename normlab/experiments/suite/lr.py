@@ -14,7 +14,7 @@ from normlab.experiments.experiment import LAB_CNN, Expectation, Experiment
 class LearningRate(Experiment):
     name = "lr"
     title = "Learning rate"
-    description = "Outcome and final accuracy over a learning-rate grid, per norm (CNN)."
+    description = "Outcome and final accuracy over a learning-rate grid, per norm."
     default_norms = ("none", "batchnorm", "layernorm_chw", "groupnorm")
     base = LAB_CNN.replace(epochs=1, batch_size=32)
     grid = {"lr": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)}
